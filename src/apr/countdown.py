@@ -1,0 +1,213 @@
+"""The Countdown task: problems, legal operations, an exhaustive solver and a seeded generator.
+
+Operations on a pair (a, b): a+b, a*b, larger-minus-smaller, and larger/smaller when exact.
+Every intermediate value is a non-negative integer. `-` and `/` are written larger first;
+`+` and `*` keep the pair's order in the current list.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from apr.errors import UserError
+from apr.io import read_records
+
+# Numbers above this are refused wherever text is parsed (the checker, the trace parser):
+# no legal Countdown path from small inputs gets near it, and it keeps int() cheap.
+MAX_NUMBER_DIGITS = 12
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What problems look like. The published task is the default."""
+
+    num_count: int = 4
+    num_min: int = 1
+    num_max: int = 99
+    target_min: int = 10
+    target_max: int = 100
+
+    def validate(self) -> None:
+        if not 2 <= self.num_count <= 6:
+            raise UserError(f"count of numbers must be 2..6, got {self.num_count}")
+        if not 0 <= self.num_min <= self.num_max:
+            raise UserError(f"bad number range {self.num_min}..{self.num_max}")
+        if not 0 <= self.target_min <= self.target_max:
+            raise UserError(f"bad target range {self.target_min}..{self.target_max}")
+
+    def as_dict(self) -> dict:
+        return {
+            "num_count": self.num_count,
+            "num_range": [self.num_min, self.num_max],
+            "target_range": [self.target_min, self.target_max],
+        }
+
+
+@dataclass
+class Problem:
+    nums: list[int]
+    target: int
+    solution: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], int]:
+        """Identity for split disjointness: (sorted numbers, target)."""
+        return tuple(sorted(self.nums)), self.target
+
+    def to_dict(self) -> dict:
+        return {"nums": list(self.nums), "target": self.target, "solution": list(self.solution)}
+
+
+def successors(a: int, b: int) -> list[tuple[str, int]]:
+    """Every legal (operation text, result) for the pair (a, b), in a fixed order."""
+    hi, lo = (a, b) if a >= b else (b, a)
+    out = [(f"{a}+{b}={a + b}", a + b), (f"{a}*{b}={a * b}", a * b), (f"{hi}-{lo}={hi - lo}", hi - lo)]
+    if lo != 0 and hi % lo == 0:
+        out.append((f"{hi}/{lo}={hi // lo}", hi // lo))
+    return out
+
+
+def expand(nums: list[int]) -> Iterator[tuple[str, list[int]]]:
+    """All (operation, resulting numbers) from a state: remaining numbers in order, result last."""
+    for i, j in itertools.combinations(range(len(nums)), 2):
+        rest = [n for k, n in enumerate(nums) if k != i and k != j]
+        for op, value in successors(nums[i], nums[j]):
+            yield op, rest + [value]
+
+
+def solve(nums: list[int], target: int, first: bool = True) -> list[list[str]]:
+    """Exhaustive search. Returns the first solution found (as a one-item list), or all of them."""
+    found: list[list[str]] = []
+    seen: set[tuple[int, ...]] = set()  # a multiset already known to fail
+
+    def dfs(state: list[int], path: list[str]) -> bool:
+        if len(state) == 1:
+            if state[0] == target:
+                found.append(list(path))
+                return first
+            return False
+        key = tuple(sorted(state))
+        if first and key in seen:
+            return False
+        for op, nxt in expand(state):
+            path.append(op)
+            if dfs(nxt, path):
+                return True
+            path.pop()
+        if first:
+            seen.add(key)
+        return False
+
+    dfs(list(nums), [])
+    return found
+
+
+def is_solvable(nums: list[int], target: int) -> bool:
+    return bool(solve(nums, target, first=True))
+
+
+# ---------------------------------------------------------------------------- generation
+
+def _draw(task: TaskConfig, seed: int, index: int) -> Problem:
+    """Problem number `index` of the stream for `seed`: a pure function of both."""
+    rng = random.Random(seed * 1_000_003 + index)
+    target = rng.randint(task.target_min, task.target_max)
+    while True:  # redraw the numbers until the problem is solvable
+        nums = [rng.randint(task.num_min, task.num_max) for _ in range(task.num_count)]
+        sol = solve(nums, target)
+        if sol:
+            return Problem(nums, target, sol[0])
+
+
+def _draw_chunk(args: tuple[TaskConfig, int, int, int]) -> list[Problem]:
+    task, seed, start, stop = args
+    return [_draw(task, seed, i) for i in range(start, stop)]
+
+
+def generate(
+    n: int,
+    seed: int = 0,
+    task: TaskConfig = TaskConfig(),
+    exclude: set | None = None,
+    workers: int = 1,
+    chunk: int = 256,
+) -> Iterator[Problem]:
+    """Yield `n` distinct problems, none of whose keys is in `exclude`.
+
+    Candidates come from a fixed stream indexed 0, 1, 2, ...; duplicates and excluded keys
+    are dropped in stream order, so the output is the same for any number of workers.
+    """
+    task.validate()
+    seen = set(exclude or ())
+    produced = 0
+    start = 0
+    pool = Pool(workers) if workers > 1 else None
+    try:
+        while produced < n:
+            need = n - produced
+            size = max(chunk, need + need // 8)
+            bounds = [(task, seed, s, min(s + chunk, start + size)) for s in range(start, start + size, chunk)]
+            start += size
+            chunks = pool.imap(_draw_chunk, bounds) if pool else map(_draw_chunk, bounds)
+            for problems in chunks:
+                for p in problems:
+                    if produced >= n or p.key in seen:
+                        continue
+                    seen.add(p.key)
+                    produced += 1
+                    yield p
+            if start > 1000 * (n + 1000):
+                raise UserError(f"could not draw {n} distinct problems from this task's ranges")
+    finally:
+        if pool:
+            pool.terminate()
+
+
+# ---------------------------------------------------------------------------- reading
+
+def problem_from_record(rec: dict, path: str = "<input>", line: int | None = None, task: TaskConfig | None = None) -> Problem:
+    """Validate a record with `nums` and `target` (and optional `solution`)."""
+    nums, target = rec.get("nums"), rec.get("target")
+    if not isinstance(nums, list) or not nums:
+        raise UserError("`nums` must be a non-empty list of integers", path, line)
+    for x in nums:
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise UserError(f"`nums` holds a non-integer: {x!r}", path, line)
+        if x < 0:
+            raise UserError(f"`nums` holds a negative number: {x}", path, line)
+        if len(str(x)) > MAX_NUMBER_DIGITS:
+            raise UserError(f"`nums` holds a number too large: {x}", path, line)
+    if not 2 <= len(nums) <= 6:
+        raise UserError(f"`nums` must hold 2..6 numbers, got {len(nums)}", path, line)
+    if not isinstance(target, int) or isinstance(target, bool):
+        raise UserError(f"`target` must be an integer, got {target!r}", path, line)
+    if target < 0 or len(str(target)) > MAX_NUMBER_DIGITS:
+        raise UserError(f"`target` out of range: {target}", path, line)
+    if task is not None and not task.target_min <= target <= task.target_max:
+        raise UserError(f"`target` {target} outside {task.target_min}..{task.target_max}", path, line)
+    solution = rec.get("solution") or []
+    if not isinstance(solution, list) or not all(isinstance(s, str) for s in solution):
+        raise UserError("`solution` must be a list of operation strings", path, line)
+    return Problem(list(nums), target, list(solution))
+
+
+def read_problems(path: str | Path, task: TaskConfig | None = None) -> list[Problem]:
+    """Read a JSON list or JSONL file of problems; errors name the file and line."""
+    return [problem_from_record(rec, str(path), line, task) for line, rec in read_records(path)]
+
+
+def iter_problems(path: str | Path) -> Iterator[tuple[int, Problem]]:
+    for line, rec in read_records(path):
+        yield line, problem_from_record(rec, str(path), line)
+
+
+def problem_keys(paths: Iterable[str | Path]) -> set:
+    keys = set()
+    for p in paths:
+        keys.update(prob.key for prob in read_problems(p))
+    return keys

@@ -1,0 +1,80 @@
+"""File helpers: JSON/JSONL reading with file:line errors, and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from apr.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Write to a temporary file beside `path`, then rename it over `path`.
+
+    A crash or an exception mid-write leaves `path` as it was (or absent): never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) from a JSONL file or a JSON list, streaming JSONL.
+
+    A JSON list is recognised by its first non-blank character `[`; its records are all
+    numbered line 1 unless they sit one per line. Errors name the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError("no such file", str(path))
+    if path.is_dir():
+        raise UserError("is a directory, expected a JSON or JSONL file", str(path))
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if head.startswith("["):
+            text = f.read()
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"invalid JSON: {e.msg}", str(path), e.lineno) from None
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise UserError(f"item {i} is not an object", str(path), 1)
+                yield 1, item
+            return
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"invalid JSON: {e.msg}", str(path), lineno) from None
+            if not isinstance(item, dict):
+                raise UserError("line is not a JSON object", str(path), lineno)
+            yield lineno, item
+
+
+def write_jsonl(path: str | os.PathLike, records) -> int:
+    """Write records as JSONL atomically; return how many were written."""
+    n = 0
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
