@@ -1,0 +1,21 @@
+"""Inference engines: a local PyTorch engine with continuous batching and an HTTP client
+for OpenAI-compatible servers (vLLM, SGLang, `apr serve`). Both implement `Engine`.
+
+Heavy modules (torch) load lazily: `from apr.engine import LocalEngine` imports them.
+"""
+
+from apr.engine.base import Completion, Engine, Request, SamplingParams
+
+__all__ = ["Completion", "Engine", "Request", "SamplingParams", "LocalEngine", "OpenAIEngine"]
+
+
+def __getattr__(name: str):
+    if name == "LocalEngine":
+        from apr.engine.local import LocalEngine
+
+        return LocalEngine
+    if name == "OpenAIEngine":
+        from apr.engine.openai import OpenAIEngine
+
+        return OpenAIEngine
+    raise AttributeError(name)

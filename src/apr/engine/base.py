@@ -1,0 +1,105 @@
+"""The inference-engine interface the spawn/join runtime is written against.
+
+An engine takes `Request`s (`submit`), makes progress when polled (`poll` returns the
+`Completion`s that finished), and can keep a request's KV cache under a `cache_key` so a
+later request that extends the same context only prefills the new suffix.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int = 0  # per-request seed: results must not depend on batch makeup or slot
+
+
+@dataclass
+class Request:
+    id: str  # unique per call
+    prompt: str  # the whole context as text
+    max_tokens: int  # new tokens allowed
+    stop: list[str] = field(default_factory=list)  # a completion stopped by one INCLUDES it in .text
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Keep this KV cache after completion; a later request with the same key reuses the
+    # longest common token prefix (only the rest is prefilled).
+    cache_key: str | None = None
+
+
+@dataclass
+class Completion:
+    id: str
+    text: str  # generated text (stop string included when finish_reason == "stop"; EOS text never)
+    token_ids: list[int]  # generated ids (may be empty for the HTTP client)
+    n_tokens: int  # generated tokens
+    finish_reason: str  # "stop" (stop string), "eos", "length", "error"
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens reused from the cache (0 without reuse)
+    first_token_time: float  # time.perf_counter() of the first generated token
+    end_time: float
+    error: str | None = None
+
+
+FINISH_REASONS = ("stop", "eos", "length", "error")
+
+
+class Engine(ABC):
+    tokenizer = None  # a Hugging Face tokenizer (None for an HTTP engine without one)
+
+    @abstractmethod
+    def submit(self, req: Request) -> None:
+        """Queue a request; it runs as soon as there is room."""
+
+    @abstractmethod
+    def poll(self) -> list[Completion]:
+        """Make progress and return the requests that finished since the last poll."""
+
+    @abstractmethod
+    def release(self, cache_key: str) -> None:
+        """Free a kept KV cache (no-op for an unknown key)."""
+
+    @abstractmethod
+    def free_slots(self) -> int:
+        """How many more requests could start now without queuing."""
+
+    @abstractmethod
+    def pending(self) -> int:
+        """Requests submitted and not yet returned by poll."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free resources; the engine is unusable afterwards."""
+
+    def run(self, reqs: list[Request]) -> list[Completion]:
+        """Convenience: submit all, poll until done, return completions in request order."""
+        for r in reqs:
+            self.submit(r)
+        want = {r.id for r in reqs}
+        done: dict[str, Completion] = {}
+        while want - done.keys():
+            for c in self.poll():
+                done[c.id] = c
+        return [done[r.id] for r in reqs]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stop_match(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Earliest-ending occurrence of any stop string in text: (end index, stop string)."""
+    best: tuple[int, str] | None = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best[0]):
+            best = (i + len(s), s)
+    return best
