@@ -1,0 +1,134 @@
+"""Llama-architecture models, their presets, and saving/loading them as standard HF folders.
+
+A saved model folder is an ordinary Hugging Face checkpoint (config.json, model.safetensors,
+tokenizer files, generation_config.json) plus `apr.json`: what the model was trained to do
+(`ModelInfo`), so evaluation can prompt it the way it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from apr.errors import UserError
+from apr.io import atomic_write
+
+# name -> (layers, hidden, intermediate, heads, max positions)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (4, 192, 512, 6, 4096),  # ~1.8M non-embedding params: fast on one CPU
+    "small": (8, 512, 1376, 8, 4096),  # ~25M
+    "paper": (18, 1024, 2752, 16, 4096),  # the published model: 228M non-embedding
+}
+
+DEFAULT_TASK = {"num_count": 4, "num_range": [1, 99], "target_range": [10, 100]}
+
+
+@dataclass
+class ModelInfo:
+    """What a model folder holds, written as apr.json beside the HF files."""
+
+    method: Literal["apr", "sos"] = "apr"
+    preset: str = "unknown"
+    task: dict = field(default_factory=lambda: dict(DEFAULT_TASK))
+    sub_call_budget: bool = False  # trained with the `Sub Call Budget: N ` prefix
+    token_budget: bool = False  # trained with the `Token Budget: N ` prefix
+    tokenizer: str = "unknown"  # apr.tokenizer.tokenizer_fingerprint
+    context: int = 4096
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelInfo":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})  # tolerate newer fields
+
+
+def preset_config(preset: str, vocab_size: int, bos_token_id=None, eos_token_id=None, pad_token_id=None):
+    """The `LlamaConfig` for a preset (untied embeddings, as published)."""
+    from transformers import LlamaConfig
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown model preset {preset!r} (choose from {', '.join(PRESETS)})")
+    layers, hidden, inter, heads, positions = PRESETS[preset]
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=positions,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def make_model(preset: str, tokenizer, attn_implementation: str = "sdpa"):
+    """A freshly initialised `LlamaForCausalLM` of `preset` sized for `tokenizer`."""
+    from transformers import LlamaForCausalLM
+
+    config = preset_config(
+        preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    config._attn_implementation = attn_implementation
+    return LlamaForCausalLM(config)
+
+
+def count_params(model, non_embedding: bool = True) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    return n
+
+
+def save_model(model, tokenizer, info: ModelInfo, out_dir: str | Path, max_shard_size: str = "5GB") -> Path:
+    """Write a standard HF folder plus apr.json; returns the folder."""
+    from transformers import GenerationConfig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(out_dir)
+    with atomic_write(out_dir / "apr.json") as f:
+        json.dump(dataclasses.asdict(info), f, indent=2)
+    return out_dir
+
+
+def load_model_info(model_dir: str | Path) -> ModelInfo:
+    """apr.json of a model folder; a folder without one (a published checkpoint) is APR."""
+    path = Path(model_dir) / "apr.json"
+    if not path.exists():
+        return ModelInfo(method="apr")
+    try:
+        return ModelInfo.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"unreadable apr.json: {e}", str(path)) from None
+
+
+def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
+    """Load (model, tokenizer, info) from a model folder; one-line UserError if it isn't one."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from apr.tokenizer import load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError("not a model folder (no config.json)", str(model_dir))
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load a causal language model: {str(e).splitlines()[0]}", str(model_dir)) from None
+    model.to(device).eval()
+    return model, load_tokenizer(model_dir), load_model_info(model_dir)
