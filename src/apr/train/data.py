@@ -1,0 +1,233 @@
+"""Demonstrations -> token sequences with loss masks -> packed rows.
+
+Each record (written by `apr data traces`, or a published SFT record) becomes one training
+string per thread segment (`apr.protocol.training_strings`). A string is tokenized with BOS
+before and EOS after; its tokens are trained on except those overlapping text the runtime
+inserted (join results), unless `train_on_inserted` (what the published work did).
+
+Packing: documents are packed best-fit-decreasing into rows of exactly `context` tokens.
+Each row carries `position_ids` that restart at 0 for every document. With no attention
+mask and no KV cache (`use_cache=False`), Hugging Face Llama reads those restarts as document boundaries: flash-attention-2
+runs varlen kernels, and sdpa/eager get a block-diagonal causal mask, so neither attention
+nor positions leak across documents. Targets are pre-shifted (`targets[i]` is the token at
+i+1, or -100), and a document's BOS is never a target, so no loss crosses a boundary
+either. The row tail is padding: its own "document" of pad tokens with no targets.
+Documents longer than `context` are dropped (counted in `DataStats.dropped_long`): a
+truncated trace would teach the model to stop mid-search.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from apr import protocol
+from apr.errors import UserError
+from apr.io import read_records
+
+IGNORE = -100
+TOKEN_BUDGET_STEP, TOKEN_BUDGET_MAX = 512, 4096
+DEFAULT_EVAL_PROBLEMS = [
+    Path(__file__).resolve().parent.parent / "data" / "countdown4_val1000.jsonl",
+    Path("/work/shared/data/countdown4_val1000.jsonl"),
+]
+
+
+@dataclass
+class Demonstration:
+    """One record's training strings, with where it came from."""
+
+    path: str
+    line: int
+    method: str  # "apr" | "sos"
+    strings: list[protocol.TrainingString]
+
+
+@dataclass
+class DataStats:
+    records: int = 0
+    documents: int = 0
+    tokens: int = 0  # tokens of kept documents
+    trained_tokens: int = 0  # of which carry loss
+    dropped_long: int = 0  # documents longer than the context, dropped
+    rows: int = 0
+    methods: dict = field(default_factory=dict)
+
+
+@dataclass
+class Packed:
+    """Rows of exactly `context` tokens (int32 arrays of shape [rows, context])."""
+
+    input_ids: np.ndarray
+    targets: np.ndarray
+    position_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def problem_key(record: dict) -> tuple[tuple[int, ...], int]:
+    return tuple(sorted(int(n) for n in record["nums"])), int(record["target"])
+
+
+def default_eval_problems() -> Path:
+    for p in DEFAULT_EVAL_PROBLEMS:
+        if p.exists():
+            return p
+    raise UserError("no evaluation problem file found; set `eval_problems` in the config")
+
+
+def check_no_overlap(records: list[tuple[str, int, dict]], eval_problems: str | Path) -> None:
+    """Refuse training data sharing a (sorted nums, target) with the evaluation problems."""
+    held_out = set()
+    for lineno, r in read_records(eval_problems):
+        try:
+            held_out.add(problem_key(r))
+        except (KeyError, TypeError, ValueError):
+            raise UserError("problem needs `nums` and `target`", str(eval_problems), lineno) from None
+    hits = [(p, ln) for p, ln, r in records if problem_key(r) in held_out]
+    if hits:
+        path, line = hits[0]
+        raise UserError(
+            f"{len(hits)} training problem(s) are also evaluation problems in {eval_problems} "
+            "(same sorted nums and target); remove them or set `eval_problems`",
+            path,
+            line,
+        )
+
+
+def read_demonstrations(path: str | Path) -> list[tuple[str, int, dict]]:
+    """(path, line, record) for every record, checking the fields training needs."""
+    out = []
+    for lineno, r in read_records(path):
+        try:
+            problem_key(r)
+        except (KeyError, TypeError, ValueError):
+            raise UserError("record needs integer `nums` and `target`", str(path), lineno) from None
+        if "trace_dict" not in r and "search_path" not in r:
+            raise UserError("record has neither `trace_dict` nor `search_path`", str(path), lineno)
+        out.append((str(path), lineno, r))
+    if not out:
+        raise UserError("no demonstrations in file", str(path))
+    return out
+
+
+def record_method(record: dict, thread: protocol.Thread) -> str:
+    method = record.get("method")
+    if method in ("apr", "sos"):
+        return method
+    # Published records carry no method: an APR root starts at `Moving to Node #0`.
+    return "apr" if "Moving to Node #0\n" in thread.prompt else "sos"
+
+
+def token_budget(n_tokens: int) -> int:
+    """A trace's token count rounded up to a multiple of 512, capped at 4096."""
+    return min(TOKEN_BUDGET_MAX, max(1, math.ceil(n_tokens / TOKEN_BUDGET_STEP)) * TOKEN_BUDGET_STEP)
+
+
+def _prefixed(ts: protocol.TrainingString, prefix: str) -> protocol.TrainingString:
+    n = len(prefix)
+    return protocol.TrainingString(
+        prefix + ts.text, ts.prompt_end + n, [(a + n, b + n) for a, b in ts.inserted], ts.new_from + n
+    )
+
+
+def demonstrations(
+    records: list[tuple[str, int, dict]], tokenizer, *, token_budget_prefix: bool, sub_call_budget_prefix: bool
+) -> list[Demonstration]:
+    """Training strings per record, with the requested conditioning prefixes added."""
+    out = []
+    for path, line, r in records:
+        try:
+            thread = protocol.thread_from_record(r)
+        except ValueError as e:
+            raise UserError(f"bad trace: {e}", path, line) from None
+        method = record_method(r, thread)
+        strings = protocol.training_strings(thread)
+        if method == "sos" and token_budget_prefix and not strings[0].text.startswith("Token Budget:"):
+            n = len(tokenizer(strings[0].text, add_special_tokens=False)["input_ids"])
+            strings = [_prefixed(s, f"Token Budget: {token_budget(n)} ") for s in strings]
+        if method == "apr" and sub_call_budget_prefix:
+            root = thread.prompt
+            prefix = f"Sub Call Budget: {thread.count_descendants()} "
+            if not root.startswith("Sub Call Budget:"):
+                strings = [_prefixed(s, prefix) if s.text.startswith(root) else s for s in strings]
+        out.append(Demonstration(path, line, method, strings))
+    return out
+
+
+def encode(ts: protocol.TrainingString, tokenizer, train_on_inserted: bool = False) -> tuple[list[int], list[bool]]:
+    """(token ids with BOS and EOS, per-token "is a target") for one training string.
+
+    A token is masked when its character span overlaps an inserted span; BOS never is a
+    target (it starts every document), EOS always is (the model must learn to stop).
+    """
+    enc = tokenizer(ts.text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [] if train_on_inserted else ts.inserted
+    trained = []
+    for start, end in enc["offset_mapping"]:
+        end = max(end, start + 1)  # zero-width tokens still sit somewhere
+        trained.append(not any(start < b and end > a for a, b in spans))
+    return [tokenizer.bos_token_id, *enc["input_ids"], tokenizer.eos_token_id], [False, *trained, True]
+
+
+def pack(docs: list[tuple[list[int], list[bool]]], context: int, pad_id: int) -> Packed:
+    """Best-fit-decreasing packing of documents (each <= context tokens) into rows."""
+    order = sorted(range(len(docs)), key=lambda i: -len(docs[i][0]))
+    rows: list[list[int]] = []  # document indices per row
+    free: list[tuple[int, int]] = []  # sorted (free tokens, row)
+    for i in order:
+        n = len(docs[i][0])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, row = free.pop(k)
+        else:
+            room, row = context, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, row))
+    ids = np.full((len(rows), context), pad_id, dtype=np.int32)
+    targets = np.full((len(rows), context), IGNORE, dtype=np.int32)
+    pos = np.zeros((len(rows), context), dtype=np.int32)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            tok, trained = docs[i]
+            n = len(tok)
+            ids[r, at : at + n] = tok
+            pos[r, at : at + n] = np.arange(n)
+            # targets[j] = tok[j+1] where that token carries loss; never across documents
+            t = np.asarray(tok[1:], dtype=np.int32)
+            targets[r, at : at + n - 1] = np.where(np.asarray(trained[1:]), t, IGNORE)
+            at += n
+        pos[r, at:] = np.arange(context - at)  # padding: its own document
+    return Packed(ids, targets, pos)
+
+
+def build_packed(
+    demos: list[Demonstration], tokenizer, context: int, train_on_inserted: bool, stats: DataStats
+) -> Packed:
+    """Tokenize and pack demonstrations, updating `stats`."""
+    docs = []
+    for d in demos:
+        stats.records += 1
+        stats.methods[d.method] = stats.methods.get(d.method, 0) + 1
+        for ts in d.strings:
+            tok, trained = encode(ts, tokenizer, train_on_inserted)
+            if len(tok) > context:
+                stats.dropped_long += 1
+                continue
+            docs.append((tok, trained))
+            stats.documents += 1
+            stats.tokens += len(tok)
+            stats.trained_tokens += sum(trained)
+    if not docs:
+        raise UserError(f"no training document fits the context of {context} tokens")
+    packed = pack(docs, context, tokenizer.pad_token_id)
+    stats.rows += len(packed)
+    return packed
