@@ -16,6 +16,7 @@ from apr.errors import UserError
 COMMAND_MODULES = [
     "apr.demo",
     "apr.data",
+    "apr.serve",
 ]
 
 

@@ -246,6 +246,12 @@ class LocalEngine(Engine):
     def pending(self) -> int:
         return len(self.queue) + sum(s is not None for s in self.live) + len(self.done)
 
+    def abort_all(self) -> None:
+        """Drop every queued and running request (after a failed step); kept caches stay."""
+        self.queue.clear()
+        self.live = [None] * self.max_slots
+        self.done = []
+
     def close(self) -> None:
         self.model.k_cache, self.model.v_cache = [], []
         self.queue.clear()
