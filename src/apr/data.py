@@ -109,6 +109,14 @@ def cmd_problems(args) -> int:
 
 
 def _solver_config(args) -> AprConfig | SosConfig:
+    lo, hi = args.beam_min or 1, args.beam_max or (10 if args.solver == "apr" else 5)
+    if not 1 <= lo <= hi:
+        raise UserError(f"beam range must satisfy 1 <= --beam-min <= --beam-max, got {lo}..{hi}")
+    for name in ("spawn_prob", "sub_search_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} must be in 0..1")
+    if args.max_depth < 0 or args.child_beam_max < 1:
+        raise UserError("--max-depth must be >= 0 and --child-beam-max >= 1")
     if args.solver == "apr":
         return AprConfig(
             beam_min=args.beam_min or 1,

@@ -29,7 +29,7 @@ NO_SOLUTION = "No solution found.\n"
 
 
 def fmt_list(nums: list[int]) -> str:
-    return "[" + ", ".join(str(n) for n in nums) + "]"
+    return "[" + ", ".join(map(str, nums)) + "]"
 
 
 def fmt_ops(ops: list[str]) -> str:
@@ -80,6 +80,28 @@ def sos_prompt(target: int, nums: list[int], token_budget: int | None = None) ->
 def child_prompt(node: str, target: int, nums: list[int], ops: list[str]) -> str:
     """A child sees nothing of its parent: only its node's state."""
     return moving_line(node) + state_line(target, nums, ops)
+
+
+def solution_path(target: int, nums: list[int], ops: list[str], start: str = "0") -> str:
+    """The clean path text for a list of operations (e.g. a problem's `solution`)."""
+    lines, cur, node, done = [], list(nums), start, []
+    for k, op in enumerate(ops):
+        lhs, _, value = op.partition("=")
+        m = re.match(r"^(\d+)([+\-*/])(\d+)$", lhs)
+        if not m or not value.isdigit():
+            raise ValueError(f"bad operation {op!r}")
+        rest = list(cur)
+        for x in (int(m.group(1)), int(m.group(3))):
+            rest.remove(x)
+        nxt = rest + [int(value)]
+        lines.append(moving_line(node) + state_line(target, cur, done) + explore_line(op, nxt))
+        if k == len(ops) - 1:
+            lines.append(goal_line(nxt[0], target) if len(nxt) == 1 else "")
+        else:
+            node = child_id(node, 0)
+            lines.append(generated_line(node, target, nxt, op))
+        cur, done = nxt, done + [op]
+    return "".join(lines)
 
 
 @dataclass

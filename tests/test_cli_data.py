@@ -1,0 +1,97 @@
+"""The data commands end to end, through `apr.cli.main`, including bad input."""
+
+import json
+
+import pytest
+
+from apr.cli import main
+
+VAL = "src/apr/data/countdown4_val1000.jsonl"
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_problems_traces_verify_round_trip(tmp_path):
+    probs = tmp_path / "p.jsonl"
+    assert run("data", "problems", "--n", 40, "--seed", 3, "--out", probs, "--exclude", VAL, "--no-progress") == 0
+    val_keys = {(tuple(sorted(json.loads(l)["nums"])), json.loads(l)["target"]) for l in open(VAL)}
+    rows = [json.loads(l) for l in open(probs)]
+    assert len(rows) == 40 and not val_keys & {(tuple(sorted(r["nums"])), r["target"]) for r in rows}
+    for solver in ("apr", "sos"):
+        out = tmp_path / f"{solver}.jsonl"
+        assert run("data", "traces", "--solver", solver, "--problems", probs, "--out", out, "--no-progress") == 0
+        recs = [json.loads(l) for l in open(out)]
+        assert len(recs) == 40
+        assert {"nums", "target", "search_path", "trace_dict", "solved", "solver"} <= set(recs[0])
+        assert set(recs[0]["trace_dict"]) == {"main_calls", "sub_calls"}
+        lines = tmp_path / f"{solver}_verify.jsonl"
+        lines.write_text("".join(json.dumps({"nums": r["nums"], "target": r["target"], "text": r["search_path"]}) + "\n" for r in recs))
+        checked = tmp_path / f"{solver}_checked.jsonl"
+        assert run("verify", "--input", lines, "--out", checked) == 0
+        got = [json.loads(l) for l in open(checked)]
+        assert [g["correct"] for g in got] == [r["solved"] for r in recs]
+        assert all("reason" in g for g in got)
+
+
+def test_traces_same_for_any_worker_count(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", a, "--no-progress")
+    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", b, "--workers", 2, "--no-progress")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_splits_are_disjoint(tmp_path):
+    assert run("data", "problems", "--splits", "train=60,val=20,test=20", "--out", tmp_path / "s", "--num-count", 3, "--no-progress") == 0
+    keys = {}
+    for name in ("train", "val", "test"):
+        keys[name] = {(tuple(sorted(json.loads(l)["nums"])), json.loads(l)["target"]) for l in open(tmp_path / "s" / f"{name}.jsonl")}
+    assert len(keys["train"]) == 60 and not (keys["train"] & keys["val"] or keys["val"] & keys["test"])
+
+
+def test_verify_to_stdout(tmp_path, capsys):
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"nums": [4, 9, 3], "target": 24, "text": "nope"}) + "\n")
+    assert run("verify", "--input", f) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["correct"] is False and out["reason"]
+
+
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (None, "no such file"),
+        ('{"nums": [1, 2, 3], "target": 5}\n{"nums": [1, 2, 3], "target": 5\n', ":2: invalid JSON"),
+        ('{"nums": [1, 2.5, 3], "target": 5}\n', ":1: `nums` holds a non-integer"),
+        ('{"nums": [1, -2, 3], "target": 5}\n', ":1: `nums` holds a negative"),
+        ('{"nums": [1, 2, 3], "target": -5}\n', ":1: `target` out of range"),
+    ],
+)
+def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, content, msg):
+    src = tmp_path / "in.jsonl"
+    if content is not None:
+        src.write_text(content)
+    out = tmp_path / "out.jsonl"
+    assert run("data", "traces", "--solver", "apr", "--problems", src, "--out", out, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "in.jsonl" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+
+
+def test_bad_verify_line(tmp_path, capsys):
+    src = tmp_path / "v.jsonl"
+    src.write_text('{"nums": [1, 2], "target": 3, "text": "x"}\n{"nums": [1, 2], "target": "3", "text": "x"}\n')
+    out = tmp_path / "o.jsonl"
+    assert run("verify", "--input", src, "--out", out) == 2
+    assert "v.jsonl:2: `target` must be an integer" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run("data", "traces", "--solver", "nope", "--problems", VAL, "--out", tmp_path / "x")
+    assert e.value.code == 2
+    assert run("data", "problems", "--n", 5, "--out", tmp_path / "x", "--target-min", 50, "--target-max", 10) == 2
+    assert "bad target range" in capsys.readouterr().err
+    assert run("data", "problems", "--n", 5, "--out", tmp_path / "x", "--num-count", 9) == 2

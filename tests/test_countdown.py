@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from apr.countdown import Problem, TaskConfig, expand, generate, read_problems, solve, successors
+from apr.errors import UserError
+
+VAL = "src/apr/data/countdown4_val1000.jsonl"
+
+
+def test_successors_follow_the_published_rules():
+    assert successors(9, 3) == [("9+3=12", 12), ("9*3=27", 27), ("9-3=6", 6), ("9/3=3", 3)]
+    assert successors(3, 9) == [("3+9=12", 12), ("3*9=27", 27), ("9-3=6", 6), ("9/3=3", 3)]
+    assert ("7/2=3", 3) not in successors(7, 2)  # division only when exact
+    assert all(op[1] >= 0 for op in successors(0, 5))
+    assert not any("/" in op for op, _ in successors(0, 5))  # never divide by zero
+
+
+def test_expand_keeps_rest_in_order_and_result_last():
+    assert ("9-3=6", [4, 6]) in list(expand([4, 9, 3]))
+
+
+def test_solver_first_and_all():
+    first = solve([1, 2, 3, 4], 24)
+    assert len(first) == 1
+    every = solve([1, 2, 3, 4], 24, first=False)
+    assert first[0] in every and len(every) > 1
+    assert solve([1, 1], 100) == []
+
+
+def test_shared_validation_set_reads_and_every_problem_is_solvable():
+    probs = read_problems(VAL)
+    assert len(probs) == 1000
+    assert all(len(p.nums) == 4 and 10 <= p.target <= 100 for p in probs)
+    assert all(solve(p.nums, p.target) for p in probs[:200])
+
+
+def test_json_list_and_jsonl_read_the_same(tmp_path):
+    probs = read_problems(VAL)[:5]
+    (tmp_path / "a.json").write_text(json.dumps([p.to_dict() for p in probs]))
+    assert [p.key for p in read_problems(tmp_path / "a.json")] == [p.key for p in probs]
+
+
+def test_generation_is_deterministic_across_worker_counts():
+    one = [p.to_dict() for p in generate(300, seed=7, workers=1, chunk=50)]
+    two = [p.to_dict() for p in generate(300, seed=7, workers=2, chunk=50)]
+    assert one == two
+    assert len({Problem(**p).key for p in one}) == 300
+
+
+def test_generation_follows_options_and_excludes():
+    task = TaskConfig(num_count=3, num_min=1, num_max=20, target_min=5, target_max=30)
+    probs = list(generate(100, seed=1, task=task))
+    assert all(len(p.nums) == 3 and all(1 <= x <= 20 for x in p.nums) and 5 <= p.target <= 30 for p in probs)
+    assert all(solve(p.nums, p.target) for p in probs)
+    excluded = {p.key for p in probs[:50]}
+    again = list(generate(100, seed=1, task=task, exclude=excluded))
+    assert not excluded & {p.key for p in again}
+
+
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ('{"nums": [1, "x", 3, 4], "target": 10}', "non-integer"),
+        ('{"nums": [1, -2, 3, 4], "target": 10}', "negative"),
+        ('{"nums": [1, 2, 3, 4], "target": -1}', "out of range"),
+        ('{"nums": [1, 2, 3, 4]', "invalid JSON"),
+        ('[1, 2]', "not a JSON object"),
+    ],
+)
+def test_bad_problem_lines_name_file_and_line(tmp_path, line, msg):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"nums": [1, 2, 3, 4], "target": 10}\n' + line + "\n")
+    with pytest.raises(UserError, match=rf"bad.jsonl:2: .*{msg}"):
+        read_problems(f)

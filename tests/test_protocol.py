@@ -1,0 +1,132 @@
+import json
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from apr import protocol as P
+from apr.countdown import read_problems
+from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
+
+PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:60]
+
+
+def apr_threads(cfg=AprConfig()):
+    for i, p in enumerate(PROBS):
+        thread, solved = solve_apr(p.nums, p.target, cfg, random.Random(i))
+        yield p, thread, solved
+
+
+def test_formats_example_lines():
+    assert P.state_line(24, [4, 9, 3], []) == "Current State: 24:[4, 9, 3], Operations: []\n"
+    assert P.state_line(24, [4, 6], ["9-3=6"]) == "Current State: 24:[4, 6], Operations: ['9-3=6']\n"
+    assert P.explore_line("9-3=6", [4, 6]) == "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n"
+    assert P.generated_line("0,1", 24, [4, 6], "9-3=6") == "Generated Node #0,1: 24:[4, 6] Operation: 9-3=6\n"
+    assert P.goal_line(24, 24) == "24,24 equal: Goal Reached\n"
+    assert P.goal_line(8, 24) == "8,24 unequal: No Solution\n"
+    assert P.apr_prompt(24, [4, 9, 3], 3) == "Sub Call Budget: 3 Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\n"
+    block = P.spawn_block([P.ChildRequest(0, 1, "0,0", None), P.ChildRequest(1, 1, "0,1", None)])
+    assert block == (
+        "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n"
+        "<Start Sub Search 1 at level 1> Moving to Node #0,1\n<End Calling Sub Searches>\n"
+    )
+
+
+def test_join_text_matches_published_shape():
+    path = "Moving to Node #0,1\nCurrent State: 24:[4, 6], Operations: ['9-3=6']\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n24,24 equal: Goal Reached\n"
+    text = P.join_text([P.ChildResult(0, 1, "0,0", None), P.ChildResult(1, 1, "0,1", path)])
+    assert text == (
+        "<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,0>\n"
+        "<Goal Reached in Sub Search 1 at level 1 at Node #0,1>\n" + path + "<End Sub Searches>\n"
+    )
+
+
+def test_child_prompts_and_joins_rebuilt_from_parent_text_equal_the_solvers():
+    spawns = 0
+    for _, thread, _ in apr_threads():
+        for seg, group, join in zip(thread.segments, thread.children, thread.joins):
+            context = thread.calls()[thread.segments.index(seg)]
+            requests = P.parse_spawn(context)
+            assert [r.prompt for r in requests] == [c.prompt for c in group]
+            results = [P.ChildResult(r.index, r.level, r.node, P.child_result(c.text())) for r, c in zip(requests, group)]
+            assert P.join_text(results) == join
+            spawns += 1
+    assert spawns > 30
+
+
+def test_nested_spawns_rebuild_too():
+    cfg = AprConfig(max_depth=2)
+    deep = 0
+    for _, thread, _ in apr_threads(cfg):
+        for t in thread.walk():
+            for k, group in enumerate(t.children):
+                requests = P.parse_spawn(t.calls()[k])
+                assert [r.prompt for r in requests] == [c.prompt for c in group]
+                deep += requests[0].level == 2
+    assert deep > 0
+
+
+def test_trace_dict_round_trip_is_byte_exact():
+    for _, thread, _ in apr_threads(AprConfig(sub_call_budget=True)):
+        td = json.loads(json.dumps(thread.to_trace_dict()))
+        back = P.thread_from_trace_dict(td)
+        assert back.text() == thread.text()
+        assert [s.text for s in P.training_strings(back)] == [s.text for s in P.training_strings(thread)]
+
+
+def test_training_strings_mark_exactly_the_join_text():
+    for _, thread, _ in apr_threads():
+        strings = P.training_strings(thread)
+        assert len(strings) == sum(len(t.segments) for t in thread.walk())
+        root = strings[: len(thread.segments)]
+        for k, s in enumerate(root):
+            assert [s.text[a:b] for a, b in s.inserted] == thread.joins[:k]
+            assert s.text.startswith(thread.prompt) and s.prompt_end == len(thread.prompt)
+            assert s.new_from >= s.prompt_end
+        for s in strings[len(thread.segments):]:
+            assert s.inserted == []  # children in the published data never spawn
+
+
+def test_child_result_is_the_clean_path():
+    for _, thread, _ in apr_threads():
+        for group in thread.children:
+            for c in group:
+                res = P.child_result(c.text())
+                if res is not None:
+                    assert res.startswith(f"Moving to Node #{c.prompt.split('#')[1].split(chr(10))[0]}\n")
+                    assert res.endswith("equal: Goal Reached\n")
+                else:
+                    assert c.text().endswith("No solution found.\n")
+
+
+def test_sos_threads_have_one_segment_and_no_spawn():
+    for i, p in enumerate(PROBS[:20]):
+        t = solve_sos(p.nums, p.target, SosConfig(), random.Random(i))
+        assert len(t.segments) == 1 and "<Calling Sub Searches>" not in t.text()
+        assert t.prompt == P.state_line(p.target, p.nums, [])
+
+
+def test_published_style_record_reads():
+    p = PROBS[0]
+    thread, _ = solve_apr(p.nums, p.target, AprConfig(), random.Random(0))
+    rec = {"nums": p.nums, "target": p.target, "search_path": thread.text(), "trace_dict": thread.to_trace_dict()}
+    assert P.thread_from_record(rec).text() == rec["search_path"]
+    only_path = P.thread_from_record({"nums": p.nums, "target": p.target, "search_path": "Current State: 1:[1, 2], Operations: []\nNo solution found.\n"})
+    assert only_path.segments == ["No solution found.\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parsers_never_crash_on_any_string(s):
+    P.parse_spawn(s)
+    P.parse_spawn(s + "\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,9\n<End Calling Sub Searches>\n")
+    P.child_result(s)
+    P.node_states(s)
+    P.split_prompt(s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(P.thread_from_record.__doc__.split() + ["\n", "Moving to Node #0", "Generated Node #0,0: 1:[1, 2] Operation: 1+1=2", "<Calling Sub Searches>", "<End Calling Sub Searches>", "<Start Sub Search 0 at level 1> Moving to Node #0,0", "99999999999999999999,1 equal: Goal Reached"]), max_size=40))
+def test_parsers_never_crash_on_trace_like_strings(words):
+    s = "\n".join(words)
+    P.parse_spawn(s)
+    P.child_result(s)
