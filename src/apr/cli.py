@@ -16,6 +16,8 @@ from apr.errors import UserError
 COMMAND_MODULES = [
     "apr.demo",
     "apr.data",
+    "apr.solve",
+    "apr.train.cli",
     "apr.serve",
 ]
 
