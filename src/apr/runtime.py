@@ -10,6 +10,7 @@ and the metrics of the paper (total and sequential tokens, longest thread, child
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -127,6 +128,7 @@ class Runtime:
         if self.tok is None:
             raise ValueError("the runtime needs a tokenizer to count tokens")
         self.step = 0
+        self.engine_seconds = 0.0  # time spent inside engine.poll (the rest is orchestration)
         self._requests: dict[str, tuple[ProblemRun, ThreadRun]] = {}
         self._counter = 0
 
@@ -156,7 +158,10 @@ class Runtime:
                 live[id(run)] = run
             if not live:
                 return
-            for c in self.engine.poll():
+            t = time.perf_counter()
+            completions = self.engine.poll()
+            self.engine_seconds += time.perf_counter() - t
+            for c in completions:
                 self._on_completion(c)
             self.step += 1
             for key in [k for k, r in live.items() if r.running == 0]:

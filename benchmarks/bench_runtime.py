@@ -1,0 +1,107 @@
+"""Runtime overhead: the spawn/join orchestration against the engine it drives.
+
+    python benchmarks/bench_runtime.py --model DIR [--problems FILE] [--limit 32] [--device auto]
+
+1. Runs the problems through `Runtime` (method from the model, greedy) and splits the wall
+   time into time inside `engine.poll` and everything else (parsing spawn blocks, joins,
+   tokenizing contexts, checking, records): the orchestration overhead.
+2. Replays the same work without orchestration: every completion the runtime asked for is
+   sent to a fresh engine as an independent request (same context, max_tokens = the tokens
+   it generated, same seed), all at once, and timed.
+Prints generated tokens/s of both, the overhead share and the machine. Without --model a
+random tiny model is used (it never spawns, so only the serial path is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def random_model(path: str) -> str:
+    from apr.model import ModelInfo, make_model, save_model
+    from apr.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    save_model(make_model("tiny", tok), tok, ModelInfo(method="apr", preset="tiny"), path)
+    return path
+
+
+def main() -> None:
+    from apr.countdown import read_problems
+    from apr.engine.base import Request, SamplingParams
+    from apr.engine.local import LocalEngine
+    from apr.model import load_model_info
+    from apr.runtime import Runtime, RuntimeConfig
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--problems", default="src/apr/data/countdown4_val1000.jsonl")
+    ap.add_argument("--limit", type=int, default=32)
+    ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-new", type=int, default=None, help="cap tokens per thread (a random model never stops)")
+    args = ap.parse_args()
+    model = args.model or random_model("/tmp/apr_bench_random_tiny")
+    info = load_model_info(model)
+    context = args.context if args.model else min(args.context, 300)
+    problems = read_problems(args.problems)[: args.limit]
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    cfg = RuntimeConfig(method=info.method, context=context, max_in_flight=args.slots, sub_call_budget=10 if info.sub_call_budget else None)
+
+    def engine():
+        return LocalEngine(model, max_slots=args.slots, max_len=context, device=device)
+
+    # warm-up (allocations, kernels) on a few problems
+    with engine() as e:
+        Runtime(e, cfg).run(list(enumerate(problems[:2])))
+
+    with engine() as e:
+        rt = Runtime(e, cfg)
+        t = time.perf_counter()
+        recs = rt.run(list(enumerate(problems)))
+        wall = time.perf_counter() - t
+    tokens = sum(r["total_tokens"] for r in recs)
+    # the same completions, without orchestration
+    reqs = []
+    for r in recs:
+        stack = [r["threads"]]
+        while stack:
+            th = stack.pop()
+            ctx = th["prompt"]
+            for k, seg in enumerate(th["segments"]):
+                reqs.append((ctx, seg))
+                ctx = ctx + seg
+                if k < len(th["joins"]):
+                    ctx = ctx[: ctx.rfind("<Calling Sub Searches>\n")] + th["joins"][k]
+            stack.extend(c for g in th["children"] for c in g)
+    with engine() as e:
+        tok = e.tokenizer
+        batch = [Request(str(i), ctx, max(1, len(tok.encode(seg, add_special_tokens=False))), [], SamplingParams()) for i, (ctx, seg) in enumerate(reqs)]
+        t = time.perf_counter()
+        outs = e.run(batch)
+        plain = time.perf_counter() - t
+    plain_tokens = sum(c.n_tokens for c in outs)
+    print(f"machine: {machine(device)}; model: {model} ({info.method}); problems: {len(problems)}; slots: {args.slots}")
+    print(f"runtime:  {tokens} tokens in {wall:.2f} s = {tokens / wall:,.0f} tok/s; "
+          f"inside engine.poll {rt.engine_seconds:.2f} s; orchestration {wall - rt.engine_seconds:.2f} s "
+          f"({(wall - rt.engine_seconds) / rt.engine_seconds:.1%} of engine time)")
+    print(f"engine alone, same completions as independent requests: {plain_tokens} tokens in {plain:.2f} s = {plain_tokens / plain:,.0f} tok/s")
+    print(f"children per problem: {sum(r['children'] for r in recs) / len(recs):.2f}; accuracy {sum(r['correct'] for r in recs) / len(recs):.3f}")
+
+
+if __name__ == "__main__":
+    main()
