@@ -1,0 +1,533 @@
+"""The GRPO trainer behind `apr train rl` (config: apr.train.rl.RLConfig, loss: rl_loss).
+
+One step:
+  1. roll out: this process's share of `batch_size` problems, `group_size` samples each,
+     through the spawn/join runtime at temperature 1 (per-thread seeds from the step, the
+     problem and the sample, so a step's rollouts are a function of the weights and step);
+  2. reward each rollout (1 when the checker accepts it), normalize within each group;
+  3. learn: every thread segment is a sequence weighted by its rollout's advantage;
+     `inner_steps` AdamW steps on the PPO-clipped loss with a k3 KL to the initial model.
+     The old log-probs are those of the policy before the first inner step (the forward of
+     inner step 0, detached: same weights, so no extra pass);
+  4. push the new weights to the rollout engine (in place for the local engine; through
+     `reload_weights` from OUT_DIR/policy for a server).
+
+Data parallel under torchrun: each rank rolls out and learns on its slice of the problems;
+gradients are summed with one all-reduce (token weights already carry the global 1/N),
+so ranks may run different numbers of micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from apr import protocol as P
+from apr.countdown import Problem, read_problems
+from apr.errors import UserError
+from apr.io import atomic_write
+from apr.model import load_model, save_model
+from apr.runtime import EngineError, Runtime, RuntimeConfig
+from apr.tokenizer import tokenizer_fingerprint
+from apr.train import rl_loss as L
+from apr.train.config import dump_config
+from apr.train.data import default_eval_problems
+from apr.train.rl import RLConfig
+from apr.train.sft import CHECKPOINTS, _setup_device
+
+RewardFn = Callable[[dict, Problem], float]
+
+# ---------------------------------------------------------------------------- rewards
+
+
+def reward_binary(record: dict, problem: Problem) -> float:
+    """The published reward: 1 when the checker accepts the final path."""
+    return 1.0 if record.get("correct") else 0.0
+
+
+def reward_format(record: dict, problem: Problem) -> float:
+    """1 if correct; 0.1 for a well-formed search that failed (no cut, no failed spawn)."""
+    if record.get("correct"):
+        return 1.0
+    ok = all(t.get("status") == "done" for t in L.walk_threads(record.get("threads")))
+    return 0.1 if ok and P.NO_SOLUTION.strip() in record.get("text", "") else 0.0
+
+
+def reward_partial(record: dict, problem: Problem) -> float:
+    """1 if correct; else up to 0.5 by how close the best reached number came to the target."""
+    if record.get("correct"):
+        return 1.0
+    best = None
+    for line in record.get("text", "").split("\n"):
+        m = P.EXPLORE_RE.match(line)
+        if m:
+            nums = P.parse_list(m.group(5)) or []
+            if len(nums) == 1:
+                d = abs(nums[0] - problem.target)
+                best = d if best is None else min(best, d)
+    if best is None:
+        return 0.0
+    return 0.5 * max(0.0, 1.0 - best / max(1, problem.target))
+
+
+REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial}
+
+
+def resolve_reward(name: str) -> RewardFn:
+    if name in REWARD_FNS:
+        return REWARD_FNS[name]
+    mod, _, fn = name.partition(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"config: cannot import reward {name!r} ({e})") from None
+    if not callable(f):
+        raise UserError(f"config: reward {name!r} is not callable")
+    return f
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def problem_keys(problems: list[Problem]) -> set:
+    return {p.key for p in problems}
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) & 0x7FFFFFFF
+
+
+def all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.rank, self.world, self.device = _setup_device(cfg.device)
+        if cfg.batch_size % self.world:
+            raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
+        if not resume and (self.out / CHECKPOINTS / "latest").exists():
+            raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
+
+        # problems: training must not overlap validation
+        self.train_problems = read_problems(cfg.problems)
+        val_path = cfg.val_problems or default_eval_problems()
+        self.val_problems = read_problems(val_path)[: cfg.val_limit]
+        overlap = problem_keys(self.train_problems) & problem_keys(read_problems(val_path))
+        if overlap:
+            raise UserError(
+                f"{len(overlap)} training problem(s) are also validation problems in {val_path} "
+                "(same sorted nums and target); remove them or choose `val_problems`",
+                cfg.problems,
+            )
+        if not self.train_problems:
+            raise UserError("no training problems", cfg.problems)
+        self.reward_fn = reward_fn or resolve_reward(cfg.reward)
+
+        # models: the policy (trained) and the frozen reference (the initial model)
+        torch.manual_seed(cfg.seed)
+        if not Path(cfg.init).is_dir():
+            raise UserError("model folder not found", cfg.init)
+        self.policy, self.tok, self.info = load_model(cfg.init, device=str(self.device))
+        self.fingerprint = tokenizer_fingerprint(self.tok)
+        if self.info.tokenizer not in ("unknown", self.fingerprint):
+            raise UserError(f"apr.json names tokenizer {self.info.tokenizer}, the folder holds {self.fingerprint}", cfg.init)
+        self.method = cfg.method or self.info.method
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.policy.train()
+        self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        )
+        sub_budget = cfg.sub_call_budget
+        if sub_budget is None and self.info.sub_call_budget and self.method == "apr":
+            sub_budget = 10
+        self.rt = RuntimeConfig(
+            method=self.method,
+            context=cfg.context,
+            max_children=cfg.max_children,
+            max_total_tokens=cfg.max_total_tokens,
+            sub_call_budget=sub_budget if self.method == "apr" else None,
+            token_budget=4096 if (self.info.token_budget and self.method == "sos") else None,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            max_in_flight=cfg.max_in_flight,
+        )
+        self.step = 0
+        if resume:
+            self._resume()
+        self.engine = self._make_engine()
+        self._perms: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ engine
+
+    def _make_engine(self):
+        cfg = self.cfg
+        if cfg.engine == "server":
+            from apr.engine.openai import OpenAIEngine
+
+            engine = OpenAIEngine(cfg.server, model=cfg.served_model or None, tokenizer=self.tok)
+            if not hasattr(engine, "reload_weights"):
+                raise UserError("the server engine cannot reload weights")
+            self._push_weights(engine)  # fails here, before training, if the server cannot reload
+            return engine
+        from apr.engine.local import LocalEngine
+
+        return LocalEngine(
+            self.policy, self.tok, max_slots=cfg.max_slots, max_len=cfg.context, device=self.device, dtype=cfg.rollout_dtype
+        )
+
+    def _push_weights(self, engine=None) -> None:
+        """Give the rollout engine the current policy."""
+        engine = engine or self.engine
+        if self.cfg.engine == "local":
+            engine.model.load_hf_state_dict(self.policy.state_dict())  # in place
+            for key in list(engine.kept):
+                engine.release(key)  # cached K/V came from the old weights
+            return
+        path = self.out / "policy"
+        if self.rank == 0:
+            save_model(self.policy, self.tok, self.info, path)
+        if self.world > 1:
+            dist.barrier()
+        if self.rank == 0:
+            try:
+                engine.reload_weights(path.resolve())
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to reload is fatal and must be named
+                raise UserError(f"server could not reload weights: {type(e).__name__}: {e}") from None
+        if self.world > 1:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ data
+
+    def problems_for_step(self, step: int) -> list[tuple[int, Problem]]:
+        """This rank's (dataset index, problem) pairs of global batch `step` (seeded epochs)."""
+        n, b = len(self.train_problems), self.cfg.batch_size
+        out: list[int] = []
+        at = step * b
+        while len(out) < b:
+            epoch, i = divmod(at + len(out), n)
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+                self._perms = {epoch: torch.randperm(n, generator=g).numpy()}
+            out.extend(int(x) for x in self._perms[epoch][i : i + b - len(out)])
+        per = b // self.world
+        mine = out[self.rank * per : (self.rank + 1) * per]
+        return [(i, self.train_problems[i]) for i in mine]
+
+    def rollout(self, step: int) -> tuple[list[dict], list[Problem]]:
+        """G samples of each of this rank's problems; records sorted (problem, sample)."""
+        G = self.cfg.group_size
+        mine = self.problems_for_step(step)
+        items = []
+        for k, (_, prob) in enumerate(mine):
+            for g in range(G):
+                items.append(((self.rank * len(mine) + k) * G + g, prob))
+        rt = RuntimeConfig(**{**vars(self.rt), "seed": step_seed(self.cfg.seed, step)})
+        records = sorted(Runtime(self.engine, rt, self.tok).run(items), key=lambda r: r["index"])
+        return records, [p for _, p in items]
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, records: list[dict], advantages: list[float]) -> dict:
+        """`inner_steps` optimizer steps on this batch; returns metric sums (all ranks)."""
+        cfg = self.cfg
+        n_global = cfg.batch_size * cfg.group_size
+        stats = L.BuildStats()
+        seqs: list[L.Sequence] = []
+        for i, rec in enumerate(records):
+            if cfg.skip_zero_advantage and advantages[i] == 0:
+                continue
+            seqs.extend(L.rollout_sequences(rec.get("threads"), i, self.tok, self.max_len, stats))
+        weights = L.token_weights(seqs, n_global)
+        batches = [
+            L.collate([seqs[j] for j in idx], [weights[j] for j in idx], [advantages[seqs[j].rollout] for j in idx], self.tok.pad_token_id).to(self.device)
+            for idx in L.micro_batches(seqs, cfg.micro_tokens)
+        ]
+        ref_logps = []
+        with torch.no_grad(), self.autocast:
+            for b in batches:
+                ref_logps.append(L.token_logprobs(self.ref, b)[0])
+        n_seqs = all_sum(torch.tensor(float(len(seqs)), device=self.device), self.world).item()
+        old_logps: list[torch.Tensor] = []
+        sums = {k: torch.zeros((), device=self.device) for k in ("loss", "pg", "kl", "clipped", "tokens", "entropy")}
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for k in range(cfg.inner_steps if n_seqs > 0 else 0):  # nothing to learn from: no step
+            self.optimizer.zero_grad(set_to_none=True)
+            for j, b in enumerate(batches):
+                with self.autocast:
+                    logp, ent = L.token_logprobs(self.policy, b, with_entropy=k == 0)
+                if k == 0:
+                    old_logps.append(logp.detach())  # = the rollout policy's log-probs (recomputed)
+                loss, s = L.grpo_loss(logp, old_logps[j], ref_logps[j], b, cfg.clip, cfg.kl_coef)
+                loss.backward()
+                sums["loss"] += loss.detach()
+                for key in ("pg", "kl", "clipped", "tokens"):
+                    sums[key] += s[key]
+                if ent is not None:
+                    sums["entropy"] += (ent * (b.weight > 0)).sum()
+            for p in params:  # a rank with no sequences still takes part in the all-reduce
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if self.world > 1:  # one flat all-reduce; weights carry the global 1/N already
+                grads = [p.grad for p in params]
+                flat = torch.cat([g.flatten() for g in grads])
+                dist.all_reduce(flat)
+                at = 0
+                for g in grads:
+                    g.copy_(flat[at : at + g.numel()].view_as(g))
+                    at += g.numel()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        train_tokens = sum(b.n_tokens for b in batches)
+        return {
+            **{k: v.item() for k, v in sums.items()},
+            "sequences": len(seqs),
+            "train_tokens": float(train_tokens * (cfg.inner_steps + 1)),  # policy passes + the reference pass
+            "malformed_threads": stats.malformed_threads,
+            "empty_segments": stats.empty_segments,
+            "long_segments": stats.long_segments,
+        }
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict:
+        cfg, step = self.cfg, self.step
+        t0 = time.perf_counter()
+        skip = None
+        try:
+            records, problems = self.rollout(step)
+        except EngineError as e:
+            records, problems, skip = [], [], f"engine failed during rollouts: {e}"
+            if hasattr(self.engine, "abort_all"):
+                self.engine.abort_all()
+        t1 = time.perf_counter()
+        rewards = []
+        if skip is None:
+            try:
+                rewards = [float(self.reward_fn(r, p)) for r, p in zip(records, problems)]
+                if not all(math.isfinite(x) for x in rewards):
+                    skip = "reward function returned a non-finite value"
+            except Exception as e:  # noqa: BLE001 - a user reward may raise anything: skip the step, say why
+                skip = f"reward function raised {type(e).__name__}: {e}"
+        flag = all_sum(torch.tensor(float(skip is not None), device=self.device), self.world)
+        if flag.item() > 0:  # every rank skips together
+            self.step += 1
+            return {"step": self.step, "skipped": skip or "another process skipped this step"}
+
+        G = cfg.group_size
+        adv = L.group_advantages(torch.tensor(rewards).view(-1, G), cfg.adv_eps).flatten().tolist()
+        m = self.learn(records, adv)
+        t2 = time.perf_counter()
+        self._push_weights()
+        self.step += 1
+
+        gen_tokens = sum(r["total_tokens"] for r in records)
+        zero_groups = sum(1 for i in range(0, len(rewards), G) if len(set(rewards[i : i + G])) == 1)
+        local = [
+            sum(rewards), sum(bool(r["correct"]) for r in records), len(records), sum(r["children"] for r in records),
+            gen_tokens, sum(r["sequential_tokens"] for r in records), m["loss"], m["pg"], m["kl"], m["clipped"],
+            m["tokens"], m["entropy"], m["sequences"], m["train_tokens"], zero_groups,
+            m["malformed_threads"], m["empty_segments"], m["long_segments"], t1 - t0, t2 - t1,
+        ]
+        tot = all_sum(torch.tensor(local, dtype=torch.float64, device=self.device), self.world).tolist()
+        n, tok = max(tot[2], 1), max(tot[10], 1)
+        rollout_s, learn_s = tot[18] / self.world, tot[19] / self.world  # mean per process
+        return {
+            "step": self.step,
+            "reward": tot[0] / n,
+            "accuracy": tot[1] / n,
+            "kl": tot[8] / tok,  # mean k3 per trained token over the inner steps
+            "loss": tot[6] / cfg.inner_steps,
+            "pg_loss": tot[7] / cfg.inner_steps,
+            "clip_frac": tot[9] / tok,
+            "entropy": tot[11] / max(tok / cfg.inner_steps, 1),
+            "children": tot[3] / n,
+            "total_tokens": tot[4] / n,
+            "sequential_tokens": tot[5] / n,
+            "segments": tot[12] / n,
+            "trained_tokens": tot[10] / cfg.inner_steps,
+            "zero_adv_groups": tot[14] / max(cfg.batch_size, 1),
+            "malformed_threads": int(tot[15]),
+            "skipped_segments": int(tot[16] + tot[17]),
+            "rollout_s": rollout_s,
+            "learn_s": learn_s,
+            "rollout_tok_s": tot[4] / max(rollout_s, 1e-9) / self.world,
+            "train_tok_s": tot[13] / max(learn_s, 1e-9) / self.world,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Greedy accuracy on the first `val_limit` validation problems (rank 0)."""
+        rt = RuntimeConfig(**{**vars(self.rt), "temperature": 0.0, "top_k": 0, "top_p": 1.0})
+        recs = Runtime(self.engine, rt, self.tok).run(enumerate(self.val_problems))
+        return sum(bool(r["correct"]) for r in recs) / max(1, len(recs))
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> Path:
+        cfg, main = self.cfg, self.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.out / "config.yaml") as f:
+                f.write(dump_config(cfg))
+            self._trim_metrics()
+            print(
+                f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
+                f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on {self.device.type}",
+                file=sys.stderr,
+            )
+        if cfg.eval_at_start and self.step == 0 and cfg.eval_every:
+            self._validate_and_log()
+        skipped_in_row = 0
+        while self.step < cfg.max_steps:
+            rec = self.train_step()
+            skipped_in_row = skipped_in_row + 1 if "skipped" in rec else 0
+            done = self.step == cfg.max_steps
+            if main:
+                self._log(rec)
+                if "skipped" in rec:
+                    print(f"rl: step {rec['step']} skipped: {rec['skipped']}", file=sys.stderr)
+                else:
+                    print(
+                        f"rl: step {rec['step']}/{cfg.max_steps} reward {rec['reward']:.3f} kl {rec['kl']:.4f} "
+                        f"children {rec['children']:.1f} rollout {rec['rollout_s']:.1f}s learn {rec['learn_s']:.1f}s",
+                        file=sys.stderr,
+                    )
+            if skipped_in_row >= 3:
+                raise UserError(f"3 steps in a row skipped; last reason: {rec['skipped']}")
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
+                self._validate_and_log()
+            if cfg.save_every and self.step % cfg.save_every == 0 and not done:
+                self.save_checkpoint()
+        final = self.out / "final"
+        if main:
+            save_model(self.policy, self.tok, self.info, final)  # apr.json preserved from `init`
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+    def _validate_and_log(self) -> None:
+        if self.rank == 0:
+            self._log({"step": self.step, "val_accuracy": self.validate()})
+        if self.world > 1:
+            dist.barrier()
+
+    def _log(self, rec: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [l for l in path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= self.step]
+        if self.step == 0:
+            keep = []
+        with atomic_write(path) as f:
+            f.write("".join(l + "\n" for l in keep))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        return {
+            "step": self.step,
+            "kind": "rl",
+            "preset": self.info.preset,
+            "tokenizer": self.fingerprint,
+            "method": self.method,
+            "init": str(Path(self.cfg.init).resolve()),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.rank == 0:
+            root = self.out / CHECKPOINTS
+            name = f"step_{self.step:07d}"
+            tmp = root / f".tmp_{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            state = {
+                "model": self.policy.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": random.getstate(),
+                },
+            }
+            with open(tmp / "state.pt", "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            (tmp / "meta.json").write_text(json.dumps(self._meta(), indent=2))
+            shutil.rmtree(root / name, ignore_errors=True)
+            os.replace(tmp, root / name)
+            with atomic_write(root / "latest") as f:
+                f.write(name)
+            for old in sorted(root.glob("step_*"))[: -max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        root = self.out / CHECKPOINTS
+        try:
+            ckpt = root / (root / "latest").read_text().strip()
+            meta = json.loads((ckpt / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError("--resume: no readable checkpoint", str(root)) from None
+        now = self._meta()
+        for key in ("kind", "preset", "tokenizer", "method"):
+            if meta.get(key) != now[key]:
+                raise UserError(f"--resume: checkpoint has {key} {meta.get(key)!r}, this run has {now[key]!r}", str(ckpt))
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        try:
+            self.policy.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"--resume: checkpoint does not fit the model: {str(e).splitlines()[0]}", str(ckpt)) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate(state["rng"]["python"])
+
+
+def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None) -> Path:
+    """Run GRPO from `config.init`; returns OUT_DIR/final."""
+    trainer = RLTrainer(config, resume=resume, reward_fn=reward_fn)
+    try:
+        return trainer.train()
+    finally:
+        trainer.engine.close()
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
