@@ -3,6 +3,8 @@ seeded sampling, stop strings."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,6 +15,9 @@ from apr.engine.base import Request, SamplingParams, stop_match  # noqa: E402
 from apr.engine.llama import Transformer  # noqa: E402
 from apr.engine.local import LocalEngine, gumbel_noise, sample, vocab_hash  # noqa: E402
 from apr.errors import UserError  # noqa: E402
+
+# APR_TEST_DEVICE=cuda runs the engine tests on a GPU (fp32, CUDA graphs on).
+DEVICE = os.environ.get("APR_TEST_DEVICE", "cpu")
 
 PROMPTS = [
     "Current State: 24:[4, 9, 3], Operations: []",
@@ -35,7 +40,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device="cpu", record_logits=True)
+    return LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device=DEVICE, dtype="float32", record_logits=True)
 
 
 def hf_greedy(model, tok, prompt: str, n: int) -> list[int]:
@@ -78,7 +83,7 @@ def test_greedy_matches_generate_with_queuing(tiny_hf, tiny_model_dir):
     refs = [hf_greedy(model, tok, p, n) for p in PROMPTS]
     # 3 slots for 6 requests: the rest queue; tiny prefill chunks exercise chunked prefill.
     for kw in ({}, {"prefill_chunk": 5, "prefill_budget": 12}):
-        eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device="cpu", **kw)
+        eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device=DEVICE, dtype="float32", **kw)
         for i, p in enumerate(PROMPTS):
             eng.submit(Request(str(i), p, n, []))
         assert eng.pending() == len(PROMPTS) and eng.free_slots() == 0

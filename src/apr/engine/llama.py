@@ -18,7 +18,6 @@ so cost grows with the live lengths, not with `max_len`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -238,13 +237,11 @@ class Transformer(nn.Module):
         B, nq, S, hd = q.shape
         g = nq // a.n_kv_heads
         if S == 1:
-            # Decode: group the query heads that share a KV head, so GQA is one batched
-            # matmul over the cache without repeating K/V (decode is bandwidth-bound).
+            # Decode: the g query heads that share a KV head become g "queries" of that head
+            # (they share one position, hence one mask row), so GQA reads K/V once without
+            # repeating them. SDPA keeps scores in fp32 (a bf16 matmul would round them).
             qg = q.reshape(B, a.n_kv_heads, g, hd)
-            s = torch.matmul(qg, k.transpose(-1, -2)).float() * (1.0 / math.sqrt(hd))  # [B, nkv, g, T]
-            s = s.masked_fill(~mask[:, None], float("-inf"))
-            p = torch.softmax(s, dim=-1).to(v.dtype)
-            y = torch.matmul(p, v)  # [B, nkv, g, hd]
+            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask[:, None])  # mask [B, 1, 1, T]
             return y.reshape(B, 1, nq * hd)
         # Prefill: fused SDPA with an explicit per-row mask (rows start at different positions).
         if g > 1:

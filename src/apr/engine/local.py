@@ -88,6 +88,60 @@ def sample(
     return torch.where(temperature > 0, drawn, greedy)
 
 
+# ---- CUDA graphs for decode ----------------------------------------------------------
+
+
+class DecodeGraphs:
+    """Decode steps replayed from CUDA graphs, one per (row bucket, length bucket).
+
+    A decode step of a small model is launch-bound (hundreds of small kernels, plus Python
+    per layer), so we capture it. Shapes vary every step, so we bucket them: the batch is
+    slots 0..R-1 with R a power of two (idle rows write the scratch cell), the attended
+    length is rounded up to a multiple of `t_bucket` (positions past a row's length are
+    masked). Capturing re-runs the step on the real inputs, which is harmless: it writes
+    the same K/V into the same cells.
+    """
+
+    def __init__(self, model: Transformer, slots: int, t_bucket: int = 256):
+        self.model, self.slots, self.t_bucket = model, slots, t_bucket
+        dev = model.embed.weight.device
+        self.inp = torch.zeros(slots, 2, dtype=torch.int64, device=dev)  # token, start
+        self.ones = torch.ones(slots, dtype=torch.int64, device=dev)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.pool = None
+
+    def rows_bucket(self, hi: int) -> int:
+        r = 8
+        while r < hi:
+            r *= 2
+        return min(r, self.slots)
+
+    def run(self, d: Tensor, t_max: int) -> Tensor:
+        R = d.shape[0]
+        T = min(-(-t_max // self.t_bucket) * self.t_bucket, self.model.max_len + 1)
+        self.inp[:R].copy_(d)
+        key = (R, T)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(R, T)
+        g, out = self.graphs[key]
+        g.replay()
+        return out
+
+    def _capture(self, R: int, T: int):
+        m, inp, ones = self.model, self.inp[:R], self.ones[:R]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                m(inp[:, :1], slice(0, R), inp[:, 1], ones, T)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            out = m(inp[:, :1], slice(0, R), inp[:, 1], ones, T)
+        self.pool = g.pool()
+        return g, out
+
+
 # ---- engine -------------------------------------------------------------------------
 
 
@@ -166,6 +220,7 @@ class LocalEngine(Engine):
         prefill_chunk: int = 512,
         prefill_budget: int | None = None,  # padded tokens per prefill forward
         record_logits: bool = False,  # keep each request's first-token logits (tests)
+        cuda_graphs: bool | None = None,  # default: on for CUDA
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -186,6 +241,9 @@ class LocalEngine(Engine):
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget or (8192 if self.device.type == "cuda" else 2048)
         self.vhash = vocab_hash(self.model.args.vocab_size, self.device)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        self.graphs = DecodeGraphs(self.model, max_slots) if cuda_graphs else None
 
         eos = set()
         for e in (getattr(self.model_config, "eos_token_id", None), tokenizer.eos_token_id):
@@ -268,7 +326,7 @@ class LocalEngine(Engine):
             hf = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model ({str(e).splitlines()[0]})", str(path)) from None
-        self.model.load_hf_state_dict(hf.state_dict())
+        self.model.load_hf_state_dict(hf.state_dict())  # in place: captured graphs stay valid
         for k in list(self.kept):
             self.release(k)
         self.model_path = str(path)
@@ -337,7 +395,10 @@ class LocalEngine(Engine):
         dev = self.device
         live = [(i, s) for i, s in enumerate(self.live) if s is not None and s.gen]
         hi = live[-1][0] + 1
-        if 2 * len(live) >= hi:
+        t_max = max(s.cache_len + 1 for _, s in live)
+        if self.graphs is not None:
+            hi = self.graphs.rows_bucket(hi)  # graphs run a fixed row count: pad with idle rows
+        if self.graphs is not None or 2 * len(live) >= hi:
             # Rows are slots 0..hi-1 (cache views); idle rows feed token 0 at the scratch cell.
             rows: slice | Tensor = slice(0, hi)
             seqs: list[_Seq | None] = [None] * hi
@@ -348,13 +409,14 @@ class LocalEngine(Engine):
             rows = torch.tensor([i for i, _ in live], device=dev)
         data = [[s.gen[-1], s.cache_len] if s is not None else [0, self.max_len] for s in seqs]
         d = torch.tensor(data, dtype=torch.int64).to(dev)
-        t_max = max(s.cache_len + 1 for _, s in live)
-        ones = torch.ones(len(seqs), dtype=torch.int64, device=dev)
-        logits = self.model(d[:, :1], rows, d[:, 1], ones, t_max)
+        if self.graphs is not None:
+            logits = self.graphs.run(d, t_max)
+        else:
+            ones = torch.ones(len(seqs), dtype=torch.int64, device=dev)
+            logits = self.model(d[:, :1], rows, d[:, 1], ones, t_max)
         self.stats["decode_steps"] += 1
-        if isinstance(rows, slice):
-            idx = torch.tensor([i for i, _ in live], device=dev)
-            logits = logits[idx] if len(live) < hi else logits
+        if isinstance(rows, slice) and len(live) < hi:
+            logits = logits[torch.tensor([i for i, _ in live], device=dev)]
         self._sample_and_advance([s for _, s in live], logits)
 
     def _sample_and_advance(self, seqs: list[_Seq], logits: Tensor) -> None:
