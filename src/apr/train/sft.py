@@ -1,0 +1,370 @@
+"""Supervised training on search demonstrations: one loop from one CPU to many GPUs.
+
+Launch with `apr train sft --config FILE`, or `torchrun --nproc_per_node N -m apr.cli train
+sft ...` for data parallel (DDP: nccl on GPU, gloo on CPU). Every process builds the same
+packed dataset and the same global batch order (a seeded permutation per epoch), then takes
+its own slice of each global batch, so the data position is just the step number.
+
+The loss of a step is the sum of token losses over the global batch divided by the number
+of target tokens in that batch (known to every rank without communication), so results do
+not depend on how the batch is split into processes or micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from apr.errors import UserError
+from apr.io import atomic_write
+from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
+from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
+from apr.train import data as D
+from apr.train.config import SFTConfig, dump_config
+
+CHECKPOINTS = "checkpoints"
+
+
+def _setup_device(pref: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() if pref == "auto" else pref.startswith("cuda")
+    if cuda:
+        device = torch.device(f"cuda:{local}" if world > 1 or pref in ("auto", "cuda") else pref)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if not cuda:  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return rank, world, device
+
+
+def lr_factor(step: int, cfg: SFTConfig) -> float:
+    """Linear warmup to 1, then cosine to min_lr/lr at max_steps."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
+    floor = o.min_lr / o.lr if o.lr > 0 else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SFTTrainer:
+    """Builds data, model and optimizer from a config; `train()` runs to max_steps."""
+
+    def __init__(self, config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None):
+        self.cfg = cfg = config
+        self.out = Path(cfg.out_dir)
+        self.evaluate_accuracy = evaluate_accuracy
+        self.rank, self.world, self.device = _setup_device(cfg.device)
+        per_rank, rem = divmod(cfg.batch_size, self.world * cfg.grad_accum)
+        if rem or per_rank == 0:
+            raise UserError(
+                f"config: batch_size {cfg.batch_size} must be a multiple of processes x grad_accum "
+                f"({self.world} x {cfg.grad_accum})"
+            )
+        self.micro = per_rank
+        if not resume and (self.out / CHECKPOINTS / "latest").exists():
+            raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
+
+        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        self.stats, self.train_data, self.val_data, method, task = self._load_data()
+        self.info = ModelInfo(
+            method=method,
+            preset=cfg.model,
+            task=task,
+            sub_call_budget=cfg.sub_call_budget,
+            token_budget=cfg.token_budget,
+            tokenizer=tokenizer_fingerprint(self.tokenizer),
+            context=cfg.context,
+        )
+        self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
+
+        torch.manual_seed(cfg.seed)
+        self.raw_model = make_model(cfg.model, self.tokenizer).to(self.device)
+        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            fused=self.device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.step = 0
+        if resume:
+            self._resume()
+
+        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        )
+        # Evaluation runs on `local_model`: ranks may do different numbers of forwards there.
+        self.local_model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.model = self.local_model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # The only buffers (rotary frequencies) are constants: no need to sync them.
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        self._perms: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ data
+
+    def _load_data(self):
+        cfg = self.cfg
+        records = D.read_demonstrations(cfg.data)
+        D.check_no_overlap(records, cfg.eval_problems or D.default_eval_problems())
+        order = list(range(len(records)))
+        random.Random(cfg.seed).shuffle(order)
+        n_val = round(len(records) * cfg.val_fraction)
+        if cfg.val_fraction > 0 and n_val == 0 and len(records) > 1:
+            n_val = 1
+        val_ids = set(order[:n_val])
+        opts = dict(token_budget_prefix=cfg.token_budget, sub_call_budget_prefix=cfg.sub_call_budget)
+        train = D.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
+        val = D.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
+        methods = {d.method for d in train + val}
+        if len(methods) > 1:
+            raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
+        method = methods.pop()
+        if cfg.token_budget and method != "sos":
+            raise UserError("config: `token_budget` applies to SoS+ demonstrations only")
+        if cfg.sub_call_budget and method != "apr":
+            raise UserError("config: `sub_call_budget` applies to APR demonstrations only")
+        stats = D.DataStats()
+        train_data = D.build_packed(train, self.tokenizer, cfg.context, cfg.train_on_inserted, stats)
+        val_data = D.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, D.DataStats()) if val else None
+        task = records[0][2].get("task") or dict(DEFAULT_TASK)
+        return stats, train_data, val_data, method, task
+
+    def _rows_for_step(self, step: int) -> np.ndarray:
+        """Global batch `step`: the next batch_size rows of an endless stream of per-epoch
+        seeded permutations (so resuming needs only the step number)."""
+        n, b = len(self.train_data), self.cfg.batch_size
+        out, at = [], step * b
+        while len(out) < b:
+            epoch, i = divmod(at + len(out), n)
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+                self._perms = {epoch: torch.randperm(n, generator=g).numpy()}  # keep one epoch
+            out.extend(self._perms[epoch][i : i + b - len(out)])
+        return np.asarray(out)
+
+    def _batch(self, packed: D.Packed, rows: np.ndarray):
+        rows = np.sort(rows)
+        return [
+            torch.from_numpy(a[rows]).long().to(self.device, non_blocking=True)
+            for a in (packed.input_ids, packed.targets, packed.position_ids)
+        ]
+
+    def _loss_sum(self, model, packed: D.Packed, rows: np.ndarray) -> torch.Tensor:
+        x, y, pos = self._batch(packed, rows)
+        with self.autocast:
+            logits = model(input_ids=x, position_ids=pos, use_cache=False).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE, reduction="sum")
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step on the global batch; returns this rank's share of its loss."""
+        cfg = self.cfg
+        rows = self._rows_for_step(self.step)
+        n_tok = max(1, int(self.row_tokens[rows].sum()))
+        per_rank = cfg.batch_size // self.world
+        mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
+        total = torch.zeros((), device=self.device)
+        for k in range(cfg.grad_accum):
+            last = k == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if self.world == 1 or last else self.model.no_sync()
+            with sync:
+                loss_sum = self._loss_sum(self.model, self.train_data, mine[k * self.micro : (k + 1) * self.micro])
+                # DDP averages gradients over ranks; scale so the result is sum / n_tok.
+                (loss_sum * (self.world / n_tok)).backward()
+            total += loss_sum.detach()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total / n_tok
+
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean token loss on a fixed slice of the held-out records (all ranks take part)."""
+        self.local_model.eval()
+        rows = np.arange(min(len(self.val_data), self.cfg.eval_batches * self.cfg.batch_size))
+        mine = rows[self.rank :: self.world]
+        loss = torch.zeros((), device=self.device)
+        for i in range(0, len(mine), self.micro):
+            loss += self._loss_sum(self.local_model, self.val_data, mine[i : i + self.micro])
+        n_tok = float((self.val_data.targets[rows] != D.IGNORE).sum())
+        self.local_model.train()
+        return self._all_sum(loss).item() / max(1.0, n_tok)
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> Path:
+        cfg, main = self.cfg, self.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.out / "config.yaml") as f:
+                f.write(dump_config(cfg))
+            with atomic_write(self.out / "data_stats.json") as f:
+                json.dump(vars(self.stats), f, indent=2)
+            self._trim_metrics()
+            s = self.stats
+            print(
+                f"data: {s.records} records -> {s.documents} documents, {s.rows} rows of {cfg.context} tokens "
+                f"({s.dropped_long} documents longer than the context dropped); model {cfg.model}: "
+                f"{count_params(self.raw_model) / 1e6:.1f}M non-embedding params; {self.world} process(es) on "
+                f"{self.device.type}",
+                file=sys.stderr,
+            )
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, file=sys.stderr, unit="step")
+        tokens_per_step = cfg.batch_size * cfg.context
+        loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
+        while self.step < cfg.max_steps:
+            loss_acc += self.train_step()
+            n_acc += 1
+            bar.update(1)
+            done = self.step == cfg.max_steps
+            if self.step % cfg.log_every == 0 or done:
+                loss = self._all_sum(loss_acc).item() / n_acc
+                elapsed = time.perf_counter() - t0
+                rec = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": (self.step - steps0) * tokens_per_step / elapsed,
+                }
+                if self.val_data is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
+                    rec["val_loss"] = self.evaluate()
+                if main:
+                    self._log(rec)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
+            if cfg.save_every and self.step % cfg.save_every == 0 and not done:
+                self.save_checkpoint()
+        bar.close()
+        final = self.out / "final"
+        if main:
+            save_model(self.raw_model, self.tokenizer, self.info, final, cfg.max_shard_size)
+            if self.evaluate_accuracy is not None:
+                self._log({"step": self.step, "val_accuracy": self.evaluate_accuracy(final)})
+        if self.world > 1:
+            dist.barrier()
+        return final
+
+    def _log(self, rec: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
+        with atomic_write(path) as f:
+            f.write("".join(line + "\n" for line in keep))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        return {"step": self.step, "preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
+
+    def save_checkpoint(self) -> None:
+        """Write checkpoints/step_N atomically (temp dir, then rename), then point `latest` at it."""
+        if self.rank == 0:
+            root = self.out / CHECKPOINTS
+            name = f"step_{self.step:07d}"
+            tmp = root / f".tmp_{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            state = {
+                "model": self.raw_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,  # the data position: batches are a function of the step
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": random.getstate(),
+                },
+            }
+            with open(tmp / "state.pt", "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            (tmp / "meta.json").write_text(json.dumps(self._meta(), indent=2))
+            shutil.rmtree(root / name, ignore_errors=True)
+            os.replace(tmp, root / name)
+            with atomic_write(root / "latest") as f:
+                f.write(name)
+            for old in sorted(root.glob("step_*"))[: -max(1, self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        root = self.out / CHECKPOINTS
+        try:
+            ckpt = root / (root / "latest").read_text().strip()
+            meta = json.loads((ckpt / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError("--resume: no readable checkpoint", str(root)) from None
+        for key, now in (("preset", self.cfg.model), ("tokenizer", self.info.tokenizer), ("context", self.cfg.context)):
+            if meta.get(key) != now:
+                raise UserError(f"--resume: checkpoint has {key} {meta.get(key)!r}, this config has {now!r}", str(ckpt))
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate(state["rng"]["python"])
+
+
+def train_sft(
+    config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None
+) -> Path:
+    """Train a model from demonstrations; returns the final model folder (OUT_DIR/final).
+
+    `evaluate_accuracy(model_dir) -> float`, when given, is called on the final model and
+    its result logged as `val_accuracy` (a hook for the runtime's evaluation).
+    """
+    trainer = SFTTrainer(config, resume=resume, evaluate_accuracy=evaluate_accuracy)
+    try:
+        return trainer.train()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,141 @@
+"""The SFT trainer: overfitting, exact resume, DDP equivalence, config checking."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apr.countdown import TaskConfig, generate
+from apr.data import demonstration
+from apr.errors import UserError
+from apr.search import AprConfig
+from apr.train.config import load_config
+from apr.train.sft import SFTTrainer, train_sft
+
+# Two-number problems: traces of ~110 tokens, so a step is a fraction of a second on a CPU.
+TASK = TaskConfig(num_count=2, num_max=20, target_min=10, target_max=30)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    (d / "val.jsonl").write_text(json.dumps({"nums": [1, 2, 3, 4], "target": 24}) + "\n")
+    with open(d / "demos.jsonl", "w") as f:
+        for i, p in enumerate(generate(40, seed=5, task=TASK)):
+            f.write(json.dumps(demonstration(p, i, 0, AprConfig())) + "\n")
+    return d / "demos.jsonl"
+
+
+def config(demos: Path, out: Path, *extra: str):
+    base = [
+        f"data={demos}",
+        f"eval_problems={demos.parent / 'val.jsonl'}",
+        f"out_dir={out}",
+        "model=tiny",
+        "context=256",
+        "batch_size=4",
+        "max_steps=6",
+        "log_every=1",
+        "eval_every=3",
+        "val_fraction=0.1",
+        "eval_batches=1",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=2",
+        "optim.min_lr=3e-4",
+    ]
+    return load_config(None, base + list(extra))
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def test_overfits_a_few_dozen_traces(demos, tmp_path):
+    final = train_sft(config(demos, tmp_path, "max_steps=40", "batch_size=8", "val_fraction=0", "log_every=10"))
+    got = losses(tmp_path)
+    # bound from a real run: 3.54 at step 10 -> 1.30 at step 40 (a unigram model is ~3)
+    assert got[40] < 1.6 and got[40] < 0.5 * got[10], got
+    assert (final / "apr.json").exists() and (tmp_path / "config.yaml").exists()
+    info = json.loads((final / "apr.json").read_text())
+    assert info["method"] == "apr" and info["preset"] == "tiny" and info["context"] == 256
+
+
+def test_resume_continues_exactly(demos, tmp_path, monkeypatch):
+    whole = train_sft(config(demos, tmp_path / "whole", "save_every=3"))
+    cut = tmp_path / "cut"
+
+    real_step = SFTTrainer.train_step
+
+    def dying_step(self):
+        if self.step == 4:  # killed after the checkpoint at step 3, mid-way to the next
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(SFTTrainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(config(demos, cut, "save_every=3"))
+    monkeypatch.setattr(SFTTrainer, "train_step", real_step)
+    assert (cut / "checkpoints" / "latest").read_text() == "step_0000003"
+    with pytest.raises(UserError, match="pass --resume"):
+        train_sft(config(demos, cut, "save_every=3"))
+    with pytest.raises(UserError, match="checkpoint has preset 'tiny'"):
+        train_sft(config(demos, cut, "save_every=3", "model=small"), resume=True)
+    train_sft(config(demos, cut, "save_every=3"), resume=True)
+    assert losses(cut) == losses(tmp_path / "whole") and len(losses(cut)) == 6
+    metrics = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]  # lines after the checkpoint were re-logged once
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_two_process_gloo_ddp_equals_one_process(demos, tmp_path):
+    one = tmp_path / "one"
+    train_sft(config(demos, one, "max_steps=3", "eval_every=0"))
+    two = tmp_path / "two"
+    sets = [
+        f"data={demos}", f"eval_problems={demos.parent / 'val.jsonl'}", f"out_dir={two}", "context=256",
+        "batch_size=4", "max_steps=3", "log_every=1", "eval_every=0", "val_fraction=0.1", "eval_batches=1",
+        "optim.lr=3e-3", "optim.warmup_steps=2", "optim.min_lr=3e-4", "device=cpu",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "apr.cli"]
+    cmd += ["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml")]
+    cmd += [arg for s in sets for arg in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), (step, a, b)
+
+
+def test_config_refuses_unknown_keys_and_wrong_types(tmp_path):
+    with pytest.raises(UserError, match="unknown key `optim.lrr`"):
+        load_config(None, ["data=x", "optim.lrr=1"])
+    with pytest.raises(UserError, match="`max_steps` must be int"):
+        load_config(None, ["data=x", "max_steps=ten"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: x\noptim:\n  lr: 5e-5\n  warmup: 3\n")
+    with pytest.raises(UserError, match="unknown key `optim.warmup`"):
+        load_config(cfg)
+    cfg.write_text("data: x\ncompile: 'yes'\n")
+    with pytest.raises(UserError, match="`compile` must be bool"):
+        load_config(cfg)
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "x"\nmax_steps = 7\n[optim]\nlr = 5e-5\n')
+    c = load_config(toml, ["optim.lr=1e-4", "data=123.jsonl", "compile=true"])
+    assert (c.max_steps, c.optim.lr, c.data, c.compile) == (7, 1e-4, "123.jsonl", True)
+
+
+def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
+    from apr.cli import main
+
+    assert main(["train", "sft", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("apr: error:") for line in err)
