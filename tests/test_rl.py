@@ -320,3 +320,12 @@ def test_config_errors_are_one_line(files, tmp_path, capsys):
     assert main(["train", "rl", "--config", str(cfg), "--set", "engine=server"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("apr: error: config:") for e in err)
+
+
+def test_sos_baseline_has_one_segment_per_rollout(files, tmp_path):
+    from apr.train.grpo import train_rl
+
+    out = tmp_path / "sos"
+    train_rl(config(files, out, "method=sos", "max_steps=1"), reward_fn=_index_reward)
+    (m,) = [r for r in metrics(out) if "reward" in r]
+    assert m["segments"] == 1.0 and m["children"] == 0 and m["trained_tokens"] > 0
