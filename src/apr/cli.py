@@ -19,6 +19,9 @@ COMMAND_MODULES = [
     "apr.solve",
     "apr.train.cli",
     "apr.serve",
+    "apr.eval",
+    "apr.report",
+    "apr.pipeline",
 ]
 
 

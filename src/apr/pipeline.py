@@ -1,0 +1,274 @@
+"""`apr pipeline --preset cpu|gpu`: problems -> demonstrations -> an APR and an SoS+ model
+-> evaluations -> report, one resumable stage at a time.
+
+Both models have the same size and are trained on the same problems with the same token
+budget (steps x batch x context); only the demonstrations differ (spawn/join vs serial).
+A stage whose outputs exist is skipped; `--stages` picks stages, `--force` is not offered
+on purpose: delete a stage's folder to redo it.
+
+Layout under --out: data/ (train.jsonl, val.jsonl, apr.jsonl, sos.jsonl), train/apr/final,
+train/sos/final (HF folders; a copy of the validation problems as val_problems.jsonl sits in
+each, so `apr eval --model DIR` finds the right set), eval/<run>/ (apr eval folders),
+report/ (plots and report.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apr.errors import UserError
+from apr.io import atomic_write
+
+STAGES = ("data", "train", "eval", "report", "export")
+# Model shapes the presets add to apr.model.PRESETS: (layers, hidden, MLP, heads, positions).
+EXTRA_MODELS = {
+    "cpu-mini": (3, 128, 352, 4, 2048),  # ~0.6M non-embedding params: trains at a few k tokens/s on 2 cores
+    "gpu-10m": (6, 384, 1024, 6, 4096),  # ~10.6M params, ~21 MB in bf16
+}
+
+
+@dataclass
+class Preset:
+    num_count: int
+    train_problems: int
+    model: str
+    steps: int
+    batch_size: int
+    context: int  # training row length = evaluation context window
+    lr: float
+    warmup: int
+    eval_limit: int  # validation problems for the greedy runs
+    cons_n: int  # SoS+ samples per problem for cons@n / pass@n
+    cons_limit: int  # validation problems for the sampled run
+    budgets: list[int] = field(default_factory=list)  # APR child budgets to sweep
+    val_problems: int = 0  # 0: the packaged Countdown-4 set; else drawn for this task
+    eval_context: int = 0  # evaluation context window per thread; 0: the training context
+    workers: int = 2
+    max_in_flight: int = 32
+    dtype: str = "auto"
+
+
+PRESETS = {
+    # Countdown-3 (numbers 1..99, targets 10..100): traces are ~10x shorter than Countdown-4,
+    # so a tiny model sees many complete searches in a CPU budget; the solvers still differ
+    # (on 200 problems the APR solver solves 86%, SoS+ 78%).
+    "cpu": Preset(num_count=3, train_problems=4000, model="cpu-mini", steps=500, batch_size=8, context=1024, lr=2e-3,
+                  warmup=30, eval_limit=200, cons_n=4, cons_limit=100, budgets=[2, 4, 8], val_problems=500),
+    # Countdown-4 as published, on one H100/H200.
+    "gpu": Preset(num_count=4, train_problems=20000, model="gpu-10m", steps=600, batch_size=64, context=4096, lr=1e-3,
+                  warmup=50, eval_limit=400, cons_n=7, cons_limit=200, budgets=[2, 4, 6, 10], workers=16,
+                  max_in_flight=256, dtype="bfloat16"),
+}
+
+
+def register_models() -> None:
+    """Add the pipeline's model shapes to the presets `apr.train` builds from."""
+    from apr.model import PRESETS as MODEL_PRESETS
+
+    for name, shape in EXTRA_MODELS.items():
+        MODEL_PRESETS.setdefault(name, shape)
+
+
+def cli(*argv) -> None:
+    from apr.cli import main
+
+    argv = [str(a) for a in argv]
+    print("+ apr " + shlex.join(argv), file=sys.stderr)
+    if main(argv) != 0:
+        raise UserError(f"stage command failed: apr {shlex.join(argv)}")
+
+
+def val_file(out: Path, p: Preset) -> Path:
+    from apr.eval import default_problems
+
+    return out / "data" / "val.jsonl" if p.val_problems else default_problems(None, None)
+
+
+# ---------------------------------------------------------------------------- stages
+
+def stage_data(out: Path, p: Preset, seed: int) -> None:
+    d = out / "data"
+    if (d / "done.json").exists():
+        return print(f"data: exists ({d})", file=sys.stderr)
+    from apr.countdown import TaskConfig
+
+    task = TaskConfig(num_count=p.num_count)
+    shared_val = val_file(out, dataclasses.replace(p, val_problems=0))
+    opts = ["--num-count", p.num_count, "--seed", seed, "--workers", p.workers, "--no-progress"]
+    if p.val_problems:  # a validation set of this task, disjoint from the shared one too
+        cli("data", "problems", "--n", p.val_problems, "--out", d / "val.jsonl", "--exclude", shared_val, *opts[:2], "--seed", seed + 1, "--no-progress")
+    cli("data", "problems", "--n", p.train_problems, "--out", d / "train.jsonl", "--exclude", shared_val,
+        "--exclude", val_file(out, p), *opts)
+    for solver in ("apr", "sos"):
+        extra = ["--sub-call-budget"] if solver == "apr" and p.budgets else []
+        raw = d / f"{solver}.raw.jsonl"
+        cli("data", "traces", "--solver", solver, "--problems", d / "train.jsonl", "--out", raw, "--seed", seed,
+            "--workers", p.workers, "--no-progress", *extra)
+        # Tag every demonstration with its task, so the trained model's apr.json records it.
+        with atomic_write(d / f"{solver}.jsonl") as f, open(raw) as src:
+            for line in src:
+                f.write(json.dumps({**json.loads(line), "task": task.as_dict()}) + "\n")
+        raw.unlink()
+    with atomic_write(d / "done.json") as f:
+        json.dump({"preset": dataclasses.asdict(p), "task": task.as_dict(), "seed": seed}, f, indent=2)
+
+
+def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]:
+    from apr.train.config import load_config
+
+    register_models()
+    finals = {}
+    for method in ("apr", "sos"):
+        run = out / "train" / method
+        final = run / "final"
+        if not (final / "config.json").exists():
+            sets = [f"data={out / 'data' / (method + '.jsonl')}", f"model={p.model}", f"out_dir={run}",
+                    f"max_steps={p.steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
+                    f"device={device}", f"dtype={p.dtype}", f"optim.lr={p.lr}", f"optim.min_lr={p.lr / 10}",
+                    f"optim.warmup_steps={p.warmup}", f"eval_problems={val_file(out, p)}", "eval_every=0",
+                    f"save_every={max(50, p.steps // 4)}", f"log_every={max(1, min(50, p.steps // 20))}",
+                    f"sub_call_budget={str(method == 'apr' and bool(p.budgets)).lower()}"]
+            cfg = load_config(None, sets)
+            from apr.train.sft import train_sft
+
+            t0 = time.perf_counter()
+            resume = (run / "checkpoints" / "latest").exists()
+            print(f"train {method}: {p.model}, {p.steps} steps x {p.batch_size} x {p.context} tokens", file=sys.stderr)
+            train_sft(cfg, resume=resume)
+            with atomic_write(run / "time.json") as f:
+                json.dump({"train_seconds": time.perf_counter() - t0, "resumed": resume}, f)
+        if p.val_problems:
+            shutil.copyfile(val_file(out, p), final / "val_problems.jsonl")
+        finals[method] = final
+    return finals
+
+
+def eval_runs(out: Path, p: Preset) -> list[tuple[str, list]]:
+    """(run folder name, `apr eval` arguments) of the evaluation stage."""
+    apr_m, sos_m, val = out / "train" / "apr" / "final", out / "train" / "sos" / "final", val_file(out, p)
+    common = ["--problems", val, "--context", p.eval_context or p.context, "--max-in-flight", p.max_in_flight, "--quiet"]
+    # Most important first: a run cut short by a time limit loses the least.
+    runs = [("apr", ["--model", apr_m, "--method", "apr", "--limit", p.eval_limit]),
+            ("sos", ["--model", sos_m, "--method", "sos", "--limit", p.eval_limit]),
+            ("solver_apr", ["--method", "solver-apr", "--limit", p.eval_limit]),
+            ("solver_sos", ["--method", "solver-sos", "--limit", p.eval_limit])]
+    if p.cons_n > 1:
+        runs.append((f"sos_cons{p.cons_n}", ["--model", sos_m, "--method", f"cons@{p.cons_n}", "--limit", p.cons_limit]))
+    for b in p.budgets:
+        runs.append((f"apr_budget{b}", ["--model", apr_m, "--method", "apr", "--sub-call-budget", b, "--limit", p.eval_limit]))
+    return [(name, ["eval", "--out", out / "eval" / name, *args, *common]) for name, args in runs]
+
+
+def stage_eval(out: Path, p: Preset, device: str) -> list[Path]:
+    dirs = []
+    for name, argv in eval_runs(out, p):
+        if not name.startswith("solver"):
+            argv += ["--device", device]
+        t0 = time.perf_counter()
+        cli(*argv)  # resumes by itself: finished records are kept
+        print(f"eval {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        dirs.append(out / "eval" / name)
+    return dirs
+
+
+def stage_export(out: Path, export: Path, command: str) -> None:
+    """bf16 copies of both models as HF folders: EXPORT (APR) and EXPORT-sos (SoS+)."""
+    import torch
+
+    from apr.model import load_model, save_model
+
+    for method, dest in (("apr", export), ("sos", export.with_name(export.name + "-sos"))):
+        model, tok, info = load_model(out / "train" / method / "final")
+        shutil.rmtree(dest, ignore_errors=True)
+        save_model(model.to(torch.bfloat16), tok, info, dest)
+        src_val = out / "train" / method / "final" / "val_problems.jsonl"
+        if src_val.exists():
+            shutil.copyfile(src_val, dest / "val_problems.jsonl")
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
+        print(f"export {method}: {dest} ({size:.1f} MB)", file=sys.stderr)
+    readme = export.parent / "README.md"
+    with atomic_write(readme) as f:
+        f.write(f"# Default models\n\n`{export.name}/` (APR) and `{export.name}-sos/` (SoS+) were made by:\n\n"
+                f"```bash\n{command}\n```\n\nTraining config: `{out}/train/*/config.yaml`; "
+                f"evaluation: `{out}/report/report.md`.\n")
+
+
+# ---------------------------------------------------------------------------- command
+
+def preset_from_args(args) -> Preset:
+    p = PRESETS[args.preset]
+    over = {k: getattr(args, k) for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_n",
+                                           "cons_limit", "workers", "model", "max_in_flight", "num_count", "eval_context") if getattr(args, k) is not None}
+    if args.budgets is not None:
+        over["budgets"] = [int(b) for b in args.budgets.split(",") if b.strip()]
+    p = dataclasses.replace(p, **over)
+    for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_limit", "cons_n"):
+        if getattr(p, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1")
+    return p
+
+
+def cmd_pipeline(args) -> int:
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(STAGES[:4]) + (["export"] if args.export else [])
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise UserError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
+    if "export" in stages and not args.export:
+        raise UserError("the export stage needs --export DIR (e.g. models/default)")
+    p = preset_from_args(args)
+    out = Path(args.out or f"runs/pipeline_{args.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "apr pipeline " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pipeline"] else "apr pipeline (from Python)"
+    with atomic_write(out / "pipeline.json") as f:
+        json.dump({"preset": args.preset, "settings": dataclasses.asdict(p), "stages": stages, "command": command}, f, indent=2)
+    timings = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        t0 = time.perf_counter()
+        if stage == "data":
+            stage_data(out, p, args.seed)
+        elif stage == "train":
+            stage_train(out, p, args.seed, args.device)
+        elif stage == "eval":
+            stage_eval(out, p, args.device)
+        elif stage == "report":
+            dirs = [out / "eval" / name for name, _ in eval_runs(out, p) if (out / "eval" / name / "run.json").exists()]
+            cli("report", *dirs, "--out", out / "report")
+        elif stage == "export":
+            stage_export(out, Path(args.export), command)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        print(f"stage {stage}: {timings[stage]} s", file=sys.stderr)
+    with atomic_write(out / "timings.json") as f:
+        json.dump(timings, f, indent=2)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="problems, demonstrations, APR and SoS+ training, evaluation, report",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    p.add_argument("--out", help="default runs/pipeline_PRESET")
+    p.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all but export; export too with --export)")
+    p.add_argument("--export", help="write bf16 HF copies: DIR (APR) and DIR-sos (SoS+), e.g. models/default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("sizing (override the preset)")
+    for name, help_ in (("num-count", "numbers per problem"), ("train-problems", "training problems"),
+                        ("steps", "optimizer steps per model"), ("batch-size", "rows per step"),
+                        ("context", "row length = evaluation context window"), ("eval-limit", "validation problems, greedy runs"),
+                        ("cons-n", "SoS+ samples per problem"), ("cons-limit", "validation problems, sampled run"),
+                        ("eval-context", "evaluation context window (default: --context)"),
+                        ("workers", "processes for demonstrations"), ("max-in-flight", "samples decoding at once")):
+        g.add_argument(f"--{name}", type=int, help=help_)
+    g.add_argument("--model", help=f"model preset ({', '.join(EXTRA_MODELS)}, tiny, small, paper)")
+    g.add_argument("--budgets", help="APR child budgets to sweep, e.g. 2,4,8 ('' for none)")
+    p.set_defaults(func=cmd_pipeline)

@@ -1,0 +1,293 @@
+"""`apr report RUN_DIR... --out DIR`: the paper's three comparisons as plots and a table.
+
+Reads the `summary.json` of each `apr eval` run folder and writes
+- context.png: accuracy vs context window (per-thread token limit),
+- tokens.png: accuracy vs total tokens (APR over child budgets; SoS+ cons@n / pass@n over n),
+- latency.png: accuracy vs latency, beside accuracy vs sequential tokens (machine independent),
+- report.md: our figures next to the published ones, every run's numbers, and notes.
+Error bars are Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from apr.errors import UserError
+from apr.io import atomic_write
+
+COLORS = {"apr": "tab:blue", "sos": "tab:orange", "solver": "tab:gray"}
+NAMES = {"apr": "APR", "sos": "SoS+", "solver": "solver"}
+PUBLISHED = [  # (comparison, published APR, published SoS+) from docs/FORMATS.md
+    ("greedy, no RL (T=0)", "75.5", "57.3"),
+    ("at 4k context (APR+RL vs SoS+ +RL)", "83.4", "60.0"),
+    ("at ~20k total tokens (APR+RL vs SoS+ cons@7)", "80.1", "66.6"),
+    ("at ~5 s latency, 8 GPUs (APR+RL vs SoS+)", "75.2", "57.3"),
+]
+
+
+def load_runs(dirs: list[str]) -> list[dict]:
+    runs = []
+    for d in dirs:
+        path = Path(d) / "summary.json"
+        if not path.is_file() and (Path(d) / "run.json").is_file() and (Path(d) / "records.jsonl").is_file():
+            path = partial_summary(Path(d))  # an interrupted `apr eval`: summarize what finished
+        if not path.is_file():
+            raise UserError("no summary.json; not an `apr eval` run folder", str(d))
+        try:
+            s = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"unreadable summary.json: {e.msg}", str(path)) from None
+        if "accuracy" not in s or "family" not in s:
+            raise UserError("summary.json lacks accuracy/family; rerun `apr eval`", str(path))
+        s["dir"] = str(d)
+        runs.append(s)
+    if not runs:
+        raise UserError("give at least one run folder")
+    return runs
+
+
+def partial_summary(d: Path) -> Path:
+    from apr.eval import open_run, write_summary
+
+    meta = json.loads((d / "run.json").read_text())
+    records = list(open_run(d, meta).values())
+    if not records:
+        raise UserError("no finished records yet", str(d))
+    write_summary(d, records, {**meta, "label": meta.get("label", "?") + " (partial)"})
+    return d / "summary.json"
+
+
+def single(runs: list[dict], family: str) -> list[dict]:
+    return [r for r in runs if r["family"] == family and r["samples"] == 1]
+
+
+def primary(runs: list[dict], family: str) -> dict | None:
+    """The run that stands for a family in the context plot and the headline table: its
+    greedy single-sample run on the most problems (the first given on a tie)."""
+    cands = [r for r in single(runs, family) if r.get("temperature", 0) == 0]
+    return max(cands, key=lambda r: r["problems"], default=None)
+
+
+def _pt(p: dict, xkey: str) -> tuple[float, float, float, float]:
+    return (p[xkey], 100 * p["accuracy"], 100 * p["ci95"][0], 100 * p["ci95"][1])
+
+
+def _run_point(r: dict, xkey: str) -> tuple[float, float, float, float]:
+    m = r["metrics"][xkey]["mean"]
+    return (m, 100 * r["accuracy"], 100 * r["ci95"][0], 100 * r["ci95"][1])
+
+
+def cost_series(runs: list[dict], xkey: str) -> list[tuple[str, str, str, list]]:
+    """(label, colour, line style, points) for accuracy against a mean cost."""
+    out = []
+    for fam in ("apr", "sos"):
+        pts = sorted(_run_point(r, xkey) for r in single(runs, fam))
+        if pts:
+            out.append((f"{NAMES[fam]} (one sample" + (", budgets" if len(pts) > 1 else "") + ")", COLORS[fam], "-o", pts))
+        for r in runs:
+            if r["family"] != fam or "by_samples" not in r:
+                continue
+            for kind, style in (("cons@", "--s"), ("pass@", ":^")):
+                pts = [_pt(p, xkey) for _, p in sorted(r["by_samples"][kind].items(), key=lambda kv: int(kv[0]))]
+                out.append((f"{NAMES[fam]} {kind}n (n=1..{r['samples']}, T={r['temperature']:g})", COLORS[fam], style, pts))
+    for r in runs:
+        if r["family"] == "solver":
+            out.append((r["label"], COLORS["apr" if "apr" in r["method"] else "sos"], "D", [_run_point(r, xkey)]))
+    return out
+
+
+def _draw(ax, series, xlabel: str, title: str, logx: bool = False) -> None:
+    for label, color, style, pts in series:
+        xs, ys, lo, hi = zip(*pts)
+        yerr = [[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]]
+        ls = "none" if len(pts) == 1 else style.rstrip("os^D")
+        solver = style.endswith("D")  # reference rows: faint diamonds in the family's colour
+        ax.errorbar(xs, ys, yerr=yerr, fmt=style[-1], linestyle=ls, color=color, label=label, capsize=3,
+                    alpha=0.45 if solver else 1.0, markersize=6 if solver else 5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.set_ylim(0, 100)
+    if logx:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def plot_all(runs: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    # (a) accuracy vs context window
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    series = []
+    for fam in ("apr", "sos", "solver"):
+        runs_f = [primary(runs, fam)] if fam != "solver" else [r for r in runs if r["family"] == "solver"]
+        for r in filter(None, runs_f):
+            pts = [(int(w), 100 * p["accuracy"], 100 * p["ci95"][0], 100 * p["ci95"][1])
+                   for w, p in sorted(r["accuracy_within_context"].items(), key=lambda kv: int(kv[0]))]
+            color = COLORS[fam] if fam != "solver" else COLORS["apr" if "apr" in r["method"] else "sos"]
+            series.append((r["label"], color, ":D" if fam == "solver" else "-o", pts))
+    _draw(ax, series, "context window (tokens per thread)", "(a) accuracy vs context window")
+    paths.append(_save(fig, out / "context.png"))
+    # (b) accuracy vs total tokens
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    _draw(ax, cost_series(runs, "total_tokens"), "total tokens per problem (mean, all threads)", "(b) accuracy vs total tokens", logx=True)
+    paths.append(_save(fig, out / "tokens.png"))
+    # (c) accuracy vs latency, and vs sequential tokens
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    dev = sorted({r.get("machine", {}).get("gpu") or r.get("machine", {}).get("device", "?") for r in runs if r["family"] != "solver"})
+    _draw(a1, [s for s in cost_series(runs, "latency_s") if not s[2].endswith("D")],
+          f"latency per problem (s, mean; {', '.join(dev)})", "(c) accuracy vs latency", logx=True)
+    _draw(a2, cost_series(runs, "sequential_tokens"), "sequential tokens per problem (mean)", "(c') accuracy vs sequential tokens", logx=True)
+    paths.append(_save(fig, out / "latency.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- markdown
+
+def _acc(p: dict | None) -> str:
+    if not p:
+        return "–"
+    return f"{100 * p['accuracy']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+
+
+def _model_note(r: dict) -> str:
+    """The model's preset and task from its folder's apr.json, when it is at hand."""
+    try:
+        info = json.loads((Path(r["model"]) / "apr.json").read_text())
+        return f"preset {info.get('preset')}, task {info.get('task')}"
+    except (OSError, json.JSONDecodeError, TypeError):
+        return "?"
+
+
+def matched_cons(runs: list[dict], tokens: float) -> tuple[str, dict] | None:
+    """SoS+ cons@n whose mean total tokens is closest to `tokens`."""
+    best = None
+    for r in runs:
+        if r["family"] == "sos" and "by_samples" in r:
+            for n, p in r["by_samples"]["cons@"].items():
+                if best is None or abs(p["total_tokens"] - tokens) < abs(best[1]["total_tokens"] - tokens):
+                    best = (f"cons@{n}", p)
+    return best
+
+
+def headline(runs: list[dict]) -> list[str]:
+    apr, sos = primary(runs, "apr"), primary(runs, "sos")
+    rows = ["| comparison | published APR | published SoS+ | our APR | our SoS+ |", "|---|---|---|---|---|"]
+
+    def top_window(r):
+        if not r:
+            return None, None
+        w = max(r["accuracy_within_context"], key=int)
+        return w, r["accuracy_within_context"][w]
+
+    rows.append(f"| {PUBLISHED[0][0]} | {PUBLISHED[0][1]} | {PUBLISHED[0][2]} | {_acc(apr and {'accuracy': apr['accuracy'], 'ci95': apr['ci95']})} | {_acc(sos and {'accuracy': sos['accuracy'], 'ci95': sos['ci95']})} |")
+    wa, pa = top_window(apr)
+    ws, ps = top_window(sos)
+    rows.append(f"| {PUBLISHED[1][0]} | {PUBLISHED[1][1]} | {PUBLISHED[1][2]} | {_acc(pa)} at {wa} | {_acc(ps)} at {ws} |")
+    aprs = single(runs, "apr")
+    if aprs:
+        big = max(aprs, key=lambda r: r["metrics"]["total_tokens"]["mean"])
+        t = big["metrics"]["total_tokens"]["mean"]
+        m = matched_cons(runs, t)
+        ours_sos = f"{_acc(m[1])} ({m[0]}, {m[1]['total_tokens']:.0f} tokens)" if m else "– (no cons@N run)"
+        rows.append(f"| {PUBLISHED[2][0]} | {PUBLISHED[2][1]} | {PUBLISHED[2][2]} | {_acc(big)} ({big['label']}, {t:.0f} tokens) | {ours_sos} |")
+    if apr and sos:
+        la, ls = apr["metrics"]["latency_s"]["mean"], sos["metrics"]["latency_s"]["mean"]
+        rows.append(f"| {PUBLISHED[3][0]} | {PUBLISHED[3][1]} | {PUBLISHED[3][2]} | {_acc(apr)} at {la:.2f} s | {_acc(sos)} at {ls:.2f} s |")
+    for r in runs:
+        if r["family"] == "solver":
+            rows.append(f"| reference: {r['label']} (symbolic, checked) | – | – | {_acc(r)} | |")
+    return rows
+
+
+def runs_table(runs: list[dict]) -> list[str]:
+    rows = ["| run | method | T | problems | accuracy % [95% CI] | total tokens | sequential tokens | longest thread | children | latency s | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m = r["metrics"]
+        mach = r.get("machine", {})
+        rows.append(
+            f"| {r['label']} | {r['method']} | {r.get('temperature', 0):g} | {r['problems']} | {_acc(r)} | "
+            f"{m['total_tokens']['mean']:.0f} (p90 {m['total_tokens']['p90']:.0f}) | {m['sequential_tokens']['mean']:.0f} | "
+            f"{m['longest_thread']['mean']:.0f} (p99 {m['longest_thread']['p99']:.0f}) | {m['children']['mean']:.1f} | "
+            f"{m['latency_s']['mean']:.3f} | {mach.get('gpu') or mach.get('device', '?')} |")
+    return rows
+
+
+def notes(runs: list[dict]) -> list[str]:
+    apr, sos = primary(runs, "apr"), primary(runs, "sos")
+    out = []
+    models = {r["model"]: _model_note(r) for r in runs if r["family"] != "solver"}
+    for path, note in models.items():
+        out.append(f"- model `{path}`: {note}.")
+    if apr and sos:
+        overlap = apr["ci95"][0] <= sos["ci95"][1] and sos["ci95"][0] <= apr["ci95"][1]
+        diff = 100 * (apr["accuracy"] - sos["accuracy"])
+        out.append(f"- Greedy APR minus SoS+: {diff:+.1f} points on {apr['problems']} vs {sos['problems']} problems; "
+                   + ("the 95% intervals overlap, so this sample does not separate the two." if overlap
+                      else "the 95% intervals do not overlap."))
+    out += [
+        "- The published models are 228M-parameter Llamas trained on 500k problems for 19k steps, then (for the "
+        "headline numbers) with GRPO; ours are far smaller, trained on far less, with no RL. Compare shapes "
+        "(which method wins, how accuracy moves with budget), not levels.",
+        "- Accuracy within a context window W is derived from one run at the largest window: a problem counts only "
+        "if it is correct and no thread exceeded W tokens (a thread cut earlier could not have gone on differently).",
+        "- cons@n and pass@n for n < N are the first n samples of one N-sample run; total tokens add over samples, "
+        "sequential tokens and latency are the slowest sample's (samples run side by side).",
+        "- Latency is wall-clock time from a problem's first to last generated token on the machine named in the "
+        "table, with every problem of a run decoded in one shared batch; it is not comparable with the published "
+        "8-GPU figures. Sequential tokens are the machine-independent measure.",
+        "- Solver rows: the symbolic solvers that wrote the training demonstrations, checked by the same checker; "
+        "their tokens are their traces' tokens under our tokenizer, their latency is CPU time of the Python solver.",
+    ]
+    return out
+
+
+def write_report(dirs: list[str], out: Path) -> Path:
+    runs = load_runs(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_all(runs, out)
+    lines = ["# APR vs SoS+ on Countdown: evaluation report", "",
+             f"Runs: {', '.join('`' + r['dir'] + '`' for r in runs)}.", "",
+             "## Against the published results", "",
+             "Accuracy in %, with Wilson 95% intervals. Published figures are from Pan et al. 2025 (docs/FORMATS.md).", "",
+             *headline(runs), "", "## Every run", "", *runs_table(runs), "", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Notes", "", *notes(runs), ""]
+    with atomic_write(out / "report.md") as f:
+        f.write("\n".join(lines))
+    return out / "report.md"
+
+
+def cmd_report(args) -> int:
+    path = write_report(args.runs, Path(args.out))
+    print(f"wrote {path} and plots", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,73 @@
+"""`apr report`: plots and report.md from real run folders (scripted solver replays, the
+solver reference rows) and a partial (interrupted) run."""
+
+import json
+import random
+
+import pytest
+
+from apr.cli import build_parser, main
+from apr.countdown import read_problems
+from apr.engine.scripted import ScriptedEngine, script_from_thread
+from apr.eval import evaluate
+from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
+from apr.tokenizer import build_tokenizer
+
+VAL = "src/apr/data/countdown4_val1000.jsonl"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    tok = build_tokenizer()
+    problems = read_problems(VAL)[:6]
+
+    def engine(method):
+        script = {}
+        for i, p in enumerate(problems):
+            rng = random.Random(i)
+            t = solve_apr(p.nums, p.target, AprConfig(), rng)[0] if method == "apr" else solve_sos(p.nums, p.target, SosConfig(), rng)
+            script_from_thread(t, script)
+        return ScriptedEngine(tok, script)
+
+    def ev(name, *argv):
+        a = build_parser().parse_args(["eval", "--out", str(tmp / name), "--limit", "6", "--quiet", "--context", "8192", *argv])
+        evaluate(a, engine=engine(name[:3]))
+        return tmp / name
+
+    dirs = [ev("apr", "--server", "scripted://apr", "--method", "apr"),
+            ev("sos", "--server", "scripted://sos", "--method", "sos"),
+            ev("sos_cons3", "--server", "scripted://sos", "--method", "cons@3")]
+    for kind in ("solver-apr", "solver-sos"):
+        assert main(["eval", "--method", kind, "--out", str(tmp / kind), "--limit", "6", "--quiet"]) == 0
+        dirs.append(tmp / kind)
+    return dirs
+
+
+def test_report_writes_plots_and_table(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    for name in ("context.png", "tokens.png", "latency.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = (out / "report.md").read_text()
+    for needed in ("83.4", "60.0", "80.1", "66.6", "75.2", "57.3", "75.5", "solver APR", "cons@", "Notes"):
+        assert needed in md
+    s = json.loads((runs[0] / "summary.json").read_text())
+    assert f"{100 * s['accuracy']:.1f}" in md
+
+
+def test_report_summarizes_an_interrupted_run(runs, tmp_path):
+    import shutil
+
+    d = tmp_path / "partial"
+    shutil.copytree(runs[0], d)
+    (d / "summary.json").unlink()
+    assert main(["report", str(d), str(runs[1]), "--out", str(tmp_path / "r")]) == 0
+    assert "(partial)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "summary.json" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
