@@ -329,3 +329,30 @@ def test_sos_baseline_has_one_segment_per_rollout(files, tmp_path):
     train_rl(config(files, out, "method=sos", "max_steps=1"), reward_fn=_index_reward)
     (m,) = [r for r in metrics(out) if "reward" in r]
     assert m["segments"] == 1.0 and m["children"] == 0 and m["trained_tokens"] > 0
+
+
+def test_two_processes_learn_what_one_does(files, tmp_path):
+    """torchrun with 2 CPU processes: same rollouts (seeds are per sample), summed gradients."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "rw.py").write_text('def r(record, problem):\n    return float(record["index"] % 2)\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    common = [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}", f"val_problems={files / 'val.jsonl'}",
+              "max_steps=2", "batch_size=2", "group_size=2", "context=48", "max_slots=8", "eval_every=0",
+              "eval_at_start=false", "device=cpu", "lr=1e-3", "reward=rw:r"]
+    sets = lambda out: [a for s in common + [f"out_dir={out}"] for a in ("--set", s)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "apr.cli"]
+    for cmd, out in (([sys.executable, "-m", "apr.cli"], "one"), (torchrun, "two")):
+        r = subprocess.run(cmd + ["train", "rl", "--config", str(cfg)] + sets(tmp_path / out),
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (load_file(tmp_path / o / "final" / "model.safetensors") for o in ("one", "two"))
+    init = load_file(files / "model" / "model.safetensors")
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # it learned
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
