@@ -83,8 +83,7 @@ def build_tokenizer():
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
+        clean_up_tokenization_spaces=False,  # decode must give back the text exactly
     )
 
 
