@@ -157,7 +157,7 @@ def main() -> int:
     max_len = max(lens) + args.new_tokens + 8
     eng = LocalEngine(hf, tok, max_slots=args.slots, max_len=max_len, device=device, dtype=dtype,
                       cuda_graphs=False if args.no_cuda_graphs else None)
-    eng.eos_ids = set()  # run every sequence to --new-tokens, like min_new_tokens on the HF side
+    eos_ids, eng.eos_ids = eng.eos_ids, set()  # run every sequence to --new-tokens, like min_new_tokens on the HF side
     hf = hf.to(device)
 
     run_engine(eng, ps[: min(4, len(ps))], 8)  # warm-up
@@ -185,20 +185,25 @@ def main() -> int:
             result["floor_step_ms"] = round(step_bytes / (bw * 1e9) * 1e3, 3)
         result["peak_mem_GB"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     if args.check:
-        # Same prompts through both, one HF call per prompt (no padding): identical sequences,
-        # and the mean length of the common prefix (bf16 kernels may break near-ties).
+        # Same prompts through both, one HF call per prompt (no padding), both stopping at EOS:
+        # identical sequences, and the mean length of the common prefix (bf16 kernels may
+        # break near-ties differently).
         k = min(args.check, len(ps))
+        eng.eos_ids = eos_ids
         outs = eng.run([Request(f"c{i}", p, args.new_tokens, []) for i, p in enumerate(ps[:k])])
+        eng.eos_ids = set()
         same, prefix = 0, []
         for p, c in zip(ps[:k], outs):
             ids = tok(p, return_tensors="pt")["input_ids"].to(device)
             with torch.inference_mode():
-                ref = hf.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                  do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+                ref = hf.generate(ids, max_new_tokens=args.new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
             same += ref == c.token_ids
-            prefix.append(next((j for j, (a, b) in enumerate(zip(ref, c.token_ids)) if a != b), len(ref)))
+            prefix.append(next((j for j, (a, b) in enumerate(zip(ref, c.token_ids)) if a != b),
+                               min(len(ref), len(c.token_ids))))
         result["check_identical"] = f"{same}/{k}"
         result["check_common_prefix_mean"] = round(statistics.mean(prefix), 1)
+        result["check_len_mean"] = round(statistics.mean(len(c.token_ids) for c in outs), 1)
     if not args.skip_hf:
         run_hf(hf, tok, ps[:4], 4, device)  # warm-up
         res_h = [run_hf(hf, tok, ps, args.new_tokens, device) for _ in range(args.repeats)]
