@@ -1,12 +1,15 @@
 """`apr demo`: show spawn/join on a few problems at once, on a fresh machine.
 
-With a trained default model (models/default) it solves problems with the model; without
-one it shows the symbolic APR solver's threads and checks every answer.
+With a trained default model (models/default, looked up in the current directory and in
+the repository this package sits in; or --model DIR) it solves the first validation problems
+with the model on CPU, showing each spawn/join tree and the checker's verdict; without one it
+shows the symbolic APR solver's threads and checks every answer.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from rich.console import Console
 from rich.tree import Tree
@@ -40,9 +43,48 @@ def solver_demo(n: int, seed: int, console: Console) -> int:
     return 0
 
 
+def find_default_model() -> Path | None:
+    """models/default in the current directory, else in the repository this file sits in
+    (an editable install); an installed wheel has no models folder and gets None."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        d = root / "models" / "default"
+        if (d / "config.json").is_file():
+            return d
+    return None
+
+
+def model_demo(model_dir: Path, n: int, console: Console) -> int:
+    """Solve the first n validation problems with the model on CPU, showing each thread tree
+    (spawned children under their parent) and the checker's verdict."""
+    from apr.engine.local import LocalEngine
+    from apr.eval import default_problems
+    from apr.model import load_model_info
+    from apr.runtime import Runtime, RuntimeConfig
+    from apr.solve import load_problems, thread_tree as record_tree
+
+    info = load_model_info(model_dir)
+    problems = load_problems(str(default_problems(str(model_dir), info.task)))[:n]
+    cfg = RuntimeConfig(method=info.method, context=min(info.context, 4096), max_in_flight=n,
+                        sub_call_budget=10 if info.sub_call_budget and info.method == "apr" else None,
+                        token_budget=4096 if info.token_budget and info.method == "sos" else None)
+    console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy:[/]")
+    with LocalEngine(str(model_dir), max_slots=64, max_len=cfg.context, device="cpu") as engine:
+        records = sorted(Runtime(engine, cfg).run(problems), key=lambda r: r["index"])
+    for r in records:
+        console.print(f"[bold]problem {r['nums']} -> {r['target']}[/]")
+        console.print(record_tree(r))
+        verdict = f"[green]correct[/] {', '.join(r['answer'])}" if r["correct"] else f"[red]incorrect[/]: {r['reason']}"
+        console.print(f"  checker: {verdict}; children {r['children']}, total tokens {r['total_tokens']}, "
+                      f"sequential tokens {r['sequential_tokens']}, {r['latency_s']:.1f} s\n")
+    return 0
+
+
 def cmd_demo(args) -> int:
     console = Console()
-    console.print("[bold]No trained model found: showing the symbolic APR solver's threads.[/]")
+    model = Path(args.model) if args.model else (None if args.solver else find_default_model())
+    if model is not None:
+        return model_demo(model, args.n, console)
+    console.print("[bold]No trained model found (models/default): showing the symbolic APR solver's threads.[/]")
     return solver_demo(args.n, args.seed, console)
 
 
@@ -50,4 +92,6 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="solve a few problems and show the spawn/join threads")
     p.add_argument("--n", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="model folder (default: models/default when it exists)")
+    p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")
     p.set_defaults(func=cmd_demo)

@@ -1,0 +1,37 @@
+"""`apr pipeline`: a smoke run with tiny sizes (every stage, then a rerun that skips them),
+the export of both models, and bad options."""
+
+import json
+
+from apr.cli import main
+
+
+def test_pipeline_smoke_and_resume(tmp_path, capsys):
+    out, export = tmp_path / "p", tmp_path / "models" / "default"
+    argv = ["pipeline", "--preset", "cpu", "--out", str(out), "--train-problems", "12", "--steps", "1",
+            "--batch-size", "1", "--context", "1024", "--eval-context", "24", "--eval-limit", "1", "--cons-n", "2",
+            "--cons-limit", "1", "--budgets", "2", "--workers", "1", "--model", "cpu-mini"]
+    assert main([*argv, "--export", str(export)]) == 0
+    for name in ("apr", "sos", "solver_apr", "solver_sos", "sos_cons2", "apr_budget2"):
+        assert (out / "eval" / name / "summary.json").is_file(), name
+    for name in ("report.md", "context.png", "tokens.png", "latency.png"):
+        assert (out / "report" / name).is_file()
+    info = json.loads((out / "train" / "apr" / "final" / "apr.json").read_text())
+    assert info["method"] == "apr" and info["task"]["num_count"] == 3 and info["sub_call_budget"]
+    assert (out / "train" / "apr" / "final" / "val_problems.jsonl").is_file()  # `apr eval --model` finds its set
+    assert (export / "model.safetensors").is_file() and (export.parent / "default-sos" / "apr.json").is_file()
+    assert "apr pipeline" in (export.parent / "README.md").read_text()
+    # same tokens for both models: same steps x batch x context
+    cfgs = [(out / "train" / m / "config.yaml").read_text() for m in ("apr", "sos")]
+    assert all("max_steps: 1" in c and "batch_size: 1" in c for c in cfgs)
+    capsys.readouterr()
+    # a rerun skips every finished stage
+    assert main(argv) == 0
+    assert "data: exists" in capsys.readouterr().err
+
+
+def test_pipeline_bad_options(tmp_path, capsys):
+    assert main(["pipeline", "--preset", "cpu", "--out", str(tmp_path / "x"), "--stages", "data,bogus"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    assert main(["pipeline", "--preset", "cpu", "--out", str(tmp_path / "y"), "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
