@@ -155,6 +155,8 @@ class _Seq:
     gen: list[int] = field(default_factory=list)
     budget: int = 0  # max new tokens (max_tokens clipped to the cache length)
     first_time: float = 0.0
+    stop_last: frozenset = frozenset()  # last characters of the stop strings
+    stop_window: int = 0  # tokens decoded to look for a stop string
 
     @property
     def cache_len(self) -> int:
@@ -271,6 +273,9 @@ class LocalEngine(Engine):
         ids = self.tokenizer(req.prompt, add_special_tokens=True)["input_ids"]
         seq = _Seq(req=req, ids=list(ids))
         seq.budget = min(req.max_tokens, self.max_len - len(ids))
+        stops = [st for st in req.stop if st]
+        seq.stop_last = frozenset(st[-1] for st in stops)
+        seq.stop_window = max((len(st) for st in stops), default=0) + 8  # a token is >= 1 char, mostly
         if len(ids) == 0 or len(ids) >= self.max_len:
             now = time.perf_counter()
             self.done.append(Completion(req.id, "", [], 0, "error", len(ids), 0, now, now,
@@ -460,13 +465,12 @@ class LocalEngine(Engine):
     def _finished(self, s: _Seq, tok: int) -> tuple[str | None, str | None]:
         if tok in self.eos_ids:
             return "eos", None
-        stops = s.req.stop
-        if stops:
+        if s.stop_last:
+            stops = s.req.stop
             t = self._text(tok)
             # Only decode the tail when the newest token could end a stop string.
-            if not t or "\ufffd" in t or any(st[-1] in t for st in stops if st):
-                w = max(len(st) for st in stops) + 8  # tokens; a token is >= 1 char, mostly
-                tail = s.gen[-w:]
+            if not t or "\ufffd" in t or not s.stop_last.isdisjoint(t):
+                tail = s.gen[-s.stop_window:]
                 cut = len(s.ids) + len(s.gen) - len(tail)
                 ctx = (s.ids + s.gen)[max(cut - 4, 0):cut]
                 if stop_match(self._detok(ctx, tail), stops):
