@@ -182,3 +182,47 @@ def test_serve_command_errors(tmp_path, capsys):
     assert cli_main(["serve", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("apr: error:") and "\n" not in err
+
+
+def test_http_client_retries_server_errors():
+    calls = []
+
+    class Flaky(BaseHTTPRequestHandler):  # 503 on the first completion, then a vLLM answer
+        def log_message(self, *a):
+            pass
+
+        def _json(self, code, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._json(200, {"data": [{"id": "m"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append(body)
+            if len(calls) == 1:
+                return self._json(503, {"error": "busy"})
+            self._json(200, {"choices": [{"text": "12", "finish_reason": "stop", "stop_reason": "\n"}],
+                             "usage": {"prompt_tokens": 4, "completion_tokens": 3,
+                                       "prompt_tokens_details": {"cached_tokens": 2}}})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        eng = OpenAIEngine(f"http://127.0.0.1:{httpd.server_address[1]}/v1", retries=2, backoff=0.01)
+        sp = SamplingParams(temperature=0.5, top_k=7, top_p=0.9, seed=3)
+        (c,) = eng.run([Request("a", "abc", 9, ["\n"], sp)])
+        assert len(calls) == 2 and c.finish_reason == "stop" and c.text == "12\n"
+        assert (c.n_tokens, c.prompt_tokens, c.cached_tokens) == (3, 4, 2)
+        b = calls[-1]
+        assert (b["model"], b["max_tokens"], b["stop"], b["top_k"], b["seed"], b["temperature"]) == \
+            ("m", 9, ["\n"], 7, 3, 0.5)
+        assert eng.pending() == 0 and eng.free_slots() == eng.max_concurrency
+        eng.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
