@@ -35,3 +35,19 @@ def test_pipeline_bad_options(tmp_path, capsys):
     assert "unknown stage" in capsys.readouterr().err
     assert main(["pipeline", "--preset", "cpu", "--out", str(tmp_path / "y"), "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_demo_without_a_model_shows_the_solver(tmp_path, monkeypatch, capsys):
+    import apr.demo as demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "find_default_model", lambda: None)
+    assert main(["demo", "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "symbolic APR solver" in out and "checker:" in out
+    # models/default in the current directory is found first
+    (tmp_path / "models" / "default").mkdir(parents=True)
+    (tmp_path / "models" / "default" / "config.json").write_text("{}")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert demo.find_default_model() == tmp_path / "models" / "default"

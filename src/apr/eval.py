@@ -39,6 +39,9 @@ METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
             "context", "sub_call_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "problems_sha")
 METRICS = ("total_tokens", "sequential_tokens", "longest_thread", "children", "latency_s")
+# Record reasons set by the runtime when it stopped a sample (not the checker's verdicts).
+RUNTIME_FAILURES = ("context window reached", "total token limit reached", "malformed spawn block",
+                    "too many children", "spawn names unknown node")
 WINDOWS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
@@ -80,7 +83,7 @@ def consensus(samples: list[dict]) -> bool:
     right: dict[tuple, bool] = {}
     for s, rec in enumerate(samples):
         path = claimed_path(rec)
-        if path is None or rec.get("reason", "").endswith("reached"):
+        if path is None or rec.get("reason", "").startswith(RUNTIME_FAILURES):
             continue
         votes[path] += 1
         first.setdefault(path, s)
