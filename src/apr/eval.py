@@ -55,7 +55,8 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     d = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / d
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # Clamp so rounding never puts p outside its own interval (k = 0 or k = n).
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def claimed_path(rec: dict) -> tuple[str, ...] | None:
@@ -364,7 +365,7 @@ def evaluate(args, engine=None) -> dict:
     temperature = args.temperature if args.temperature is not None else (1.0 if sampling else 0.0)
     if method.startswith("solver-"):
         path, problems = load_problem_list(args, None)
-        meta = {"model": method, "label": args.label or f"solver {method[7:].upper()}", "family": "solver", "method": method,
+        meta = {"model": method, "label": args.label or ("solver APR" if method == "solver-apr" else "solver SoS+"), "family": "solver", "method": method,
                 "runtime_method": method, "samples": 1, "temperature": 0.0, "seed": args.seed, "context": None,
                 "problems_file": str(path), "problems_sha": file_sha(path)}
         records = run_solver(method, problems, out, meta, progress=not args.quiet)
@@ -382,7 +383,8 @@ def evaluate(args, engine=None) -> dict:
     model = str(Path(args.model).resolve()) if args.model and not args.server else str(args.server)
     family = "APR" if runtime_method == "apr" else "SoS+"
     budget = cfg.sub_call_budget if runtime_method == "apr" else cfg.token_budget
-    label = args.label or f"{family} {method}" + (f" budget {budget}" if budget else "")
+    kind = method if n > 1 else ("greedy" if temperature == 0 else f"T={temperature:g}")
+    label = args.label or f"{family} {kind}" + (f", budget {budget}" if budget else "")
     meta = {"model": model, "label": label, "family": runtime_method, "method": method, "runtime_method": runtime_method,
             "samples": n, "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
             "context": cfg.context, "sub_call_budget": cfg.sub_call_budget, "token_budget": cfg.token_budget,

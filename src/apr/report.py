@@ -101,7 +101,7 @@ def cost_series(runs: list[dict], xkey: str) -> list[tuple[str, str, str, list]]
 def _draw(ax, series, xlabel: str, title: str, logx: bool = False) -> None:
     for label, color, style, pts in series:
         xs, ys, lo, hi = zip(*pts)
-        yerr = [[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]]
+        yerr = [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
         ls = "none" if len(pts) == 1 else style.rstrip("os^D")
         solver = style.endswith("D")  # reference rows: faint diamonds in the family's colour
         ax.errorbar(xs, ys, yerr=yerr, fmt=style[-1], linestyle=ls, color=color, label=label, capsize=3,
@@ -111,10 +111,11 @@ def _draw(ax, series, xlabel: str, title: str, logx: bool = False) -> None:
     ax.set_title(title)
     ax.set_ylim(0, 100)
     if logx:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... labelled
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
