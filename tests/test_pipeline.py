@@ -51,3 +51,15 @@ def test_demo_without_a_model_shows_the_solver(tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert demo.find_default_model() == tmp_path / "models" / "default"
+
+
+def test_pipeline_refuses_stage_outputs_of_other_settings(tmp_path, capsys):
+    import dataclasses
+
+    from apr.pipeline import PRESETS
+
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "done.json").write_text(json.dumps({"preset": dataclasses.asdict(PRESETS["cpu"]), "seed": 0}))
+    assert main(["pipeline", "--preset", "cpu", "--out", str(tmp_path), "--stages", "data", "--train-problems", "7"]) == 2
+    assert "train_problems 4000, not 7" in capsys.readouterr().err

@@ -99,6 +99,12 @@ def val_file(out: Path, p: Preset) -> Path:
 def stage_data(out: Path, p: Preset, seed: int) -> None:
     d = out / "data"
     if (d / "done.json").exists():
+        old = json.loads((d / "done.json").read_text())
+        now = {"preset": dataclasses.asdict(p), "seed": seed}
+        for key in ("num_count", "train_problems", "val_problems"):
+            if old["preset"].get(key) != now["preset"][key]:
+                raise UserError(f"data/ was made with {key} {old['preset'].get(key)}, not {now['preset'][key]}; "
+                                "delete it or use another --out", str(out))
         return print(f"data: exists ({d})", file=sys.stderr)
     from apr.countdown import TaskConfig
 
@@ -131,7 +137,15 @@ def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]
     for method in ("apr", "sos"):
         run = out / "train" / method
         final = run / "final"
-        if not (final / "config.json").exists():
+        if (final / "config.json").exists():
+            import yaml
+
+            done = yaml.safe_load((run / "config.yaml").read_text())
+            for key, want in (("max_steps", p.steps), ("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
+                if done.get(key) != want:
+                    raise UserError(f"train/{method} was trained with {key} {done.get(key)}, not {want}; "
+                                    "delete it or use another --out", str(out))
+        else:
             sets = [f"data={out / 'data' / (method + '.jsonl')}", f"model={p.model}", f"out_dir={run}",
                     f"max_steps={p.steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
                     f"device={device}", f"dtype={p.dtype}", f"optim.lr={p.lr}", f"optim.min_lr={p.lr / 10}",
@@ -212,6 +226,8 @@ def preset_from_args(args) -> Preset:
     if args.budgets is not None:
         over["budgets"] = [int(b) for b in args.budgets.split(",") if b.strip()]
     p = dataclasses.replace(p, **over)
+    if p.num_count != 4 and not p.val_problems:  # the packaged set is Countdown-4 only
+        p = dataclasses.replace(p, val_problems=500)
     for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_limit", "cons_n"):
         if getattr(p, k) < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1")
