@@ -10,11 +10,17 @@ Each `poll()` is one scheduling step:
      length, and return the requests that finished.
 
 Attention reads each layer's cache only up to the batch's longest live length (see
-llama.py). Decode rows are slots `0..hi` as a *view* of the cache when most of those slots
-are live (new requests take the lowest free slot, so live slots stay packed), else the live
-slots are gathered. We do not use CUDA graphs: shapes change every step (live length,
-batch), and bucketing them would trade padding for launch overhead; at the model sizes of
-this project (18 layers, batch up to 64) launch overhead is a small share of a GPU step.
+llama.py): no padded full-capacity masks. Decode rows are slots `0..hi` as a *view* of the
+cache when most of those slots are live (new requests take the lowest free slot, so live
+slots stay packed), else the live slots are gathered. On CUDA, decode steps replay CUDA
+graphs bucketed by row count (powers of two) and attended length (multiples of 256): a step
+of a model this size is launch-bound, and graphs cut it about 4x on an H200 (BENCHMARKS.md);
+the buckets keep the number of graphs small (<= 4 x max_len/256) at the cost of reading
+at most 255 masked positions more per row. Prefill stays eager (few calls, large shapes).
+
+A kept cache (`cache_key`) keeps its slot; kept slots count as free and are evicted, least
+recently kept first, when a new request needs a slot. The engine is not thread-safe: one
+thread drives it (`apr serve` has a dedicated engine thread).
 
 Sampling is Gumbel-max with counter-based noise hashed from (seed, position, token id) on
 device, so a request's sample depends only on its own seed and logits, never on the batch
