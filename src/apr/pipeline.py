@@ -60,7 +60,7 @@ PRESETS = {
     # Countdown-3 (numbers 1..99, targets 10..100): traces are ~10x shorter than Countdown-4,
     # so a tiny model sees many complete searches in a CPU budget; the solvers still differ
     # (on 200 problems the APR solver solves 86%, SoS+ 78%).
-    "cpu": Preset(num_count=3, train_problems=4000, model="cpu-mini", steps=500, batch_size=8, context=1024, lr=2e-3,
+    "cpu": Preset(num_count=3, train_problems=4000, model="cpu-mini", steps=1500, batch_size=8, context=1024, lr=2e-3,
                   warmup=30, eval_limit=200, cons_n=4, cons_limit=100, budgets=[2, 4, 8], val_problems=500),
     # Countdown-4 as published, on one H100/H200.
     # Countdown-4 as published, on one H100/H200: 3,000 problems are ~25M APR demonstration

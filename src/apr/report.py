@@ -232,7 +232,7 @@ def runs_table(runs: list[dict]) -> list[str]:
             f"| {r['label']} | {r['method']} | {r.get('temperature', 0):g} | {r['problems']} | {_acc(r)} | "
             f"{m['total_tokens']['mean']:.0f} (p90 {m['total_tokens']['p90']:.0f}) | {m['sequential_tokens']['mean']:.0f} | "
             f"{m['longest_thread']['mean']:.0f} (p99 {m['longest_thread']['p99']:.0f}) | {m['children']['mean']:.1f} | "
-            f"{m['latency_s']['mean']:.3f} | {mach.get('gpu') or mach.get('device', '?')} |")
+            f"{m['latency_s']['mean']:.3f} | {mach.get('gpu') or mach.get('cpu', '?')} |")
     return rows
 
 
@@ -248,6 +248,11 @@ def notes(runs: list[dict]) -> list[str]:
         out.append(f"- Greedy APR minus SoS+: {diff:+.1f} points on {apr['problems']} vs {sos['problems']} problems; "
                    + ("the 95% intervals overlap, so this sample does not separate the two." if overlap
                       else "the 95% intervals do not overlap."))
+    models = [r for r in runs if r["family"] != "solver"]
+    if models and max(r["accuracy"] for r in models) == 0:
+        out.append("- **No trained model solved a single problem**, so these runs cannot rank APR against SoS+; "
+                   "their tokens, children and latency still describe what each model generates (see the thread "
+                   "trees in records.jsonl), and the solver rows show what the demonstrations would score.")
     out += [
         "- The published models are 228M-parameter Llamas trained on 500k problems for 19k steps, then (for the "
         "headline numbers) with GRPO; ours are far smaller, trained on far less, with no RL. Compare shapes "
