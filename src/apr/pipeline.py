@@ -28,13 +28,6 @@ from apr.errors import UserError
 from apr.io import atomic_write
 
 STAGES = ("data", "train", "eval", "report", "export")
-# Model shapes the presets add to apr.model.PRESETS: (layers, hidden, MLP, heads, positions).
-EXTRA_MODELS = {
-    "cpu-mini": (3, 128, 352, 4, 2048),  # ~0.6M non-embedding params: trains at a few k tokens/s on 2 cores
-    "gpu-10m": (6, 384, 1024, 6, 4096),  # ~10.6M params, ~21 MB in bf16
-}
-
-
 @dataclass
 class Preset:
     num_count: int
@@ -69,14 +62,6 @@ PRESETS = {
                   warmup=30, eval_limit=200, cons_n=4, cons_limit=100, budgets=[2, 6], workers=16,
                   max_in_flight=256, dtype="bfloat16"),
 }
-
-
-def register_models() -> None:
-    """Add the pipeline's model shapes to the presets `apr.train` builds from."""
-    from apr.model import PRESETS as MODEL_PRESETS
-
-    for name, shape in EXTRA_MODELS.items():
-        MODEL_PRESETS.setdefault(name, shape)
 
 
 def cli(*argv) -> None:
@@ -132,7 +117,6 @@ def stage_data(out: Path, p: Preset, seed: int) -> None:
 def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]:
     from apr.train.config import load_config
 
-    register_models()
     finals = {}
     for method in ("apr", "sos"):
         run = out / "train" / method
@@ -287,6 +271,6 @@ def register(sub) -> None:
                         ("eval-context", "evaluation context window (default: --context)"),
                         ("workers", "processes for demonstrations"), ("max-in-flight", "samples decoding at once")):
         g.add_argument(f"--{name}", type=int, help=help_)
-    g.add_argument("--model", help=f"model preset ({', '.join(EXTRA_MODELS)}, tiny, small, paper)")
+    g.add_argument("--model", help="model preset (cpu-mini, tiny, gpu-10m, small, paper)")
     g.add_argument("--budgets", help="APR child budgets to sweep, e.g. 2,4,8 ('' for none)")
     p.set_defaults(func=cmd_pipeline)
