@@ -24,9 +24,6 @@ import copy
 import importlib
 import json
 import math
-import os
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,7 +44,8 @@ from apr.train import rl_loss as L
 from apr.train.config import dump_config
 from apr.train.data import default_eval_problems
 from apr.train.rl import RLConfig
-from apr.train.sft import CHECKPOINTS, _setup_device
+from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from apr.train.sft import _setup_device
 
 RewardFn = Callable[[dict, Problem], float]
 
@@ -124,7 +122,7 @@ class RLTrainer:
         self.rank, self.world, self.device = _setup_device(cfg.device)
         if cfg.batch_size % self.world:
             raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
-        if not resume and (self.out / CHECKPOINTS / "latest").exists():
+        if not resume and has_checkpoint(self.out):
             raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
 
         # problems: training must not overlap validation
@@ -469,57 +467,20 @@ class RLTrainer:
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
-            root = self.out / CHECKPOINTS
-            name = f"step_{self.step:07d}"
-            tmp = root / f".tmp_{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            state = {
-                "model": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "step": self.step,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "python": random.getstate(),
-                },
-            }
-            with open(tmp / "state.pt", "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            (tmp / "meta.json").write_text(json.dumps(self._meta(), indent=2))
-            shutil.rmtree(root / name, ignore_errors=True)
-            os.replace(tmp, root / name)
-            with atomic_write(root / "latest") as f:
-                f.write(name)
-            for old in sorted(root.glob("step_*"))[: -max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+            state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+            save_checkpoint(self.out, self.step, state, self._meta(), self.cfg.keep_checkpoints)
         if self.world > 1:
             dist.barrier()
 
     def _resume(self) -> None:
-        root = self.out / CHECKPOINTS
-        try:
-            ckpt = root / (root / "latest").read_text().strip()
-            meta = json.loads((ckpt / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError("--resume: no readable checkpoint", str(root)) from None
         now = self._meta()
-        for key in ("kind", "preset", "tokenizer", "method"):
-            if meta.get(key) != now[key]:
-                raise UserError(f"--resume: checkpoint has {key} {meta.get(key)!r}, this run has {now[key]!r}", str(ckpt))
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        state = load_checkpoint(self.out, {k: now[k] for k in ("kind", "preset", "tokenizer", "method")})
         try:
             self.policy.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise UserError(f"--resume: checkpoint does not fit the model: {str(e).splitlines()[0]}", str(ckpt)) from None
+            raise UserError(f"--resume: checkpoint does not fit the model: {str(e).splitlines()[0]}", state["path"]) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        random.setstate(state["rng"]["python"])
 
 
 def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None) -> Path:

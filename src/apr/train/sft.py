@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,9 @@ from apr.io import atomic_write
 from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
 from apr.train import data as D
+from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from apr.train.config import SFTConfig, dump_config
 
-CHECKPOINTS = "checkpoints"
 
 
 def _setup_device(pref: str) -> tuple[int, int, torch.device]:
@@ -82,7 +81,7 @@ class SFTTrainer:
                 f"({self.world} x {cfg.grad_accum})"
             )
         self.micro = per_rank
-        if not resume and (self.out / CHECKPOINTS / "latest").exists():
+        if not resume and has_checkpoint(self.out):
             raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
 
         self.tokenizer = load_tokenizer(cfg.tokenizer)
@@ -301,57 +300,24 @@ class SFTTrainer:
         return {"step": self.step, "preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
 
     def save_checkpoint(self) -> None:
-        """Write checkpoints/step_N atomically (temp dir, then rename), then point `latest` at it."""
+        """Write checkpoints/step_N atomically; the data position is the step itself."""
         if self.rank == 0:
-            root = self.out / CHECKPOINTS
-            name = f"step_{self.step:07d}"
-            tmp = root / f".tmp_{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
             state = {
                 "model": self.raw_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "step": self.step,  # the data position: batches are a function of the step
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "python": random.getstate(),
-                },
             }
-            with open(tmp / "state.pt", "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            (tmp / "meta.json").write_text(json.dumps(self._meta(), indent=2))
-            shutil.rmtree(root / name, ignore_errors=True)
-            os.replace(tmp, root / name)
-            with atomic_write(root / "latest") as f:
-                f.write(name)
-            for old in sorted(root.glob("step_*"))[: -max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint(self.out, self.step, state, self._meta(), self.cfg.keep_checkpoints)
         if self.world > 1:
             dist.barrier()
 
     def _resume(self) -> None:
-        root = self.out / CHECKPOINTS
-        try:
-            ckpt = root / (root / "latest").read_text().strip()
-            meta = json.loads((ckpt / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError("--resume: no readable checkpoint", str(root)) from None
-        for key, now in (("preset", self.cfg.model), ("tokenizer", self.info.tokenizer), ("context", self.cfg.context)):
-            if meta.get(key) != now:
-                raise UserError(f"--resume: checkpoint has {key} {meta.get(key)!r}, this config has {now!r}", str(ckpt))
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        expect = {"preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
+        state = load_checkpoint(self.out, expect, "this config")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        random.setstate(state["rng"]["python"])
 
 
 def train_sft(
