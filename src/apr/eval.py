@@ -32,7 +32,7 @@ import numpy as np
 from apr.checker import check, final_path
 from apr.countdown import Problem
 from apr.errors import UserError
-from apr.io import atomic_write
+from apr.io import atomic_write, read_appended
 
 METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))$")
 # Settings that must match for records to be appended to an existing run folder.
@@ -233,22 +233,7 @@ def open_run(out: Path, meta: dict) -> dict[tuple[int, int], dict]:
                 raise UserError(f"holds a run of another {key} ({old.get(key)!r}, not {meta.get(key)!r}); use another --out", str(out))
     elif records.exists() or (out / "summary.json").exists():
         raise UserError("holds results without run.json; use another --out", str(out))
-    done: dict[tuple[int, int], dict] = {}
-    if records.exists():
-        lines = records.read_text().splitlines(keepends=True)
-        good = []
-        for k, line in enumerate(lines, 1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if k == len(lines):
-                    break  # torn last line of an interrupted run
-                raise UserError("unreadable record", str(records), k) from None
-            done[(rec["index"], rec.get("sample", 0))] = rec
-            good.append(line)
-        if len(good) != len(lines):
-            with atomic_write(records) as f:
-                f.writelines(good)
+    done = {(rec["index"], rec.get("sample", 0)): rec for _, rec in read_appended(records)}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(run_json) as f:
         json.dump(meta, f, indent=2)
@@ -411,7 +396,7 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
-    from apr.solve import add_engine_options
+    from apr.solve import add_engine_options, add_runtime_options
 
     p.add_argument("--method", required=True, help="apr | sos | cons@N | pass@N | solver-apr | solver-sos")
     p.add_argument("--out", required=True, help="run folder: run.json, records.jsonl, summary.json")
@@ -420,17 +405,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="name in reports (default: family, method and budget)")
     p.add_argument("--quiet", action="store_true")
     add_engine_options(p)
-    p.add_argument("--context", type=int, default=4096, help="tokens per thread; a thread reaching it fails its problem")
-    p.add_argument("--max-children", type=int, default=16)
-    p.add_argument("--max-depth", type=int, default=1)
-    p.add_argument("--max-total-tokens", type=int, default=200_000)
-    p.add_argument("--sub-call-budget", type=int, help="APR: `Sub Call Budget: N` (default 10 if the model was trained with it)")
-    p.add_argument("--token-budget", type=int, help="SoS+: `Token Budget: N` (default 4096 if the model was trained with it)")
-    p.add_argument("--temperature", type=float, help="default 0 (greedy); 1.0 for cons@N and pass@N")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-in-flight", type=int, default=32, help="samples decoding at once")
+    add_runtime_options(p, method=False, temperature_help="default 0 (greedy); 1.0 for cons@N and pass@N")
 
 
 def register(sub) -> None:

@@ -78,3 +78,29 @@ def write_jsonl(path: str | os.PathLike, records) -> int:
             f.write(json.dumps(r) + "\n")
             n += 1
     return n
+
+
+def read_appended(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line, record) of a JSONL file that a run appends to as it goes (for resuming).
+
+    A torn last line, left by a crash mid-write, is dropped from the file; any other bad
+    line is an error naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    out = []
+    for k, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(lines):
+                with atomic_write(path) as f:
+                    f.writelines(lines[:-1])
+                break
+            raise UserError("unreadable record", str(path), k) from None
+        if not isinstance(rec, dict) or "index" not in rec:
+            raise UserError("not a run record (no `index`)", str(path), k)
+        out.append((k, rec))
+    return out

@@ -29,15 +29,20 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slots", type=int, default=64, help="local engine: sequences decoded together")
 
 
-def add_runtime_options(p: argparse.ArgumentParser, method_default: str | None = None) -> None:
-    p.add_argument("--method", choices=["apr", "sos"], default=method_default, help="default: what the model was trained for")
+def add_runtime_options(p: argparse.ArgumentParser, method: bool = True, temperature_help: str = "") -> None:
+    """Runtime limits, budgets and sampling; `method=False` for commands with their own --method."""
+    if method:
+        p.add_argument("--method", choices=["apr", "sos"], help="default: what the model was trained for")
     p.add_argument("--context", type=int, default=4096, help="tokens per thread; a thread reaching it fails its problem")
     p.add_argument("--max-children", type=int, default=16)
     p.add_argument("--max-depth", type=int, default=1)
     p.add_argument("--max-total-tokens", type=int, default=200_000)
     p.add_argument("--sub-call-budget", type=int, help="APR: `Sub Call Budget: N` (default 10 if the model was trained with it)")
     p.add_argument("--token-budget", type=int, help="SoS+: `Token Budget: N` (default 4096 if the model was trained with it)")
-    p.add_argument("--temperature", type=float, default=0.0)
+    if temperature_help:
+        p.add_argument("--temperature", type=float, help=temperature_help)
+    else:
+        p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -100,28 +105,14 @@ def runtime_config(args, info) -> RuntimeConfig:
 def read_finished(path: Path, expect: dict) -> dict[int, dict]:
     """Records already in `path` (for resuming), by problem index. A torn last line (a crash
     mid-write) is dropped; records of another model or method are refused."""
+    from apr.io import read_appended
+
     done: dict[int, dict] = {}
-    if not path.exists():
-        return done
-    lines = path.read_text().splitlines(keepends=True)
-    good = []
-    for k, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines):
-                break  # a torn final line from an interrupted run
-            raise UserError("unreadable record; not an `apr run` output?", str(path), k) from None
+    for k, rec in read_appended(path):
         for key, value in expect.items():
             if rec.get(key) != value:
                 raise UserError(f"holds records of another run ({key} {rec.get(key)!r}, not {value!r}); use another --out", str(path), k)
         done[rec["index"]] = rec
-        good.append(line)
-    if len(good) != len(lines):
-        from apr.io import atomic_write
-
-        with atomic_write(path) as f:
-            f.writelines(good)
     return done
 
 
