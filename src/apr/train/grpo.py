@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-import json
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ from apr.train import rl_loss as L
 from apr.train.config import dump_config
 from apr.train.data import default_eval_problems
 from apr.train.rl import RLConfig
+from apr.train.metrics import MetricsLog
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from apr.train.sft import _setup_device
 
@@ -119,6 +119,7 @@ class RLTrainer:
     def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.metrics = MetricsLog(self.out)
         self.rank, self.world, self.device = _setup_device(cfg.device)
         if cfg.batch_size % self.world:
             raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
@@ -396,7 +397,7 @@ class RLTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out / "config.yaml") as f:
                 f.write(dump_config(cfg))
-            self._trim_metrics()
+            self.metrics.trim(self.step)
             print(
                 f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
                 f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on {self.device.type}",
@@ -410,7 +411,7 @@ class RLTrainer:
             skipped_in_row = skipped_in_row + 1 if "skipped" in rec else 0
             done = self.step == cfg.max_steps
             if main:
-                self._log(rec)
+                self.metrics.log(rec)
                 if "skipped" in rec:
                     print(f"rl: step {rec['step']} skipped: {rec['skipped']}", file=sys.stderr)
                 else:
@@ -434,24 +435,9 @@ class RLTrainer:
 
     def _validate_and_log(self) -> None:
         if self.rank == 0:
-            self._log({"step": self.step, "val_accuracy": self.validate()})
+            self.metrics.log({"step": self.step, "val_accuracy": self.validate()})
         if self.world > 1:
             dist.barrier()
-
-    def _log(self, rec: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def _trim_metrics(self) -> None:
-        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [l for l in path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= self.step]
-        if self.step == 0:
-            keep = []
-        with atomic_write(path) as f:
-            f.write("".join(l + "\n" for l in keep))
 
     # ------------------------------------------------------------------ checkpoints
 

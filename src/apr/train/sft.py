@@ -33,6 +33,7 @@ from apr.io import atomic_write
 from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
 from apr.train import data as D
+from apr.train.metrics import MetricsLog
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from apr.train.config import SFTConfig, dump_config
 
@@ -72,6 +73,7 @@ class SFTTrainer:
     def __init__(self, config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None):
         self.cfg = cfg = config
         self.out = Path(cfg.out_dir)
+        self.metrics = MetricsLog(self.out)
         self.evaluate_accuracy = evaluate_accuracy
         self.rank, self.world, self.device = _setup_device(cfg.device)
         per_rank, rem = divmod(cfg.batch_size, self.world * cfg.grad_accum)
@@ -236,7 +238,7 @@ class SFTTrainer:
                 f.write(dump_config(cfg))
             with atomic_write(self.out / "data_stats.json") as f:
                 json.dump(vars(self.stats), f, indent=2)
-            self._trim_metrics()
+            self.metrics.trim(self.step)
             s = self.stats
             print(
                 f"data: {s.records} records -> {s.documents} documents, {s.rows} rows of {cfg.context} tokens "
@@ -266,7 +268,7 @@ class SFTTrainer:
                 if self.val_data is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
                     rec["val_loss"] = self.evaluate()
                 if main:
-                    self._log(rec)
+                    self.metrics.log(rec)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
             if cfg.save_every and self.step % cfg.save_every == 0 and not done:
@@ -276,23 +278,10 @@ class SFTTrainer:
         if main:
             save_model(self.raw_model, self.tokenizer, self.info, final, cfg.max_shard_size)
             if self.evaluate_accuracy is not None:
-                self._log({"step": self.step, "val_accuracy": self.evaluate_accuracy(final)})
+                self.metrics.log({"step": self.step, "val_accuracy": self.evaluate_accuracy(final)})
         if self.world > 1:
             dist.barrier()
         return final
-
-    def _log(self, rec: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def _trim_metrics(self) -> None:
-        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
-        with atomic_write(path) as f:
-            f.write("".join(line + "\n" for line in keep))
 
     # ------------------------------------------------------------------ checkpoints
 
