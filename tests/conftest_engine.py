@@ -59,3 +59,21 @@ def tiny_hf(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def save_apr_model_dir(path: Path, method: str = "apr") -> Path:
+    """A tiny random Llama with our trace tokenizer and apr.json, as the runtime, `apr run`
+    and `apr eval` load it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from apr.model import ModelInfo, save_model
+    from apr.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    save_model(LlamaForCausalLM(cfg), tok, ModelInfo(method=method, preset="test"), path)
+    return path

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest_engine import save_apr_model_dir
 
 from apr.cli import main
 
@@ -12,20 +13,7 @@ KEYS = {"nums", "target", "text", "correct", "reason", "total_tokens", "sequenti
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from apr.model import ModelInfo, save_model
-    from apr.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    out = tmp_path_factory.mktemp("m") / "model"
-    save_model(LlamaForCausalLM(cfg), tok, ModelInfo(method="apr", preset="test"), out)
-    return out
+    return save_apr_model_dir(tmp_path_factory.mktemp("m") / "model", method="apr")
 
 
 def run(*args):
