@@ -160,23 +160,65 @@ def demonstrations(
     return out
 
 
-def encode(ts: protocol.TrainingString, tokenizer, train_on_inserted: bool = False) -> tuple[list[int], list[bool]]:
-    """(token ids with BOS and EOS, per-token "is a target") for one training string.
+def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Per token: True unless its character span overlaps one of `spans`."""
+    if not spans or len(offsets) == 0:
+        return np.ones(len(offsets), dtype=bool)
+    starts = offsets[:, 0]
+    ends = np.maximum(offsets[:, 1], starts + 1)  # zero-width tokens still sit somewhere
+    masked = np.zeros(len(offsets), dtype=bool)
+    for a, b in spans:
+        masked |= (starts < b) & (ends > a)
+    return ~masked
+
+
+def encode_many(
+    strings: list[protocol.TrainingString], tokenizer, train_on_inserted: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids with BOS and EOS, per-token "is a target") for each training string.
 
     A token is masked when its character span overlaps an inserted span; BOS never is a
     target (it starts every document), EOS always is (the model must learn to stop).
+    Fast tokenizers encode the whole list in one call to the Rust backend (threaded).
     """
-    enc = tokenizer(ts.text, add_special_tokens=False, return_offsets_mapping=True)
-    spans = [] if train_on_inserted else ts.inserted
-    trained = []
-    for start, end in enc["offset_mapping"]:
-        end = max(end, start + 1)  # zero-width tokens still sit somewhere
-        trained.append(not any(start < b and end > a for a, b in spans))
-    return [tokenizer.bos_token_id, *enc["input_ids"], tokenizer.eos_token_id], [False, *trained, True]
+    texts = [ts.text for ts in strings]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encs = backend.encode_batch(texts, add_special_tokens=False)
+        get = lambda i, spans: (encs[i].ids, encs[i].offsets if spans else ())  # noqa: E731
+    else:  # a slow tokenizer: one string at a time
+
+        def get(i, spans):
+            enc = tokenizer(texts[i], add_special_tokens=False, return_offsets_mapping=True)
+            return enc["input_ids"], enc["offset_mapping"]
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    out = []
+    for i, ts in enumerate(strings):
+        spans = [] if train_on_inserted else ts.inserted
+        ids, offsets = get(i, spans)  # offsets only where a mask needs them: they are slow to convert
+        n = len(ids)
+        tok = np.empty(n + 2, dtype=np.int32)
+        tok[0], tok[1:-1], tok[-1] = bos, ids, eos
+        trained = np.ones(n + 2, dtype=bool)
+        trained[0] = False
+        if spans:
+            trained[1:-1] = _trained_mask(np.asarray(offsets, dtype=np.int64).reshape(n, 2), spans)
+        out.append((tok, trained))
+    return out
 
 
-def pack(docs: list[tuple[list[int], list[bool]]], context: int, pad_id: int) -> Packed:
-    """Best-fit-decreasing packing of documents (each <= context tokens) into rows."""
+def encode(ts: protocol.TrainingString, tokenizer, train_on_inserted: bool = False) -> tuple[list[int], list[bool]]:
+    """`encode_many` for one string, as plain lists."""
+    tok, trained = encode_many([ts], tokenizer, train_on_inserted)[0]
+    return tok.tolist(), trained.tolist()
+
+
+def pack(docs: list[tuple], context: int, pad_id: int) -> Packed:
+    """Best-fit-decreasing packing of documents (each <= context tokens) into rows.
+
+    A document is (token ids, per-token "is a target"), as lists or numpy arrays.
+    """
     order = sorted(range(len(docs)), key=lambda i: -len(docs[i][0]))
     rows: list[list[int]] = []  # document indices per row
     free: list[tuple[int, int]] = []  # sorted (free tokens, row)
@@ -202,30 +244,31 @@ def pack(docs: list[tuple[list[int], list[bool]]], context: int, pad_id: int) ->
             ids[r, at : at + n] = tok
             pos[r, at : at + n] = np.arange(n)
             # targets[j] = tok[j+1] where that token carries loss; never across documents
-            t = np.asarray(tok[1:], dtype=np.int32)
-            targets[r, at : at + n - 1] = np.where(np.asarray(trained[1:]), t, IGNORE)
+            targets[r, at : at + n - 1] = np.where(np.asarray(trained[1:], dtype=bool), np.asarray(tok[1:]), IGNORE)
             at += n
         pos[r, at:] = np.arange(context - at)  # padding: its own document
     return Packed(ids, targets, pos)
 
 
 def build_packed(
-    demos: list[Demonstration], tokenizer, context: int, train_on_inserted: bool, stats: DataStats
+    demos: list[Demonstration], tokenizer, context: int, train_on_inserted: bool, stats: DataStats, chunk: int = 4096
 ) -> Packed:
     """Tokenize and pack demonstrations, updating `stats`."""
     docs = []
+    strings = []
     for d in demos:
         stats.records += 1
         stats.methods[d.method] = stats.methods.get(d.method, 0) + 1
-        for ts in d.strings:
-            tok, trained = encode(ts, tokenizer, train_on_inserted)
+        strings.extend(d.strings)
+    for i in range(0, len(strings), chunk):  # chunks bound the backend's transient memory
+        for tok, trained in encode_many(strings[i : i + chunk], tokenizer, train_on_inserted):
             if len(tok) > context:
                 stats.dropped_long += 1
                 continue
             docs.append((tok, trained))
             stats.documents += 1
             stats.tokens += len(tok)
-            stats.trained_tokens += sum(trained)
+            stats.trained_tokens += int(trained.sum())
     if not docs:
         raise UserError(f"no training document fits the context of {context} tokens")
     packed = pack(docs, context, tokenizer.pad_token_id)
