@@ -63,6 +63,20 @@ def test_overfits_a_few_dozen_traces(demos, tmp_path):
     assert info["method"] == "apr" and info["preset"] == "tiny" and info["context"] == 256
 
 
+def test_time_budget_lowers_max_steps_and_ends_the_schedule(demos, tmp_path):
+    import yaml
+
+    from apr.train.sft import lr_factor
+
+    cfg = config(demos, tmp_path, "max_steps=500", "time_budget_s=1e-6", "eval_every=0", "log_every=5")
+    final = train_sft(cfg)
+    # a budget already spent after the timed probe steps: one more step, then stop
+    want = SFTTrainer.PROBE_SKIP + SFTTrainer.PROBE_STEPS + 1
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["max_steps"] == want
+    assert max(losses(tmp_path)) == want and (final / "model.safetensors").exists()
+    assert lr_factor(want, cfg) == pytest.approx(cfg.optim.min_lr / cfg.optim.lr)  # the cosine ended there
+
+
 def test_resume_continues_exactly(demos, tmp_path, monkeypatch):
     whole = train_sft(config(demos, tmp_path / "whole", "save_every=3"))
     cut = tmp_path / "cut"

@@ -40,7 +40,11 @@ class SFTConfig:
     model: str = "tiny"  # preset: tiny | small | paper
     out_dir: str = "runs/sft"
     tokenizer: str = "apr"  # "apr" builds ours; else a folder or hub name (any HF tokenizer)
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps (the learning-rate schedule ends here)
+    # > 0: fit training into this many seconds. After a few timed steps, max_steps is lowered
+    # so that the run (and its cosine schedule) ends within the budget; the resolved value is
+    # written to config.yaml. Resuming re-plans the rest, so pass that max_steps for exactness.
+    time_budget_s: float = 0.0
     batch_size: int = 32  # rows of `context` tokens per optimizer step, over all processes
     grad_accum: int = 1  # micro-batches per process per step
     context: int = 1024  # row length; longer documents are dropped
@@ -67,6 +71,8 @@ class SFTConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "context"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
+        if self.time_budget_s < 0:
+            raise UserError("config: `time_budget_s` must be >= 0")
         if not 0 <= self.val_fraction < 1:
             raise UserError("config: `val_fraction` must be in [0, 1)")
         if self.dtype not in ("auto", "float32", "bfloat16"):

@@ -230,6 +230,25 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------ loop
 
+    PROBE_SKIP, PROBE_STEPS = 3, 10  # steps ignored (compile, allocator warm-up), then timed
+
+    def _fit_time_budget(self, t_start: float, t_probe: float, steps_timed: int) -> None:
+        """Lower max_steps so that training ends `time_budget_s` after it started."""
+        cfg = self.cfg
+        per_step = (time.perf_counter() - t_probe) / steps_timed
+        left = cfg.time_budget_s - (time.perf_counter() - t_start)
+        want = torch.tensor([self.step + max(1, int(left / per_step))], device=self.device)
+        if self.world > 1:
+            dist.broadcast(want, 0)  # every rank must stop at the same step
+        new = min(cfg.max_steps, int(want.item()))
+        if new != cfg.max_steps and self.rank == 0:
+            print(f"time budget {cfg.time_budget_s:.0f} s at {per_step * 1000:.0f} ms/step: "
+                  f"max_steps {cfg.max_steps} -> {new}", file=sys.stderr)
+        cfg.max_steps = new  # lr_factor reads cfg.max_steps: the cosine now ends at `new`
+        if self.rank == 0:
+            with atomic_write(self.out / "config.yaml") as f:
+                f.write(dump_config(cfg))
+
     def train(self) -> Path:
         cfg, main = self.cfg, self.rank == 0
         if main:
@@ -251,11 +270,20 @@ class SFTTrainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, file=sys.stderr, unit="step")
         tokens_per_step = cfg.batch_size * cfg.context
         loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
+        t_start, t_probe, first = t0, 0.0, self.step
         while self.step < cfg.max_steps:
             loss_acc += self.train_step()
             n_acc += 1
             bar.update(1)
-            done = self.step == cfg.max_steps
+            if cfg.time_budget_s > 0:
+                if self.step == first + self.PROBE_SKIP:
+                    loss_acc.item()  # wait for the GPU: time whole steps only
+                    t_probe = time.perf_counter()
+                elif self.step == first + self.PROBE_SKIP + self.PROBE_STEPS:
+                    loss_acc.item()
+                    self._fit_time_budget(t_start, t_probe, self.PROBE_STEPS)
+                    bar.total = cfg.max_steps
+            done = self.step >= cfg.max_steps
             if self.step % cfg.log_every == 0 or done:
                 loss = self._all_sum(loss_acc).item() / n_acc
                 elapsed = time.perf_counter() - t0
