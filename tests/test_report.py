@@ -63,8 +63,14 @@ def test_report_summarizes_an_interrupted_run(runs, tmp_path):
     d = tmp_path / "partial"
     shutil.copytree(runs[0], d)
     (d / "summary.json").unlink()
+    lines = (d / "records.jsonl").read_text().splitlines()
+    indices = sorted(json.loads(line)["index"] for line in lines)
+    assert len(indices) >= 3
+    gap = indices[1]  # unfinished: only the problems before it may count
+    (d / "records.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["index"] != gap))
     assert main(["report", str(d), str(runs[1]), "--out", str(tmp_path / "r")]) == 0
-    assert "(partial)" in (tmp_path / "r" / "report.md").read_text()
+    assert f"(partial: first {gap})" in (tmp_path / "r" / "report.md").read_text()
+    assert json.loads((d / "summary.json").read_text())["problems"] == gap
 
 
 def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):

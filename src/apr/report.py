@@ -49,13 +49,23 @@ def load_runs(dirs: list[str]) -> list[dict]:
 
 
 def partial_summary(d: Path) -> Path:
+    """summary.json of an interrupted run, from its first K problems only: those in file
+    order before the first unfinished one. Problems finish in order of their cost, so
+    summarizing every finished one would favour short (mostly solved) searches."""
     from apr.eval import open_run, write_summary
 
     meta = json.loads((d / "run.json").read_text())
     records = list(open_run(d, meta).values())
+    count: dict[int, int] = {}
+    for r in records:
+        count[r["index"]] = count.get(r["index"], 0) + 1
+    first_missing = 0
+    while count.get(first_missing, 0) >= meta.get("samples", 1):
+        first_missing += 1
+    records = [r for r in records if r["index"] < first_missing]
     if not records:
-        raise UserError("no finished records yet", str(d))
-    write_summary(d, records, {**meta, "label": meta.get("label", "?") + " (partial)"})
+        raise UserError("no finished records yet (the first problem is not finished)", str(d))
+    write_summary(d, records, {**meta, "label": meta.get("label", "?") + f" (partial: first {first_missing})"})
     return d / "summary.json"
 
 
