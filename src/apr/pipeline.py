@@ -47,6 +47,10 @@ class Preset:
     workers: int = 2
     max_in_flight: int = 32
     dtype: str = "auto"
+    # > 0: the APR model trains for this many seconds (max `steps`; `time_budget_s`), and the
+    # SoS+ model then for the same number of steps, so both still see the same token budget.
+    train_seconds: float = 0.0
+    attn: str = "sdpa"  # training attention for packed rows (SFTConfig.attn_implementation)
 
 
 PRESETS = {
@@ -115,36 +119,43 @@ def stage_data(out: Path, p: Preset, seed: int) -> None:
 
 
 def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]:
-    from apr.train.config import load_config
+    import yaml
 
-    finals = {}
-    for method in ("apr", "sos"):
+    from apr.train.config import load_config
+    from apr.train.sft import train_sft
+
+    finals, steps = {}, p.steps
+    for method in ("apr", "sos"):  # APR first: with train_seconds it fixes the step count
         run = out / "train" / method
         final = run / "final"
+        budget = p.train_seconds if method == "apr" else 0.0
         if (final / "config.json").exists():
-            import yaml
-
             done = yaml.safe_load((run / "config.yaml").read_text())
-            for key, want in (("max_steps", p.steps), ("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
+            for key, want in (("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
                 if done.get(key) != want:
                     raise UserError(f"train/{method} was trained with {key} {done.get(key)}, not {want}; "
                                     "delete it or use another --out", str(out))
+            if done.get("max_steps") != steps and not budget:
+                raise UserError(f"train/{method} was trained for {done.get('max_steps')} steps, not {steps}; "
+                                "delete it or use another --out", str(out))
         else:
             sets = [f"data={out / 'data' / (method + '.jsonl')}", f"model={p.model}", f"out_dir={run}",
-                    f"max_steps={p.steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
+                    f"max_steps={steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
                     f"device={device}", f"dtype={p.dtype}", f"optim.lr={p.lr}", f"optim.min_lr={p.lr / 10}",
                     f"optim.warmup_steps={p.warmup}", f"eval_problems={val_file(out, p)}", "eval_every=0",
                     f"save_every={max(50, p.steps // 4)}", f"log_every={max(1, min(50, p.steps // 20))}",
-                    f"sub_call_budget={str(method == 'apr' and bool(p.budgets)).lower()}"]
+                    f"sub_call_budget={str(method == 'apr' and bool(p.budgets)).lower()}",
+                    f"time_budget_s={budget}", f"attn_implementation={p.attn}"]
             cfg = load_config(None, sets)
-            from apr.train.sft import train_sft
-
             t0 = time.perf_counter()
             resume = (run / "checkpoints" / "latest").exists()
-            print(f"train {method}: {p.model}, {p.steps} steps x {p.batch_size} x {p.context} tokens", file=sys.stderr)
+            print(f"train {method}: {p.model}, {steps} steps x {p.batch_size} x {p.context} tokens"
+                  + (f", at most {budget:.0f} s" if budget else ""), file=sys.stderr)
             train_sft(cfg, resume=resume)
             with atomic_write(run / "time.json") as f:
                 json.dump({"train_seconds": time.perf_counter() - t0, "resumed": resume}, f)
+        if method == "apr":
+            steps = yaml.safe_load((run / "config.yaml").read_text())["max_steps"]  # as resolved by the budget
         if p.val_problems:
             shutil.copyfile(val_file(out, p), final / "val_problems.jsonl")
         finals[method] = final
@@ -206,7 +217,8 @@ def stage_export(out: Path, export: Path, command: str) -> None:
 def preset_from_args(args) -> Preset:
     p = PRESETS[args.preset]
     over = {k: getattr(args, k) for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_n",
-                                           "cons_limit", "workers", "model", "max_in_flight", "num_count", "eval_context") if getattr(args, k) is not None}
+                                           "cons_limit", "workers", "model", "max_in_flight", "num_count", "eval_context", "train_seconds", "attn")
+            if getattr(args, k) is not None}
     if args.budgets is not None:
         over["budgets"] = [int(b) for b in args.budgets.split(",") if b.strip()]
     p = dataclasses.replace(p, **over)
@@ -272,5 +284,8 @@ def register(sub) -> None:
                         ("workers", "processes for demonstrations"), ("max-in-flight", "samples decoding at once")):
         g.add_argument(f"--{name}", type=int, help=help_)
     g.add_argument("--model", help="model preset (cpu-mini, tiny, gpu-10m, small, paper)")
+    g.add_argument("--train-seconds", type=float, help="APR trains this long (at most --steps); SoS+ as many steps")
+    g.add_argument("--attn", choices=["sdpa", "flex_attention", "flash_attention_2", "eager"],
+                   help="training attention (default sdpa; flex_attention skips cross-document blocks, GPU)")
     g.add_argument("--budgets", help="APR child budgets to sweep, e.g. 2,4,8 ('' for none)")
     p.set_defaults(func=cmd_pipeline)

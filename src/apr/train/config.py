@@ -52,6 +52,10 @@ class SFTConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
+    # How packed rows keep documents apart: sdpa (dense block-diagonal mask), flex_attention
+    # (block-sparse: skips blocks across documents; CUDA for training, compiles on first use),
+    # flash_attention_2 (varlen; needs the flash-attn package), eager.
+    attn_implementation: str = "sdpa"
     train_on_inserted: bool = False  # also train on join text the runtime inserts (published)
     token_budget: bool = False  # SoS+: prefix `Token Budget: N ` (N from the trace's length)
     sub_call_budget: bool = False  # APR: prefix `Sub Call Budget: N ` (N = child threads)
@@ -71,6 +75,8 @@ class SFTConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "context"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
+        if self.attn_implementation not in ("sdpa", "flex_attention", "flash_attention_2", "eager"):
+            raise UserError("config: `attn_implementation` must be sdpa, flex_attention, flash_attention_2 or eager")
         if self.time_budget_s < 0:
             raise UserError("config: `time_budget_s` must be >= 0")
         if not 0 <= self.val_fraction < 1:

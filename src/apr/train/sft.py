@@ -100,7 +100,7 @@ class SFTTrainer:
         self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
 
         torch.manual_seed(cfg.seed)
-        self.raw_model = make_model(cfg.model, self.tokenizer).to(self.device)
+        self.raw_model = make_model(cfg.model, self.tokenizer, cfg.attn_implementation).to(self.device)
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
         o = cfg.optim
