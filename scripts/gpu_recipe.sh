@@ -74,6 +74,7 @@ ev() {  # name, then apr eval arguments
   log "eval $name: exit $? ($(wc -l < "$RUN/eval/$name/records.jsonl" 2>/dev/null) records)"
 }
 EVAL_S=$(( EVAL_S < DEADLINE - SECONDS - 30 ? EVAL_S : DEADLINE - SECONDS - 30 ))  # leave time to pack
+EVAL_S=$(( EVAL_S > 5 ? EVAL_S : 5 ))  # (timeout 0 would mean none)
 log "evaluations: $EVAL_S s"
 ev apr --model "$APR_M" --method apr --limit "$LIMIT" --max-slots "$SLOTS" --max-in-flight 160 &
 ev sos --model "$SOS_M" --method sos --limit "$LIMIT" --max-slots 256 --max-in-flight 256 &
