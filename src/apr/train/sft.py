@@ -230,17 +230,22 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------ loop
 
-    PROBE_SKIP, PROBE_STEPS = 3, 10  # steps ignored (compile, allocator warm-up), then timed
+    # Time budget: steps ignored at the start (compile, allocator warm-up), steps timed before
+    # the first plan, and steps between re-plans. Re-planning matters: throughput can change
+    # after the first plan (late compiles, other jobs sharing the GPU), and a plan made from
+    # slow early steps alone once stopped a run at a third of its budget.
+    PROBE_SKIP, PROBE_STEPS, REPLAN_EVERY = 3, 10, 50
 
-    def _fit_time_budget(self, t_start: float, t_probe: float, steps_timed: int) -> None:
-        """Lower max_steps so that training ends `time_budget_s` after it started."""
+    def _fit_time_budget(self, t_start: float, t_window: float, steps_timed: int, cap: int) -> None:
+        """Set max_steps (at most `cap`) so that training ends `time_budget_s` after it
+        started, at the step time of the last `steps_timed` steps."""
         cfg = self.cfg
-        per_step = (time.perf_counter() - t_probe) / steps_timed
+        per_step = (time.perf_counter() - t_window) / steps_timed
         left = cfg.time_budget_s - (time.perf_counter() - t_start)
         want = torch.tensor([self.step + max(1, int(left / per_step))], device=self.device)
         if self.world > 1:
             dist.broadcast(want, 0)  # every rank must stop at the same step
-        new = min(cfg.max_steps, int(want.item()))
+        new = min(cap, int(want.item()))
         if new != cfg.max_steps and self.rank == 0:
             print(f"time budget {cfg.time_budget_s:.0f} s at {per_step * 1000:.0f} ms/step: "
                   f"max_steps {cfg.max_steps} -> {new}", file=sys.stderr)
@@ -270,19 +275,19 @@ class SFTTrainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, file=sys.stderr, unit="step")
         tokens_per_step = cfg.batch_size * cfg.context
         loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
-        t_start, t_probe, first = t0, 0.0, self.step
+        t_start, first, cap = t0, self.step, cfg.max_steps
+        t_window, window_from, plan_at = 0.0, first + self.PROBE_SKIP, first + self.PROBE_SKIP + self.PROBE_STEPS
         while self.step < cfg.max_steps:
             loss_acc += self.train_step()
             n_acc += 1
             bar.update(1)
-            if cfg.time_budget_s > 0:
-                if self.step == first + self.PROBE_SKIP:
-                    loss_acc.item()  # wait for the GPU: time whole steps only
-                    t_probe = time.perf_counter()
-                elif self.step == first + self.PROBE_SKIP + self.PROBE_STEPS:
-                    loss_acc.item()
-                    self._fit_time_budget(t_start, t_probe, self.PROBE_STEPS)
+            if cfg.time_budget_s > 0 and self.step in (window_from, plan_at):
+                loss_acc.item()  # wait for the device: time whole steps only
+                if self.step == plan_at:
+                    self._fit_time_budget(t_start, t_window, plan_at - window_from, cap)
                     bar.total = cfg.max_steps
+                    window_from, plan_at = self.step, self.step + self.REPLAN_EVERY
+                t_window = time.perf_counter()
             done = self.step >= cfg.max_steps
             if self.step % cfg.log_every == 0 or done:
                 loss = self._all_sum(loss_acc).item() / n_acc
