@@ -356,3 +356,18 @@ def test_two_processes_learn_what_one_does(files, tmp_path):
     init = load_file(files / "model" / "model.safetensors")
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # it learned
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_a_bf16_model_folder_trains_in_fp32(files, tmp_path):
+    """Exported models are bf16; AdamW steps on bf16 weights would round away or jump a ulp."""
+    from apr.model import load_model, save_model
+    from apr.train.grpo import train_rl
+
+    model, tok, info = load_model(files / "model")
+    save_model(model.to(torch.bfloat16), tok, info, tmp_path / "bf16")
+    out = tmp_path / "run"
+    train_rl(config(files, out, f"init={tmp_path / 'bf16'}", "max_steps=1", "inner_steps=1"), reward_fn=_index_reward)
+    m = [r for r in metrics(out) if "reward" in r]
+    # one inner step: the policy that scored the tokens is the reference itself, in fp32
+    assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert _final_weights(out)["model.embed_tokens.weight"].dtype == torch.float32

@@ -145,7 +145,9 @@ class RLTrainer:
         torch.manual_seed(cfg.seed)
         if not Path(cfg.init).is_dir():
             raise UserError("model folder not found", cfg.init)
-        self.policy, self.tok, self.info = load_model(cfg.init, device=str(self.device))
+        # fp32 master weights whatever the folder stores: our exported models are bf16, and
+        # AdamW steps of ~lr on bf16 weights round to nothing or to a whole bf16 ulp.
+        self.policy, self.tok, self.info = load_model(cfg.init, device=str(self.device), dtype=torch.float32)
         self.fingerprint = tokenizer_fingerprint(self.tok)
         if self.info.tokenizer not in ("unknown", self.fingerprint):
             raise UserError(f"apr.json names tokenizer {self.info.tokenizer}, the folder holds {self.fingerprint}", cfg.init)
