@@ -371,3 +371,11 @@ def test_a_bf16_model_folder_trains_in_fp32(files, tmp_path):
     # one inner step: the policy that scored the tokens is the reference itself, in fp32
     assert m[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert _final_weights(out)["model.embed_tokens.weight"].dtype == torch.float32
+
+
+def test_warmup_ramps_the_learning_rate(files, tmp_path):
+    from apr.train.grpo import train_rl
+
+    out = tmp_path / "run"
+    train_rl(config(files, out, "warmup_steps=4", "lr=1e-3"), reward_fn=_index_reward)
+    assert [m["lr"] for m in metrics(out) if "reward" in m] == pytest.approx([2.5e-4, 5e-4])

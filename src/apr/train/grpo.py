@@ -304,6 +304,8 @@ class RLTrainer:
                     at += g.numel()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            for group in self.optimizer.param_groups:  # the step number alone sets the lr: exact resume
+                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         train_tokens = sum(b.n_tokens for b in batches)

@@ -26,7 +26,11 @@ class RLConfig:
     max_steps: int = 150
     batch_size: int = 64  # problems per step, over all processes
     group_size: int = 5  # samples per problem (G)
-    lr: float = 1e-5  # constant
+    lr: float = 1e-5  # constant after warmup
+    # Steps of linear warmup from lr/warmup_steps. Adam's first updates move every weight by
+    # ~lr whatever its gradient, and a sharp (low-entropy) small model can lose 10 nats on a
+    # sampled token from one such step at lr 1e-4: warmup keeps those first steps small.
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     clip: float = 0.2  # PPO ratio clip
@@ -79,6 +83,8 @@ class RLConfig:
             raise UserError(f"config: `reward` must be one of {', '.join(REWARDS)} or module:function")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise UserError("config: RL samples: temperature > 0, 0 < top_p <= 1, top_k >= 0")
+        if self.warmup_steps < 0:
+            raise UserError("config: `warmup_steps` must be >= 0")
         if not 0 < self.clip < 1 or self.kl_coef < 0 or self.lr <= 0:
             raise UserError("config: need 0 < clip < 1, kl_coef >= 0, lr > 0")
         if self.dtype not in ("auto", "float32", "bfloat16") or self.rollout_dtype not in ("auto", "float32", "bfloat16"):
