@@ -153,3 +153,33 @@ def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     assert main(["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("apr: error:") for line in err)
+
+
+def test_a_held_out_set_too_long_for_the_context_is_no_error(tmp_path):
+    """With a tiny held-out share, every held-out document may exceed the context: training
+    goes on without a validation loss instead of stopping."""
+    import random
+
+    from apr.search import SosConfig
+    from apr.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    recs = [demonstration(p, i, 0, SosConfig()) for i, p in enumerate(generate(40, seed=5, task=TASK))]
+    from apr.train import data as D
+
+    demos = D.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, token_budget_prefix=False,
+                             sub_call_budget_prefix=False)
+    lengths = [max(len(ids) for ids, _ in D.encode_many(d.strings, tok)) for d in demos]
+    order = list(range(len(recs)))
+    random.Random(0).shuffle(order)  # the trainer's split: seed 0, the first n_val records held out
+    held = order[0]
+    longer = [n for n in lengths if n < lengths[held]]
+    assert longer, "need a training document shorter than the held-out one"
+    (tmp_path / "val.jsonl").write_text(json.dumps({"nums": [1, 2, 3, 4], "target": 24}) + "\n")
+    with open(tmp_path / "demos.jsonl", "w") as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+    cfg = config(tmp_path / "demos.jsonl", tmp_path / "run", "max_steps=2", f"context={lengths[held] - 1}",
+                 "val_fraction=0.02", "model=tiny")
+    trainer = SFTTrainer(cfg)
+    assert trainer.val_data is None and len(trainer.train_data) > 0

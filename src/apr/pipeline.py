@@ -51,6 +51,7 @@ class Preset:
     # SoS+ model then for the same number of steps, so both still see the same token budget.
     train_seconds: float = 0.0
     attn: str = "sdpa"  # training attention for packed rows (SFTConfig.attn_implementation)
+    compile: bool = False  # torch.compile the training model
 
 
 PRESETS = {
@@ -59,12 +60,14 @@ PRESETS = {
     # (on 200 problems the APR solver solves 86%, SoS+ 78%).
     "cpu": Preset(num_count=3, train_problems=4000, model="cpu-mini", steps=1500, batch_size=8, context=1024, lr=2e-3,
                   warmup=30, eval_limit=200, cons_n=4, cons_limit=100, budgets=[2, 4, 8], val_problems=500),
-    # Countdown-4 as published, on one H100/H200.
-    # Countdown-4 as published, on one H100/H200: 3,000 problems are ~25M APR demonstration
-    # tokens (8.5k per problem) and ~4M SoS+ tokens; 300 steps x 32 x 4096 = 39M tokens each.
-    "gpu": Preset(num_count=4, train_problems=3000, model="gpu-10m", steps=300, batch_size=32, context=4096, lr=1e-3,
-                  warmup=30, eval_limit=200, cons_n=4, cons_limit=100, budgets=[2, 6], workers=16,
-                  max_in_flight=256, dtype="bfloat16"),
+    # Countdown-4 as published, on one H100/H200. 12,000 problems are ~105M APR demonstration
+    # tokens (8.8k per problem) and ~16M SoS+ tokens. The APR model trains for 220 s (on an
+    # H200 with flex attention, ~1.15M tokens/s: ~250M tokens, ~2.4 epochs), the SoS+ model
+    # for as many steps. Measured on 2026-11-28 (docs/reports/gpu): 130 s planned from slow
+    # early steps gave 334 steps (44M tokens) and models that solved nothing.
+    "gpu": Preset(num_count=4, train_problems=12000, model="gpu-10m", steps=5000, batch_size=32, context=4096, lr=1e-3,
+                  warmup=30, eval_limit=1000, cons_n=4, cons_limit=300, budgets=[2, 6], workers=16,
+                  max_in_flight=256, dtype="bfloat16", train_seconds=220, attn="flex_attention"),
 }
 
 
@@ -145,7 +148,7 @@ def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]
                     f"optim.warmup_steps={p.warmup}", f"eval_problems={val_file(out, p)}", "eval_every=0",
                     f"save_every={max(50, p.steps // 4)}", f"log_every={max(1, min(50, p.steps // 20))}",
                     f"sub_call_budget={str(method == 'apr' and bool(p.budgets)).lower()}",
-                    f"time_budget_s={budget}", f"attn_implementation={p.attn}"]
+                    f"time_budget_s={budget}", f"attn_implementation={p.attn}", f"compile={str(p.compile).lower()}"]
             cfg = load_config(None, sets)
             t0 = time.perf_counter()
             resume = (run / "checkpoints" / "latest").exists()
@@ -219,6 +222,8 @@ def preset_from_args(args) -> Preset:
     over = {k: getattr(args, k) for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_n",
                                            "cons_limit", "workers", "model", "max_in_flight", "num_count", "eval_context", "train_seconds", "attn")
             if getattr(args, k) is not None}
+    if args.compile:
+        over["compile"] = True
     if args.budgets is not None:
         over["budgets"] = [int(b) for b in args.budgets.split(",") if b.strip()]
     p = dataclasses.replace(p, **over)
@@ -287,5 +292,6 @@ def register(sub) -> None:
     g.add_argument("--train-seconds", type=float, help="APR trains this long (at most --steps); SoS+ as many steps")
     g.add_argument("--attn", choices=["sdpa", "flex_attention", "flash_attention_2", "eager"],
                    help="training attention (default sdpa; flex_attention skips cross-document blocks, GPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training model")
     g.add_argument("--budgets", help="APR child budgets to sweep, e.g. 2,4,8 ('' for none)")
     p.set_defaults(func=cmd_pipeline)

@@ -154,7 +154,15 @@ class SFTTrainer:
             raise UserError("config: `sub_call_budget` applies to APR demonstrations only")
         stats = D.DataStats()
         train_data = D.build_packed(train, self.tokenizer, cfg.context, cfg.train_on_inserted, stats)
-        val_data = D.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, D.DataStats()) if val else None
+        val_data = None
+        if val:
+            val_stats = D.DataStats()
+            docs = sum(len(d.strings) for d in val)
+            try:
+                val_data = D.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, val_stats)
+            except UserError:  # a small held-out set whose documents are all longer than the context
+                print(f"validation: none of {docs} held-out documents fits {cfg.context} tokens; no validation loss",
+                      file=sys.stderr)
         task = records[0][2].get("task") or dict(DEFAULT_TASK)
         return stats, train_data, val_data, method, task
 
