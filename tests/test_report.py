@@ -77,3 +77,26 @@ def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "summary.json" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_rl_report_from_metrics(tmp_path):
+    d = tmp_path / "rl"
+    d.mkdir()
+    (d / "config.yaml").write_text("init: nowhere\nmethod: apr\nval_limit: 100\nbatch_size: 4\n")
+    rows = [{"step": 0, "val_accuracy": 0.30}]
+    rows += [{"step": s, "reward": 0.1 * s, "kl": 0.01, "children": 4.0 + s, "total_tokens": 1000 + 100 * s,
+              "zero_adv_groups": 0.5} for s in range(1, 11)]
+    rows += [{"step": 10, "val_accuracy": 0.45}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", "--rl", str(d), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "rl.md").read_text()
+    assert (tmp_path / "out" / "rl_curve.png").stat().st_size > 1000
+    row = next(line for line in md.splitlines() if line.startswith("| apr"))
+    # before 30/100, after 45/100 (Wilson intervals), +15 points; first/last 5 steps: children 7 / 12, tokens 1,300 / 1,800
+    assert "30.0 [21.9, 39.6]" in row and "45.0 [35.6, 54.8]" in row and "+15.0" in row
+    assert "7.0 / 12.0" in row and "1,300 / 1,800" in row and "50%" in row
+
+
+def test_rl_report_refuses_a_folder_without_metrics(tmp_path, capsys):
+    assert main(["report", "--rl", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err

@@ -297,13 +297,20 @@ def write_report(dirs: list[str], out: Path) -> Path:
 
 
 def cmd_report(args) -> int:
+    if args.rl:
+        from apr.report_rl import write_rl_report
+
+        path = write_rl_report(args.runs, Path(args.out))
+        print(f"wrote {path} and rl_curve.png", file=sys.stderr)
+        return 0
     path = write_report(args.runs, Path(args.out))
     print(f"wrote {path} and plots", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders")
+    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders (or, with --rl, `apr train rl` ones)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True)
+    p.add_argument("--rl", action="store_true", help="the folders are `apr train rl` runs: curve and before/after table")
     p.set_defaults(func=cmd_report)

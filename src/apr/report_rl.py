@@ -1,0 +1,114 @@
+"""`apr report --rl RL_DIR...`: the curve and the before/after table of `apr train rl` runs.
+
+Reads each run's `metrics.jsonl` and `config.yaml`; writes `rl_curve.png` (training reward,
+smoothed, and greedy validation accuracy with Wilson 95% intervals, per step) and `rl.md`
+(one row per run: accuracy before and after with intervals, the change, children and total
+tokens per rollout over the first and last steps, KL, zero-advantage groups), beside the
+published figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from apr.errors import UserError
+from apr.eval import wilson
+from apr.io import atomic_write
+
+PUBLISHED = "| published APR (Countdown-4, 228M model) | 75.5 | 83.4 | +7.9 | 6.1 → 8.2 | 10,964 → 16,720 | | |"
+PUBLISHED_SOS = "| published SoS+ | 57.3 | 60.0 | +2.7 | | | | |"
+
+
+def load_rl_run(d: Path) -> dict:
+    path = d / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError("no metrics.jsonl; not an `apr train rl` folder", str(d))
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"bad JSON: {e.msg}", str(path), n) from None
+    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
+    info_path = Path(cfg.get("init", "")) / "apr.json"
+    method = cfg.get("method") or (json.loads(info_path.read_text()).get("method") if info_path.is_file() else "?")
+    steps = [r for r in rows if "reward" in r]
+    val = {r["step"]: r["val_accuracy"] for r in rows if "val_accuracy" in r}  # the last line of a step wins
+    if not steps or not val:
+        raise UserError("no training steps or no validation accuracy yet", str(d))
+    return {"dir": str(d), "method": method, "steps": steps, "val": sorted(val.items()), "n_val": int(cfg.get("val_limit", 200)),
+            "config": cfg}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def table(runs: list[dict], k: int = 5) -> list[str]:
+    lines = ["| run | val accuracy before % | after % | change (points) | children per rollout (first / last "
+             f"{k} steps) | total tokens per rollout (first / last {k}) | mean KL | zero-advantage groups |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        n = r["n_val"]
+        (s0, a0), (s1, a1) = r["val"][0], r["val"][-1]
+        lo0, hi0 = wilson(round(a0 * n), n)
+        lo1, hi1 = wilson(round(a1 * n), n)
+        first, last = r["steps"][:k], r["steps"][-k:]
+        zero = _mean(r["steps"], "zero_adv_groups")  # each step logs its share of all-equal groups
+        lines.append(
+            f"| {r['method']} `{r['dir']}` | {100 * a0:.1f} [{100 * lo0:.1f}, {100 * hi0:.1f}] (step {s0}) | "
+            f"{100 * a1:.1f} [{100 * lo1:.1f}, {100 * hi1:.1f}] (step {s1}) | {100 * (a1 - a0):+.1f} | "
+            f"{_mean(first, 'children'):.1f} / {_mean(last, 'children'):.1f} | "
+            f"{_mean(first, 'total_tokens'):,.0f} / {_mean(last, 'total_tokens'):,.0f} | {_mean(r['steps'], 'kl'):.4f} | "
+            f"{100 * zero:.0f}% |")
+    return lines + [PUBLISHED, PUBLISHED_SOS]
+
+
+def plot(runs: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        label = f"{r['method']} ({Path(r['dir']).name})"
+        xs = [s["step"] for s in r["steps"]]
+        ys = [s["reward"] for s in r["steps"]]
+        w = 5  # trailing mean: a step's reward is a mean over few groups
+        smooth = [sum(ys[max(0, i - w + 1): i + 1]) / len(ys[max(0, i - w + 1): i + 1]) for i in range(len(ys))]
+        line, = ax_r.plot(xs, smooth, label=label)
+        ax_r.plot(xs, ys, color=line.get_color(), alpha=0.25, linewidth=0.8)
+        n = r["n_val"]
+        vx = [s for s, _ in r["val"]]
+        va = [100 * a for _, a in r["val"]]
+        ci = [wilson(round(a / 100 * n), n) for a in va]
+        ax_v.errorbar(vx, va, yerr=[[a - 100 * lo for a, (lo, _) in zip(va, ci)], [100 * hi - a for a, (_, hi) in zip(va, ci)]],
+                      marker="o", capsize=3, label=f"{label}, {n} problems", color=line.get_color())
+    ax_r.set(xlabel="RL step", ylabel="training reward (mean of the batch)", title="reward (line: 5-step mean)")
+    ax_v.set(xlabel="RL step", ylabel="greedy validation accuracy %", title="validation accuracy (95% CI)")
+    for ax in (ax_r, ax_v):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "rl_curve.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_rl_report(dirs: list[str], out: Path) -> Path:
+    runs = [load_rl_run(Path(d)) for d in dirs]
+    png = plot(runs, out)
+    lines = ["# GRPO runs", "", f"![reward and validation accuracy]({png.name})", "", *table(runs), "",
+             "Accuracy: greedy, on the run's first `val_limit` validation problems, Wilson 95% intervals. Children and "
+             "tokens: means per rollout (temperature 1.0) over the first and last steps. Published figures: Pan et al. "
+             "2025, Countdown-4 (docs/FORMATS.md).", ""]
+    with atomic_write(out / "rl.md") as f:
+        f.write("\n".join(lines))
+    return out / "rl.md"
