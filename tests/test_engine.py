@@ -227,3 +227,23 @@ def test_bad_requests_and_model_folder(engine, tmp_path):
         LocalEngine(tmp_path / "missing")
     with pytest.raises(UserError):
         LocalEngine(tmp_path)
+
+
+def test_cancel_drops_running_and_queued_requests(tiny_hf, tiny_model_dir):
+    model, tok = tiny_hf
+    n = 24
+    refs = [hf_greedy(model, tok, p, n) for p in PROMPTS]
+    eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device=DEVICE, dtype="float32")
+    for i, p in enumerate(PROMPTS):
+        eng.submit(Request(str(i), p, n, []))
+    eng.poll()  # three run, three queue
+    assert eng.cancel("0") and eng.cancel(str(len(PROMPTS) - 1))  # one running, one queued
+    assert not eng.cancel("0") and not eng.cancel("no such request")
+    done = {}
+    while eng.pending():
+        for c in eng.poll():
+            done[c.id] = c
+    assert set(done) == {str(i) for i in range(1, len(PROMPTS) - 1)}
+    for i in range(1, len(PROMPTS) - 1):  # the others are untouched by the freed slot's reuse
+        assert done[str(i)].token_ids == refs[i]
+    assert eng.free_slots() == 3

@@ -126,3 +126,25 @@ def test_malformed_output_fails_that_problem_only(tok):
     assert "unknown node" in recs[0]["reason"]
     assert "too many children" in recs[2]["reason"]
     assert "malformed" in recs[3]["reason"]
+
+
+def test_a_failed_problem_cancels_its_running_threads(tok):
+    """A child cut at the context fails its problem; its sibling that would decode for
+    thousands more tokens is cancelled, not drained. Without cancellation it drains."""
+    threads, script = solver_run()
+    k = next(i for i, t in enumerate(threads) if t.children and len(t.children[0]) >= 2)
+    first, second = (c.prompt[:-1] for c in threads[k].children[0][:2])
+    script = dict(script)
+    script[first] = "\nExploring Operation: 1+1=2" * 400  # cut by the context window early
+    script[second] = "\nMoving to Node #0,0" * 3000  # would run far longer
+    cfg = RuntimeConfig(context=2000, max_children=16)
+    got = {}
+    for cancellable in (True, False):
+        engine = ScriptedEngine(tok, script, cancellable=cancellable)
+        rec = solve_problems(engine, [PROBS[k]], cfg)[0]
+        assert not rec["correct"] and rec["reason"] == "context window reached"
+        statuses = [c["status"] for c in rec["threads"]["children"][0]]
+        got[cancellable] = (rec["total_tokens"], statuses, engine.cancelled)
+    (tokens_c, statuses_c, cancelled), (tokens_d, statuses_d, _) = got[True], got[False]
+    assert cancelled and "cancelled" in statuses_c and "cancelled" not in statuses_d
+    assert tokens_c < tokens_d  # the sibling stopped early instead of running to its own cut

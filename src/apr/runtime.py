@@ -198,6 +198,18 @@ class Runtime:
         th.status, th.end_step = status, self.step
         if run.failure is None:
             run.failure = reason
+            self._cancel_rest(run)
+
+    def _cancel_rest(self, run: ProblemRun) -> None:
+        """A failed problem's answer is decided: stop its other threads instead of letting
+        them decode to the end (engines that cannot cancel let them drain). A cancelled
+        thread keeps what it had finished; its tokens in flight are not counted."""
+        for rid, (r, th) in list(self._requests.items()):
+            if r is run and self.engine.cancel(rid):
+                del self._requests[rid]
+                run.running -= 1
+                th.status, th.end_step = "cancelled", self.step
+                self._release(run, th)
 
     def _on_completion(self, c: Completion) -> None:
         run, th = self._requests.pop(c.id)

@@ -71,6 +71,12 @@ class Engine(ABC):
     def pending(self) -> int:
         """Requests submitted and not yet returned by poll."""
 
+    def cancel(self, request_id: str) -> bool:
+        """Drop a queued or running request; True when dropped (its completion will never
+        come), False when the engine cannot cancel it or it already finished (its completion
+        still comes). Engines without cancellation keep this default."""
+        return False
+
     @abstractmethod
     def close(self) -> None:
         """Free resources; the engine is unusable afterwards."""

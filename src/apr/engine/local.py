@@ -315,6 +315,18 @@ class LocalEngine(Engine):
     def pending(self) -> int:
         return len(self.queue) + sum(s is not None for s in self.live) + len(self.done)
 
+    def cancel(self, request_id: str) -> bool:
+        for s in self.queue:
+            if s.req.id == request_id:
+                self.queue.remove(s)
+                return True
+        for i, s in enumerate(self.live):
+            if s is not None and s.req.id == request_id:
+                self.live[i] = None  # its slot's cache is garbage now: nothing keeps it
+                self.slot_tokens[i] = []
+                return True
+        return False
+
     def abort_all(self) -> None:
         """Drop every queued and running request (after a failed step); kept caches stay."""
         self.queue.clear()

@@ -53,8 +53,10 @@ class _Live:
 
 
 class ScriptedEngine(Engine):
-    def __init__(self, tokenizer, script: dict[str, str], max_slots: int = 64):
+    def __init__(self, tokenizer, script: dict[str, str], max_slots: int = 64, cancellable: bool = True):
         self.tokenizer, self.script, self.max_slots = tokenizer, script, max_slots
+        self.cancellable = cancellable  # False: behave like an engine without cancellation
+        self.cancelled: list[str] = []  # request ids dropped by cancel()
         self.queue: list[Request] = []
         self.live: list[_Live] = []
         self.kept: dict[str, list[int]] = {}  # cache_key -> the token ids its cache holds
@@ -108,6 +110,17 @@ class ScriptedEngine(Engine):
 
     def release(self, cache_key: str) -> None:
         self.kept.pop(cache_key, None)
+
+    def cancel(self, request_id: str) -> bool:
+        if not self.cancellable:
+            return False
+        n = len(self.queue) + len(self.live)
+        self.queue = [r for r in self.queue if r.id != request_id]
+        self.live = [s for s in self.live if s.req.id != request_id]
+        if len(self.queue) + len(self.live) < n:
+            self.cancelled.append(request_id)
+            return True
+        return False
 
     def free_slots(self) -> int:
         return self.max_slots - len(self.live)
