@@ -100,3 +100,23 @@ def test_rl_report_from_metrics(tmp_path):
 def test_rl_report_refuses_a_folder_without_metrics(tmp_path, capsys):
     assert main(["report", "--rl", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_paired_change_counts_discordant_problems(tmp_path):
+    from apr.report_rl import paired_change
+
+    def run(name, solved):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"samples": 1, "method": "sos"}))
+        (d / "records.jsonl").write_text("".join(json.dumps({"index": i, "sample": 0, "correct": c}) + "\n"
+                                                 for i, c in enumerate(solved)))
+        return d
+
+    before = run("before", [True] * 40 + [False] * 60)
+    after = run("after", [True] * 38 + [False] * 2 + [True] * 30 + [False] * 30)  # 2 lost, 30 gained
+    c = paired_change(before, after)
+    assert (c["problems"], c["gained"], c["lost"]) == (100, 30, 2)
+    assert c["change"] == pytest.approx(0.28) and 0.15 < c["ci95"][0] < 0.28 < c["ci95"][1] < 0.40
+    same = paired_change(before, before)
+    assert same["change"] == 0 and same["ci95"] == [0.0, 0.0]

@@ -300,7 +300,10 @@ def cmd_report(args) -> int:
     if args.rl:
         from apr.report_rl import write_rl_report
 
-        path = write_rl_report(args.runs, Path(args.out))
+        pairs = [tuple(x.split(",", 1)) for x in args.paired or []]
+        if any(len(x) != 2 for x in pairs):
+            raise UserError("--paired takes BEFORE_EVAL_DIR,AFTER_EVAL_DIR")
+        path = write_rl_report(args.runs, Path(args.out), pairs)
         print(f"wrote {path} and rl_curve.png", file=sys.stderr)
         return 0
     path = write_report(args.runs, Path(args.out))
@@ -313,4 +316,6 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True)
     p.add_argument("--rl", action="store_true", help="the folders are `apr train rl` runs: curve and before/after table")
+    p.add_argument("--paired", action="append", metavar="BEFORE,AFTER",
+                   help="with --rl: two `apr eval` folders on the same problems (before and after RL); repeatable")
     p.set_defaults(func=cmd_report)

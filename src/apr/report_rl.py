@@ -102,13 +102,56 @@ def plot(runs: list[dict], out: Path) -> Path:
     return path
 
 
-def write_rl_report(dirs: list[str], out: Path) -> Path:
+def _solved(d: Path) -> dict[int, bool]:
+    """Problem index -> solved, from an `apr eval` folder with one sample per problem."""
+    from apr.io import read_appended
+
+    meta = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else None
+    if meta is None:
+        raise UserError("no run.json; not an `apr eval` folder", str(d))
+    if meta.get("samples", 1) != 1:
+        raise UserError("paired comparison needs one sample per problem", str(d))
+    return {r["index"]: bool(r["correct"]) for _, r in read_appended(d / "records.jsonl")}
+
+
+def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Accuracy change from `before` to `after` on the problems both solved-or-not, with a
+    paired bootstrap 95% interval (problems resampled together) and the discordant counts."""
+    import numpy as np
+
+    a, b = _solved(before), _solved(after)
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        raise UserError(f"no problems in common between {before} and {after}")
+    x = np.array([a[i] for i in common], dtype=float)
+    y = np.array([b[i] for i in common], dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
+    diffs = y[idx].mean(1) - x[idx].mean(1)
+    return {"problems": len(common), "before": x.mean(), "after": y.mean(), "change": y.mean() - x.mean(),
+            "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+            "gained": int(((x == 0) & (y == 1)).sum()), "lost": int(((x == 1) & (y == 0)).sum())}
+
+
+def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:
+    lines = ["| before | after | problems | before % | after % | change (points) [paired 95% CI] | newly solved | newly failed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b, a in pairs:
+        c = paired_change(Path(b), Path(a))
+        lines.append(f"| `{b}` | `{a}` | {c['problems']} | {100 * c['before']:.1f} | {100 * c['after']:.1f} | "
+                     f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['gained']} | {c['lost']} |")
+    return lines
+
+
+def write_rl_report(dirs: list[str], out: Path, pairs: list[tuple[str, str]] = ()) -> Path:
     runs = [load_rl_run(Path(d)) for d in dirs]
     png = plot(runs, out)
     lines = ["# GRPO runs", "", f"![reward and validation accuracy]({png.name})", "", *table(runs), "",
              "Accuracy: greedy, on the run's first `val_limit` validation problems, Wilson 95% intervals. Children and "
              "tokens: means per rollout (temperature 1.0) over the first and last steps. Published figures: Pan et al. "
              "2025, Countdown-4 (docs/FORMATS.md).", ""]
+    if pairs:
+        lines += ["## Before and after on the same problems (`apr eval` runs)", "", *paired_lines(list(pairs)), "",
+                  "Paired bootstrap: 10,000 resamples of the common problems, both runs' outcomes kept together.", ""]
     with atomic_write(out / "rl.md") as f:
         f.write("\n".join(lines))
     return out / "rl.md"
