@@ -127,7 +127,7 @@ def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int 
     y = np.array([b[i] for i in common], dtype=float)
     idx = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
     diffs = y[idx].mean(1) - x[idx].mean(1)
-    return {"problems": len(common), "before": x.mean(), "after": y.mean(), "change": y.mean() - x.mean(),
+    return {"problems": len(common), "before": float(x.mean()), "after": float(y.mean()), "change": float(y.mean() - x.mean()),
             "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
             "gained": int(((x == 0) & (y == 1)).sum()), "lost": int(((x == 1) & (y == 0)).sum())}
 
