@@ -53,6 +53,19 @@ def test_demo_without_a_model_shows_the_solver(tmp_path, monkeypatch, capsys):
     assert demo.find_default_model() == tmp_path / "models" / "default"
 
 
+def test_demo_with_the_committed_default_model(capsys):
+    import re
+
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "models" / "default"
+    assert main(["demo", "--model", str(model), "--n", "2", "--pool", "4"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"solved (\d+) of 4", out)
+    assert m, out
+    assert out.count("checker:") == 2 and "Moving to Node #0," in out  # children shown under the parent
+
+
 def test_pipeline_refuses_stage_outputs_of_other_settings(tmp_path, capsys):
     import dataclasses
 

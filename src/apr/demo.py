@@ -53,9 +53,10 @@ def find_default_model() -> Path | None:
     return None
 
 
-def model_demo(model_dir: Path, n: int, console: Console) -> int:
-    """Solve the first n validation problems with the model on CPU, showing each thread tree
-    (spawned children under their parent) and the checker's verdict."""
+def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_call_budget: int | None = None) -> int:
+    """Solve the first `pool` validation problems with the model on CPU (greedy), report how
+    many it solved, and show n thread trees (spawned children under their parent): solved
+    problems first, then unsolved ones, each labelled with the checker's verdict."""
     from apr.engine.local import LocalEngine
     from apr.eval import default_problems
     from apr.model import load_model_info
@@ -63,14 +64,20 @@ def model_demo(model_dir: Path, n: int, console: Console) -> int:
     from apr.solve import load_problems, thread_tree as record_tree
 
     info = load_model_info(model_dir)
-    problems = load_problems(str(default_problems(str(model_dir), info.task)))[:n]
-    cfg = RuntimeConfig(method=info.method, context=min(info.context, 4096), max_in_flight=n,
-                        sub_call_budget=10 if info.sub_call_budget and info.method == "apr" else None,
+    problems = load_problems(str(default_problems(str(model_dir), info.task)))[: max(n, pool)]
+    budget = sub_call_budget if sub_call_budget is not None else 10
+    cfg = RuntimeConfig(method=info.method, context=min(info.context, 4096), max_in_flight=len(problems),
+                        sub_call_budget=budget if info.sub_call_budget and info.method == "apr" else None,
                         token_budget=4096 if info.token_budget and info.method == "sos" else None)
-    console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy:[/]")
+    console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
+                  f"{len(problems)} validation problems:[/]")
     with LocalEngine(str(model_dir), max_slots=64, max_len=cfg.context, device="cpu") as engine:
         records = sorted(Runtime(engine, cfg).run(problems), key=lambda r: r["index"])
-    for r in records:
+    solved = [r for r in records if r["correct"]]
+    shown = (solved + [r for r in records if not r["correct"]])[:n]
+    console.print(f"[bold]solved {len(solved)} of {len(records)}[/]; showing {sum(r['correct'] for r in shown)} "
+                  f"solved and {sum(not r['correct'] for r in shown)} unsolved:\n")
+    for r in shown:
         console.print(f"[bold]problem {r['nums']} -> {r['target']}[/]")
         console.print(record_tree(r))
         verdict = f"[green]correct[/] {', '.join(r['answer'])}" if r["correct"] else f"[red]incorrect[/]: {r['reason']}"
@@ -83,14 +90,16 @@ def cmd_demo(args) -> int:
     console = Console()
     model = Path(args.model) if args.model else (None if args.solver else find_default_model())
     if model is not None:
-        return model_demo(model, args.n, console)
+        return model_demo(model, args.n, console, args.pool, args.sub_call_budget)
     console.print("[bold]No trained model found (models/default): showing the symbolic APR solver's threads.[/]")
     return solver_demo(args.n, args.seed, console)
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="solve a few problems and show the spawn/join threads")
-    p.add_argument("--n", type=int, default=3)
+    p.add_argument("--n", type=int, default=3, help="thread trees to show")
+    p.add_argument("--pool", type=int, default=16, help="validation problems to solve (model demo)")
+    p.add_argument("--sub-call-budget", type=int, help="APR models trained with budgets: children to ask for (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")
