@@ -76,3 +76,12 @@ def test_pipeline_refuses_stage_outputs_of_other_settings(tmp_path, capsys):
     (d / "done.json").write_text(json.dumps({"preset": dataclasses.asdict(PRESETS["cpu"]), "seed": 0}))
     assert main(["pipeline", "--preset", "cpu", "--out", str(tmp_path), "--stages", "data", "--train-problems", "7"]) == 2
     assert "train_problems 4000, not 7" in capsys.readouterr().err
+
+
+def test_demo_and_pipeline_refuse_bad_options(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "missing")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert main(["demo", "--pool", "0"]) == 2
+    assert "--pool" in capsys.readouterr().err
+    assert main(["pipeline", "--preset", "cpu", "--train-seconds", "-5", "--out", str(tmp_path / "p")]) == 2
+    assert "--train-seconds" in capsys.readouterr().err and not (tmp_path / "p").exists()

@@ -124,24 +124,13 @@ def test_bad_dataset_line_names_file_and_line(tmp_path):
         D.demonstrations(list(D.read_demonstrations(bad)), None, token_budget_prefix=False, sub_call_budget_prefix=False)
 
 
-class _SlowOnly:
-    """The trace tokenizer seen without its Rust backend: `encode_many`'s per-string path."""
-
-    def __init__(self, tok):
-        self._tok = tok
-        self.bos_token_id, self.eos_token_id = tok.bos_token_id, tok.eos_token_id
-
-    def __call__(self, *a, **k):
-        return self._tok(*a, **k)
-
-
 def test_batched_encoding_equals_one_string_at_a_time(tok):
     demos = D.demonstrations(records(8), tok, token_budget_prefix=False, sub_call_budget_prefix=True)
     strings = [s for d in demos for s in d.strings]
     assert any(s.inserted for s in strings)
     for train_on_inserted in (False, True):
         fast = D.encode_many(strings, tok, train_on_inserted)
-        slow = D.encode_many(strings, _SlowOnly(tok), train_on_inserted)
+        slow = D.encode_many(strings, tok, train_on_inserted, batched=False)
         assert len(fast) == len(slow) == len(strings)
         for (a, m), (b, n) in zip(fast, slow):
             assert a.tolist() == b.tolist() and m.tolist() == n.tolist()

@@ -60,15 +60,15 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_ca
     from apr.engine.local import LocalEngine
     from apr.eval import default_problems
     from apr.model import load_model_info
-    from apr.runtime import Runtime, RuntimeConfig
+    from apr.runtime import Runtime, RuntimeConfig, prompt_budgets
     from apr.solve import load_problems, thread_tree as record_tree
 
     info = load_model_info(model_dir)
     problems = load_problems(str(default_problems(str(model_dir), info.task)))[: max(n, pool)]
-    budget = sub_call_budget if sub_call_budget is not None else 10
+    sub_budget, token_budget = prompt_budgets(info.method, info, sub_call_budget)
     cfg = RuntimeConfig(method=info.method, context=min(info.context, 4096), max_in_flight=len(problems),
-                        sub_call_budget=budget if info.sub_call_budget and info.method == "apr" else None,
-                        token_budget=4096 if info.token_budget and info.method == "sos" else None)
+                        sub_call_budget=sub_budget if info.sub_call_budget and info.method == "apr" else None,
+                        token_budget=token_budget)
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
                   f"{len(problems)} validation problems:[/]")
     with LocalEngine(str(model_dir), max_slots=64, max_len=cfg.context, device="cpu") as engine:
@@ -87,6 +87,12 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_ca
 
 
 def cmd_demo(args) -> int:
+    from apr.errors import UserError
+
+    if args.n < 1 or args.pool < 1:
+        raise UserError("--n and --pool must be >= 1")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        raise UserError("not a model folder (no config.json)", args.model)
     console = Console()
     model = Path(args.model) if args.model else (None if args.solver else find_default_model())
     if model is not None:

@@ -232,6 +232,8 @@ def preset_from_args(args) -> Preset:
     for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_limit", "cons_n"):
         if getattr(p, k) < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1")
+    if p.train_seconds < 0:
+        raise UserError("--train-seconds must be >= 0")
     return p
 
 

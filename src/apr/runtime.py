@@ -41,6 +41,21 @@ class RuntimeConfig:
             raise ValueError(f"method must be apr or sos, got {self.method!r}")
 
 
+DEFAULT_SUB_CALL_BUDGET = 10  # children asked of an APR model trained with `Sub Call Budget` prefixes
+DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
+
+
+def prompt_budgets(method: str, info, sub_call_budget: int | None = None,
+                   token_budget: int | None = None) -> tuple[int | None, int | None]:
+    """(Sub Call Budget, Token Budget) for a run: the values asked for, else the defaults
+    when the model (`info`: its apr.json) was trained with that prefix and runs its method."""
+    if sub_call_budget is None and info.sub_call_budget and method == "apr":
+        sub_call_budget = DEFAULT_SUB_CALL_BUDGET
+    if token_budget is None and info.token_budget and method == "sos":
+        token_budget = DEFAULT_TOKEN_BUDGET
+    return sub_call_budget, token_budget
+
+
 @dataclass
 class ThreadRun:
     """One thread while it runs, and its record afterwards."""

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from apr.countdown import Problem, iter_problems
 from apr.errors import UserError
-from apr.runtime import EngineError, Runtime, RuntimeConfig
+from apr.runtime import EngineError, Runtime, RuntimeConfig, prompt_budgets
 
 
 # ---------------------------------------------------------------------------- engines
@@ -74,12 +74,7 @@ def make_engine(args):
 
 def runtime_config(args, info) -> RuntimeConfig:
     method = args.method or info.method
-    sub_budget = args.sub_call_budget
-    if sub_budget is None and info.sub_call_budget and method == "apr":
-        sub_budget = 10
-    token_budget = args.token_budget
-    if token_budget is None and info.token_budget and method == "sos":
-        token_budget = 4096
+    sub_budget, token_budget = prompt_budgets(method, info, args.sub_call_budget, args.token_budget)
     if args.context < 16:
         raise UserError(f"--context must be at least 16 tokens, got {args.context}")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:

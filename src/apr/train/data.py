@@ -173,16 +173,17 @@ def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarr
 
 
 def encode_many(
-    strings: list[protocol.TrainingString], tokenizer, train_on_inserted: bool = False
+    strings: list[protocol.TrainingString], tokenizer, train_on_inserted: bool = False, batched: bool = True
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(token ids with BOS and EOS, per-token "is a target") for each training string.
 
     A token is masked when its character span overlaps an inserted span; BOS never is a
     target (it starts every document), EOS always is (the model must learn to stop).
-    Fast tokenizers encode the whole list in one call to the Rust backend (threaded).
+    Fast tokenizers encode the whole list in one call to the Rust backend (threaded);
+    `batched=False` (or a tokenizer without a backend) calls the tokenizer once per string.
     """
     texts = [ts.text for ts in strings]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None) if batched else None
     if backend is not None:
         encs = backend.encode_batch(texts, add_special_tokens=False)
         get = lambda i, spans: (encs[i].ids, encs[i].offsets if spans else ())  # noqa: E731
