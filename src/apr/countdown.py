@@ -14,6 +14,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from apr.rng import derive_seed
 from apr.errors import UserError
 from apr.io import read_records
 
@@ -115,7 +116,7 @@ def is_solvable(nums: list[int], target: int) -> bool:
 
 def _draw(task: TaskConfig, seed: int, index: int) -> Problem:
     """Problem number `index` of the stream for `seed`: a pure function of both."""
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = random.Random(derive_seed(seed, index))
     target = rng.randint(task.target_min, task.target_max)
     while True:  # redraw the numbers until the problem is solvable
         nums = [rng.randint(task.num_min, task.num_max) for _ in range(task.num_count)]

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from apr.rng import derive_seed
 from apr.checker import check
 from apr.countdown import Problem, TaskConfig, generate, iter_problems, problem_keys
 from apr.errors import UserError
@@ -25,7 +26,7 @@ def demonstration(problem: Problem, index: int, seed: int, cfg: AprConfig | SosC
     The solver's random stream is a function of (seed, index) only, so the output does not
     depend on how many worker processes made it.
     """
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = random.Random(derive_seed(seed, index))
     if isinstance(cfg, AprConfig):
         thread, solved = solve_apr(problem.nums, problem.target, cfg, rng)
         extra = {"method": "apr", "sub_calls_made": thread.count_descendants()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.tree import Tree
 
+from apr.rng import derive_seed
 from apr.checker import check
 from apr.countdown import TaskConfig, generate
 from apr.protocol import Thread
@@ -35,7 +36,7 @@ def thread_tree(thread: Thread, label: str, tree: Tree | None = None) -> Tree:
 def solver_demo(n: int, seed: int, console: Console) -> int:
     cfg = AprConfig(sub_call_budget=True)
     for i, p in enumerate(generate(n, seed, TaskConfig())):
-        thread, _ = solve_apr(p.nums, p.target, cfg, random.Random(seed * 1_000_003 + i))
+        thread, _ = solve_apr(p.nums, p.target, cfg, random.Random(derive_seed(seed, i)))
         v = check(p.nums, p.target, thread.text())
         console.print(thread_tree(thread, f"problem {p.nums} -> {p.target}"))
         verdict = f"[green]correct[/] {' , '.join(v.path)}" if v.correct else f"[red]{v.reason}[/]"

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from apr.rng import derive_seed
 from apr.checker import check, final_path
 from apr.countdown import Problem
 from apr.errors import UserError
@@ -277,7 +278,7 @@ def solver_record(kind: str, index: int, p: Problem, seed: int, tok) -> dict:
     """A solver's trace as a runtime-style record, costed with the same definitions."""
     from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
-    rng = random.Random(seed * 1_000_003 + index)
+    rng = random.Random(derive_seed(seed, index))
     t0 = time.perf_counter()
     if kind == "solver-apr":
         thread, _ = solve_apr(p.nums, p.target, AprConfig(), rng)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from apr.rng import derive_seed
 from apr import protocol as P
 from apr.countdown import Problem, read_problems
 from apr.errors import UserError
@@ -106,7 +107,7 @@ def problem_keys(problems: list[Problem]) -> set:
 
 
 def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) & 0x7FFFFFFF
+    return derive_seed(seed, step) & 0x7FFFFFFF
 
 
 def all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -231,7 +232,7 @@ class RLTrainer:
         while len(out) < b:
             epoch, i = divmod(at + len(out), n)
             if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+                g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch))
                 self._perms = {epoch: torch.randperm(n, generator=g).numpy()}
             out.extend(int(x) for x in self._perms[epoch][i : i + b - len(out)])
         per = b // self.world

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from apr.rng import derive_seed
 from apr.errors import UserError
 from apr.io import atomic_write
 from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
@@ -174,7 +175,7 @@ class SFTTrainer:
         while len(out) < b:
             epoch, i = divmod(at + len(out), n)
             if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+                g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch))
                 self._perms = {epoch: torch.randperm(n, generator=g).numpy()}  # keep one epoch
             out.extend(self._perms[epoch][i : i + b - len(out)])
         return np.asarray(out)
