@@ -42,7 +42,7 @@ SUB_LIMIT=${SUB_LIMIT:-300}         # budget sweep and cons@4 problems
 SLOTS=${SLOTS:-768}
 WORKERS=${WORKERS:-16}
 DEADLINE=${DEADLINE:-565}           # seconds after start by which the results must be packed
-apr() { python3 -m apr.cli "$@"; }
+apr() { python3 -m apr "$@"; }
 log() { echo "[$(date +%T) +$((SECONDS))s] $*" | tee -a "$OUT/log.txt"; }
 mkdir -p "$OUT/logs"
 
@@ -84,7 +84,7 @@ eval_phase() {
   budget=$(( budget > 5 ? budget : 5 ))  # (timeout 0 would mean none)
   ev() {  # name, then apr eval arguments
     local name=$1; shift
-    timeout "$budget" python3 -m apr.cli eval --out "$RUN/eval/$name" --context "$CONTEXT" --device "$DEVICE" --quiet "$@" \
+    timeout "$budget" python3 -m apr eval --out "$RUN/eval/$name" --context "$CONTEXT" --device "$DEVICE" --quiet "$@" \
       > "$OUT/logs/eval_$name.log" 2>&1
     log "eval $name: exit $? ($(wc -l < "$RUN/eval/$name/records.jsonl" 2>/dev/null) records)"
   }

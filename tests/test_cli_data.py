@@ -1,10 +1,10 @@
-"""The data commands end to end, through `apr.cli.main`, including bad input."""
+"""The data commands end to end, through `apr.commands.main`, including bad input."""
 
 import json
 
 import pytest
 
-from apr.cli import main
+from apr.commands import main
 
 VAL = "src/apr/data/countdown4_val1000.jsonl"
 

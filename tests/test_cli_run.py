@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest_engine import save_apr_model_dir
 
-from apr.cli import main
+from apr.commands import main
 
 VAL = "src/apr/data/countdown4_val1000.jsonl"
 KEYS = {"nums", "target", "text", "correct", "reason", "total_tokens", "sequential_tokens", "longest_thread", "children", "latency_s", "threads"}

@@ -7,7 +7,7 @@ import random
 import pytest
 from conftest_engine import save_apr_model_dir
 
-from apr.cli import build_parser, main
+from apr.commands import build_parser, main
 from apr.countdown import read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.eval import consensus, evaluate, solved, summarize, wilson

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from apr.cli import main
+from apr.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"

@@ -3,7 +3,7 @@ the export of both models, and bad options."""
 
 import json
 
-from apr.cli import main
+from apr.commands import main
 
 
 def test_pipeline_smoke_and_resume(tmp_path, capsys):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from apr.cli import build_parser, main
+from apr.commands import build_parser, main
 from apr.countdown import read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.eval import evaluate

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from apr import protocol as P
-from apr.cli import main
+from apr.commands import main
 from apr.errors import UserError
 from apr.train import rl_loss as L
 from apr.train.config import load_config
@@ -347,8 +347,8 @@ def test_two_processes_learn_what_one_does(files, tmp_path):
     sets = lambda out: [a for s in common + [f"out_dir={out}"] for a in ("--set", s)]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "apr.cli"]
-    for cmd, out in (([sys.executable, "-m", "apr.cli"], "one"), (torchrun, "two")):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "apr"]
+    for cmd, out in (([sys.executable, "-m", "apr"], "one"), (torchrun, "two")):
         r = subprocess.run(cmd + ["train", "rl", "--config", str(cfg)] + sets(tmp_path / out),
                            env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]

@@ -14,7 +14,7 @@ httpx = pytest.importorskip("httpx")
 
 from conftest_engine import save_model_dir, tiny_model_dir  # noqa: E402,F401
 
-from apr.cli import main as cli_main  # noqa: E402
+from apr.commands import main as cli_main  # noqa: E402
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402

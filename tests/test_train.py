@@ -116,7 +116,7 @@ def test_two_process_gloo_ddp_equals_one_process(demos, tmp_path):
         "batch_size=4", "max_steps=3", "log_every=1", "eval_every=0", "val_fraction=0.1", "eval_batches=1",
         "optim.lr=3e-3", "optim.warmup_steps=2", "optim.min_lr=3e-4", "device=cpu",
     ]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "apr.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "apr"]
     cmd += ["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml")]
     cmd += [arg for s in sets for arg in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -147,7 +147,7 @@ def test_config_refuses_unknown_keys_and_wrong_types(tmp_path):
 
 
 def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
-    from apr.cli import main
+    from apr.commands import main
 
     assert main(["train", "sft", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2

@@ -61,15 +61,13 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_ca
     from apr.engine.local import LocalEngine
     from apr.eval import default_problems
     from apr.model import load_model_info
-    from apr.runtime import Runtime, RuntimeConfig, prompt_budgets
+    from apr.runtime import Runtime, RuntimeConfig
     from apr.solve import load_problems, thread_tree as record_tree
 
     info = load_model_info(model_dir)
     problems = load_problems(str(default_problems(str(model_dir), info.task)))[: max(n, pool)]
-    sub_budget, token_budget = prompt_budgets(info.method, info, sub_call_budget)
-    cfg = RuntimeConfig(method=info.method, context=min(info.context, 4096), max_in_flight=len(problems),
-                        sub_call_budget=sub_budget if info.sub_call_budget and info.method == "apr" else None,
-                        token_budget=token_budget)
+    cfg = RuntimeConfig.for_model(info, sub_call_budget=sub_call_budget, context=min(info.context, 4096),
+                                  max_in_flight=len(problems))
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
                   f"{len(problems)} validation problems:[/]")
     with LocalEngine(str(model_dir), max_slots=64, max_len=cfg.context, device="cpu") as engine:

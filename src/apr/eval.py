@@ -255,7 +255,8 @@ def run_model(engine, cfg, problems: list[tuple[int, Problem]], out: Path, meta:
     their per-thread seeds differ; the record keeps the problem's `index` and a `sample`."""
     from tqdm import tqdm
 
-    from apr.runtime import EngineError, Runtime
+    from apr.engine.base import EngineError
+    from apr.runtime import Runtime
 
     n = meta["samples"]
     done = open_run(out, meta)

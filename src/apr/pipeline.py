@@ -72,7 +72,7 @@ PRESETS = {
 
 
 def cli(*argv) -> None:
-    from apr.cli import main
+    from apr.commands import main
 
     argv = [str(a) for a in argv]
     print("+ apr " + shlex.join(argv), file=sys.stderr)

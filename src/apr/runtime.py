@@ -18,7 +18,9 @@ from typing import Callable, Iterable, Iterator
 from apr import protocol as P
 from apr.checker import check
 from apr.countdown import Problem
-from apr.engine.base import Completion, Engine, Request, SamplingParams
+from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
+from apr.errors import UserError
+from apr.model import ModelInfo
 
 
 @dataclass
@@ -40,20 +42,35 @@ class RuntimeConfig:
         if self.method not in ("apr", "sos"):
             raise ValueError(f"method must be apr or sos, got {self.method!r}")
 
+    @classmethod
+    def for_model(cls, info: ModelInfo, method: str | None = None, sub_call_budget: int | None = None,
+                  token_budget: int | None = None, **settings) -> "RuntimeConfig":
+        """The runtime settings for a model (`info`: its apr.json) plus overrides.
+
+        `method` defaults to the model's. A budget prefix goes only to the method it belongs
+        to: the value asked for, else the default when the model was trained with that prefix.
+        Other keyword arguments are fields of this class; impossible values are UserErrors.
+        """
+        method = method or info.method
+        if method == "apr" and sub_call_budget is None and info.sub_call_budget:
+            sub_call_budget = DEFAULT_SUB_CALL_BUDGET
+        if method == "sos" and token_budget is None and info.token_budget:
+            token_budget = DEFAULT_TOKEN_BUDGET
+        cfg = cls(method=method, sub_call_budget=sub_call_budget if method == "apr" else None,
+                  token_budget=token_budget if method == "sos" else None, **settings)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.context < 16:
+            raise UserError(f"--context must be at least 16 tokens, got {self.context}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise UserError("sampling options: --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+
 
 DEFAULT_SUB_CALL_BUDGET = 10  # children asked of an APR model trained with `Sub Call Budget` prefixes
 DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
 
-
-def prompt_budgets(method: str, info, sub_call_budget: int | None = None,
-                   token_budget: int | None = None) -> tuple[int | None, int | None]:
-    """(Sub Call Budget, Token Budget) for a run: the values asked for, else the defaults
-    when the model (`info`: its apr.json) was trained with that prefix and runs its method."""
-    if sub_call_budget is None and info.sub_call_budget and method == "apr":
-        sub_call_budget = DEFAULT_SUB_CALL_BUDGET
-    if token_budget is None and info.token_budget and method == "sos":
-        token_budget = DEFAULT_TOKEN_BUDGET
-    return sub_call_budget, token_budget
 
 
 @dataclass
@@ -332,10 +349,6 @@ def thread_from_record(t: dict) -> P.Thread:
         [[thread_from_record(c) for c in g] for g in t["children"]],
         list(t["joins"]),
     )
-
-
-class EngineError(RuntimeError):
-    """The engine failed (e.g. a server died): stop the run, keep finished records."""
 
 
 def solve_problems(engine: Engine, problems: list[Problem], cfg: RuntimeConfig) -> list[dict]:

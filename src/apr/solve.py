@@ -15,7 +15,8 @@ from typing import Iterator
 
 from apr.countdown import Problem, iter_problems
 from apr.errors import UserError
-from apr.runtime import EngineError, Runtime, RuntimeConfig, prompt_budgets
+from apr.engine.base import EngineError
+from apr.runtime import Runtime, RuntimeConfig
 
 
 # ---------------------------------------------------------------------------- engines
@@ -73,26 +74,11 @@ def make_engine(args):
 
 
 def runtime_config(args, info) -> RuntimeConfig:
-    method = args.method or info.method
-    sub_budget, token_budget = prompt_budgets(method, info, args.sub_call_budget, args.token_budget)
-    if args.context < 16:
-        raise UserError(f"--context must be at least 16 tokens, got {args.context}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("sampling options: --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
-    return RuntimeConfig(
-        method=method,
-        context=args.context,
-        max_children=args.max_children,
-        max_depth=args.max_depth,
-        max_total_tokens=args.max_total_tokens,
-        sub_call_budget=sub_budget,
-        token_budget=token_budget,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_in_flight=args.max_in_flight,
-    )
+    return RuntimeConfig.for_model(
+        info, method=args.method, sub_call_budget=args.sub_call_budget, token_budget=args.token_budget,
+        context=args.context, max_children=args.max_children, max_depth=args.max_depth,
+        max_total_tokens=args.max_total_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, max_in_flight=args.max_in_flight)
 
 
 # ---------------------------------------------------------------------------- records on disk

@@ -45,7 +45,8 @@ class Completion:
     error: str | None = None
 
 
-FINISH_REASONS = ("stop", "eos", "length", "error")
+class EngineError(RuntimeError):
+    """The engine failed (e.g. a server died): stop the run, keep finished records."""
 
 
 class Engine(ABC):

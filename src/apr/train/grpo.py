@@ -38,7 +38,8 @@ from apr.countdown import Problem, read_problems
 from apr.errors import UserError
 from apr.io import atomic_write
 from apr.model import load_model, save_model
-from apr.runtime import EngineError, Runtime, RuntimeConfig, prompt_budgets
+from apr.engine.base import EngineError
+from apr.runtime import Runtime, RuntimeConfig
 from apr.tokenizer import tokenizer_fingerprint
 from apr.train import rl_loss as L
 from apr.train.config import dump_config
@@ -161,20 +162,10 @@ class RLTrainer:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         )
-        sub_budget, token_budget = prompt_budgets(self.method, self.info, cfg.sub_call_budget)
-        self.rt = RuntimeConfig(
-            method=self.method,
-            context=cfg.context,
-            max_children=cfg.max_children,
-            max_total_tokens=cfg.max_total_tokens,
-            sub_call_budget=sub_budget if self.method == "apr" else None,
-            token_budget=token_budget,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            seed=cfg.seed,
-            max_in_flight=cfg.max_in_flight,
-        )
+        self.rt = RuntimeConfig.for_model(
+            self.info, method=self.method, sub_call_budget=cfg.sub_call_budget, context=cfg.context,
+            max_children=cfg.max_children, max_total_tokens=cfg.max_total_tokens, temperature=cfg.temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, max_in_flight=cfg.max_in_flight)
         self.step = 0
         if resume:
             self._resume()

@@ -1,6 +1,6 @@
 """Supervised training on search demonstrations: one loop from one CPU to many GPUs.
 
-Launch with `apr train sft --config FILE`, or `torchrun --nproc_per_node N -m apr.cli train
+Launch with `apr train sft --config FILE`, or `torchrun --nproc_per_node N -m apr train
 sft ...` for data parallel (DDP: nccl on GPU, gloo on CPU). Every process builds the same
 packed dataset and the same global batch order (a seeded permutation per epoch), then takes
 its own slice of each global batch, so the data position is just the step number.
