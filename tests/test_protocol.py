@@ -1,10 +1,13 @@
+import hashlib
 import json
 import random
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from apr import protocol as P
 from apr.countdown import read_problems
+from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
 PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:60]
@@ -130,3 +133,52 @@ def test_parsers_never_crash_on_trace_like_strings(words):
     s = "\n".join(words)
     P.parse_spawn(s)
     P.child_result(s)
+
+
+# ---------------------------------------------------------------------------- solver outputs pinned
+
+# The solvers' demonstrations for many seeds and options, as one sha256 per option set over
+# the JSON of every (seed, problem). The digests were produced by the code before the two
+# solvers came to share one beam-search loop: any restructuring of the search must leave
+# every demonstration byte-identical. Regenerate only for an intended change of behaviour.
+PINNED_PROBLEMS = [(p.nums, p.target) for p in PROBS[:30]] + [
+    ([2, 74, 63, 17, 75], 15), ([84, 51, 73, 54, 23], 75), ([76, 24, 18, 71, 44], 74),
+    ([64, 81, 69, 7, 83], 89), ([37, 20, 32], 15), ([24, 1, 51], 75), ([79, 9, 4], 74),
+]
+PINNED_SEEDS = (0, 1, 17)
+PINNED = {
+    "apr default": (AprConfig(), "9e67443b38417684ab7cafe7220a63a2474aed6b32f4d917b7ea72e5e6c0a089"),
+    "apr --max-depth 2": (AprConfig(max_depth=2), "3a2485b5ff9e5f18ff274626167fd7ccc28ddda87fb0c4b637e90315bc1d4ab5"),
+    "apr --max-depth 3 --child-beam-max 4": (AprConfig(max_depth=3, child_beam_max=4), "63f8c0fdebaee4845b40ad565d209d99ab0c56e10ac3b7a8da61b5f6fe6b530f"),
+    "apr --heuristic sum": (AprConfig(heuristic="sum"), "5ec346205ff439ab0396fdca50cafb1a6d097656e436f56ef0b059213b434bde"),
+    "apr --sub-call-budget": (AprConfig(sub_call_budget=True), "2802c21dc72d46ee7e4388f0354b9e19875082be1c57e982b6f64167f2b765dd"),
+    "apr --sub-call-budget --max-depth 2": (AprConfig(sub_call_budget=True, max_depth=2), "5cf7d57e13675496c9bc4d4d4db2793d44ad99d510202b27871ba25fa4b0aa51"),
+    "apr --spawn-prob 0.3 --beam 2..4": (AprConfig(spawn_prob=0.3, beam_min=2, beam_max=4), "479b38bc71e10ec7b1cf214e45935a7e52ba982c63c9091fadb24ea84e044b52"),
+    "apr --max-depth 0": (AprConfig(max_depth=0), "ab7565427960bf9be8fc565cb64e6178b43e992e9e1a42d0e3884e739d707cf3"),
+    "sos default": (SosConfig(), "ae2d00f6e99be4973b7e07ebe1b1f82c9869d94d6da126463b9c516f1f3a4c37"),
+    "sos --sub-search-prob 0.9": (SosConfig(sub_search_prob=0.9), "f869a6aa427532906df10d8ee1699b32474b43463bead41e947aab34a0c5ee17"),
+    "sos --sub-search-prob 0": (SosConfig(sub_search_prob=0.0), "f7e2758d98030cc115a0602cdabcb78ba5b2f24e1e54ccf0a7890d34ddbf57e7"),
+    "sos --sub-search-prob 1": (SosConfig(sub_search_prob=1.0), "9784e8a3e3c7aa840a628b95e3d5da0604a538e8a3220c3312f146388680e46a"),
+    "sos --heuristic sum": (SosConfig(heuristic="sum"), "5383ed5d8e9fc5da6cac666ecf3855d592216970329c55378b2b3a5aa23aab53"),
+    "sos max_sub_depth 1 --beam 2..3": (SosConfig(max_sub_depth=1, beam_min=2, beam_max=3), "29684807ea7eafbcbe95c3a2c3960502bd5d9cf2eb74af98a9576525b8715e33"),
+}
+
+
+def solver_digest(cfg: AprConfig | SosConfig) -> str:
+    h = hashlib.sha256()
+    for seed in PINNED_SEEDS:
+        for i, (nums, target) in enumerate(PINNED_PROBLEMS):
+            rng = random.Random(derive_seed(seed, i))
+            if isinstance(cfg, AprConfig):
+                thread, solved = solve_apr(nums, target, cfg, rng)
+            else:
+                thread, solved = solve_sos(nums, target, cfg, rng), None
+            rec = {"text": thread.text(), "trace_dict": thread.to_trace_dict(), "solved": solved}
+            h.update(json.dumps(rec, sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_solver_demonstrations_equal_the_pinned_digests(name):
+    cfg, digest = PINNED[name]
+    assert solver_digest(cfg) == digest, f"{name}: the solver's demonstrations changed"
