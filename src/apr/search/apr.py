@@ -6,7 +6,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from apr import protocol as P
-from apr.search.beam import Frontier, Node, clean_path, expand_node, path_to, root_node
+from apr.search.beam import Branch, Goal, Node, beam_search, path_to, root_node
 from apr.search.heuristics import HEURISTICS
 
 
@@ -26,55 +26,52 @@ class AprConfig:
 
 def run_thread(
     start: Node, target: int, level: int, beam_min: int, beam_max: int, cfg: AprConfig, rng: random.Random
-) -> tuple[P.Thread, bool]:
-    """Search from `start` as one thread whose prompt is the start node's lines."""
-    h = HEURISTICS[cfg.heuristic]
+) -> tuple[P.Thread, Goal | None]:
+    """Search from `start` as one thread whose prompt is the start node's lines.
+
+    At an expansion that kept two or more nodes, a thread at a level below `cfg.max_depth`
+    spawns (with chance `spawn_prob`): its segment ends with a spawn block, each kept node is
+    searched by a child thread, and the parent continues after the join: with the first
+    successful child's clean path if there is one, else with its frontier (the spawned nodes
+    are not queued).
+    """
     thread = P.Thread(P.child_prompt(start.id, target, start.nums, start.ops))
-    frontier = Frontier(h, target)
-    frontier.push(start)
     parts: list[str] = []
-    first = True
-    while frontier:
-        node = frontier.pop()
-        if not first:
-            parts.append(P.moving_line(node.id) + P.state_line(target, node.nums, node.ops))
-        first = False
-        beam = rng.randint(beam_min, beam_max)
-        ex = expand_node(node, target, beam, rng, h)
-        parts.append(ex.text)
-        if ex.goal_op is not None:
-            parts.append(clean_path(start, node, ex.goal_op, target))
-            thread.segments.append("".join(parts))
-            return thread, True
-        spawn = len(ex.kept) > 1 and level < cfg.max_depth and rng.random() < cfg.spawn_prob
-        if not spawn:
-            for child in ex.kept:
-                frontier.push(child)
-            continue
-        requests = [P.ChildRequest(i, level + 1, c.id, None) for i, c in enumerate(ex.kept)]
+
+    def wanted(kept: list[Node]) -> bool:
+        return len(kept) > 1 and level < cfg.max_depth and rng.random() < cfg.spawn_prob
+
+    def spawn(kept: list[Node], beam: int) -> Goal | None:
+        requests = [P.ChildRequest(i, level + 1, c.id, None) for i, c in enumerate(kept)]
         parts.append(P.spawn_block(requests))
         thread.segments.append("".join(parts))
-        parts = []
-        children, results = [], []
-        for req, node_ in zip(requests, ex.kept):
-            child, _ = run_thread(node_, target, level + 1, beam, max(beam, cfg.child_beam_max), cfg, rng)
+        parts.clear()
+        children, results, goals = [], [], []
+        for req, node in zip(requests, kept):
+            child, goal = run_thread(node, target, level + 1, beam, max(beam, cfg.child_beam_max), cfg, rng)
             children.append(child)
+            goals.append(goal)
             results.append(P.ChildResult(req.index, req.level, req.node, P.child_result(child.text())))
         thread.children.append(children)
         thread.joins.append(P.join_text(results))
+        # The parent reads its children's results as the runtime gives them: from their text.
         winner = next((i for i, r in enumerate(results) if r.path is not None), None)
-        if winner is not None:
-            parts.append(P.goal_line(target, target) + path_to(start, ex.kept[winner], target) + results[winner].path)
-            thread.segments.append("".join(parts))
-            return thread, True
-    parts.append(P.NO_SOLUTION)
+        if winner is None:
+            return None
+        parts.append(P.goal_line(target, target) + path_to(start, kept[winner], target) + results[winner].path)
+        return goals[winner]
+
+    h = HEURISTICS[cfg.heuristic]
+    goal = beam_search(start, target, beam_min, beam_max, h, rng, parts, Branch(wanted, spawn))
+    if goal is None:
+        parts.append(P.NO_SOLUTION)
     thread.segments.append("".join(parts))
-    return thread, False
+    return thread, goal
 
 
 def solve_apr(nums: list[int], target: int, cfg: AprConfig, rng: random.Random) -> tuple[P.Thread, bool]:
     """One APR demonstration: the root thread and its children."""
-    root, solved = run_thread(root_node(nums), target, 0, cfg.beam_min, cfg.beam_max, cfg, rng)
+    root, goal = run_thread(root_node(nums), target, 0, cfg.beam_min, cfg.beam_max, cfg, rng)
     if cfg.sub_call_budget:
         root.prompt = f"Sub Call Budget: {root.count_descendants()} " + root.prompt
-    return root, solved
+    return root, goal is not None

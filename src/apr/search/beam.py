@@ -1,4 +1,5 @@
-"""The best-first beam search both solvers share: nodes, one expansion, clean paths."""
+"""The best-first beam search both solvers share: nodes, one expansion, clean paths, and the
+search loop itself, with a `Branch` for what each solver does besides queueing nodes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import heapq
 import itertools
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from apr import protocol as P
 from apr.countdown import expand
@@ -95,5 +97,71 @@ class Frontier:
         return bool(self._heap)
 
 
-def root_node(nums: list[int], node_id: str = "0", ops: list[str] | None = None) -> Node:
-    return Node(node_id, list(nums), list(ops or []))
+def root_node(nums: list[int]) -> Node:
+    """Node #0: the problem's numbers, no operations yet."""
+    return Node("0", list(nums), [])
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Where a search reached the target: `op` applied to `node` leaves [target]."""
+
+    node: Node
+    op: str
+
+
+@dataclass(frozen=True)
+class Branch:
+    """What a solver may do with the nodes an expansion kept instead of queueing them:
+    APR hands them to child threads, SoS+ runs a nested sub search from each.
+
+    `wanted(kept)` is asked once after every expansion that reached no goal (it may draw from
+    the search's random stream). When it says yes, `run(kept, beam)` searches below the kept
+    nodes, writing to the same text parts as the search (`beam` is the expansion's beam), and
+    the nodes are not queued; the Goal it returns, if any, ends the search.
+    """
+
+    wanted: Callable[[list[Node]], bool]
+    run: Callable[[list[Node], int], "Goal | None"]
+
+
+def beam_search(
+    start: Node,
+    target: int,
+    beam_min: int,
+    beam_max: int,
+    heuristic: Heuristic,
+    rng: random.Random,
+    parts: list[str],
+    branch: Branch,
+) -> Goal | None:
+    """Best-first beam search from `start`, appending its trace text to `parts`.
+
+    The caller has written `start`'s `Moving to Node`/`Current State` lines (as a prompt or
+    inline); every later node popped gets them here. Each node is expanded with a beam drawn
+    uniformly from beam_min..beam_max. A goal ends the search with the clean path from
+    `start`; otherwise `branch` (see `Branch`) or else the frontier takes the kept nodes. Returns
+    the goal reached, or None when the frontier runs out (the caller writes any failure line).
+    """
+    frontier = Frontier(heuristic, target)
+    frontier.push(start)
+    first = True
+    while frontier:
+        node = frontier.pop()
+        if not first:
+            parts.append(P.moving_line(node.id) + P.state_line(target, node.nums, node.ops))
+        first = False
+        beam = rng.randint(beam_min, beam_max)
+        ex = expand_node(node, target, beam, rng, heuristic)
+        parts.append(ex.text)
+        if ex.goal_op is not None:
+            parts.append(clean_path(start, node, ex.goal_op, target))
+            return Goal(node, ex.goal_op)
+        if branch.wanted(ex.kept):
+            goal = branch.run(ex.kept, beam)
+            if goal is not None:
+                return goal
+            continue
+        for child in ex.kept:
+            frontier.push(child)
+    return None
