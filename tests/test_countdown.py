@@ -2,7 +2,17 @@ import json
 
 import pytest
 
-from apr.countdown import Problem, TaskConfig, expand, generate, read_problems, solve, successors
+from apr.countdown import (
+    Problem,
+    TaskConfig,
+    expand,
+    generate,
+    problem_keys,
+    read_problems,
+    record_key,
+    solve,
+    successors,
+)
 from apr.errors import UserError
 
 VAL = "src/apr/data/countdown4_val1000.jsonl"
@@ -39,6 +49,24 @@ def test_json_list_and_jsonl_read_the_same(tmp_path):
     probs = read_problems(VAL)[:5]
     (tmp_path / "a.json").write_text(json.dumps([p.to_dict() for p in probs]))
     assert [p.key for p in read_problems(tmp_path / "a.json")] == [p.key for p in probs]
+
+
+def test_one_key_for_a_problem_a_record_and_a_file(tmp_path):
+    p = Problem([9, 4, 3], 24, ["9-3=6", "4*6=24"])
+    assert p.key == ((3, 4, 9), 24) == Problem([3, 9, 4], 24).key
+    assert record_key({"nums": [9, 4, 3], "target": 24, "search_path": "..."}) == p.key
+    assert record_key(json.loads(json.dumps(p.to_dict()))) == p.key
+    for bad in ({"target": 24}, {"nums": [1, 2]}, {"nums": None, "target": 3}, {"nums": ["x"], "target": 3}):
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            record_key(bad)
+    probs = read_problems(VAL)[:5]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(q.to_dict()) + "\n" for q in probs[:3]))
+    (tmp_path / "b.json").write_text(json.dumps([q.to_dict() for q in probs[2:]]))
+    assert problem_keys([tmp_path / "a.jsonl", tmp_path / "b.json"]) == {q.key for q in probs}
+    assert problem_keys([]) == set()
+    (tmp_path / "bad.jsonl").write_text('{"nums": [1, 2], "target": 3}\n{"nums": [1], "target": 3}\n')
+    with pytest.raises(UserError, match="bad.jsonl:2: "):
+        problem_keys([tmp_path / "bad.jsonl"])
 
 
 def test_generation_is_deterministic_across_worker_counts():

@@ -1,8 +1,13 @@
-"""The Countdown task: problems, legal operations, an exhaustive solver and a seeded generator.
+"""The Countdown task: problems, legal operations, an exhaustive solver, a seeded generator,
+problem files, and problem keys.
 
 Operations on a pair (a, b): a+b, a*b, larger-minus-smaller, and larger/smaller when exact.
 Every intermediate value is a non-negative integer. `-` and `/` are written larger first;
 `+` and `*` keep the pair's order in the current list.
+
+A problem's key, (sorted numbers, target), is its identity: splits (training, validation,
+evaluation) must not share one. `Problem.key`, `record_key` and `problem_keys` give it for a
+problem, a JSON record and whole files.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class TaskConfig:
         }
 
 
+ProblemKey = tuple[tuple[int, ...], int]
+
+
 @dataclass
 class Problem:
     nums: list[int]
@@ -56,8 +64,9 @@ class Problem:
     solution: list[str] = field(default_factory=list)
 
     @property
-    def key(self) -> tuple[tuple[int, ...], int]:
-        """Identity for split disjointness: (sorted numbers, target)."""
+    def key(self) -> ProblemKey:
+        """This problem's identity, (sorted numbers, target): problems that differ only in
+        the order of their numbers are the same problem."""
         return tuple(sorted(self.nums)), self.target
 
     def to_dict(self) -> dict:
@@ -106,10 +115,6 @@ def solve(nums: list[int], target: int, first: bool = True) -> list[list[str]]:
 
     dfs(list(nums), [])
     return found
-
-
-def is_solvable(nums: list[int], target: int) -> bool:
-    return bool(solve(nums, target, first=True))
 
 
 # ---------------------------------------------------------------------------- generation
@@ -171,8 +176,9 @@ def generate(
 
 # ---------------------------------------------------------------------------- reading
 
-def problem_from_record(rec: dict, path: str = "<input>", line: int | None = None, task: TaskConfig | None = None) -> Problem:
-    """Validate a record with `nums` and `target` (and optional `solution`)."""
+def problem_from_record(rec: dict, path: str = "<input>", line: int | None = None) -> Problem:
+    """Validate a record with `nums` and `target` (and optional `solution`); a UserError
+    names `path` and `line` otherwise."""
     nums, target = rec.get("nums"), rec.get("target")
     if not isinstance(nums, list) or not nums:
         raise UserError("`nums` must be a non-empty list of integers", path, line)
@@ -189,26 +195,40 @@ def problem_from_record(rec: dict, path: str = "<input>", line: int | None = Non
         raise UserError(f"`target` must be an integer, got {target!r}", path, line)
     if target < 0 or len(str(target)) > MAX_NUMBER_DIGITS:
         raise UserError(f"`target` out of range: {target}", path, line)
-    if task is not None and not task.target_min <= target <= task.target_max:
-        raise UserError(f"`target` {target} outside {task.target_min}..{task.target_max}", path, line)
     solution = rec.get("solution") or []
     if not isinstance(solution, list) or not all(isinstance(s, str) for s in solution):
         raise UserError("`solution` must be a list of operation strings", path, line)
     return Problem(list(nums), target, list(solution))
 
 
-def read_problems(path: str | Path, task: TaskConfig | None = None) -> list[Problem]:
+def read_problems(path: str | Path) -> list[Problem]:
     """Read a JSON list or JSONL file of problems; errors name the file and line."""
-    return [problem_from_record(rec, str(path), line, task) for line, rec in read_records(path)]
+    return [problem for _, problem in iter_problems(path)]
 
 
 def iter_problems(path: str | Path) -> Iterator[tuple[int, Problem]]:
+    """(line, problem) for each record of a JSON list or JSONL file, streaming; errors name
+    the file and line."""
     for line, rec in read_records(path):
         yield line, problem_from_record(rec, str(path), line)
 
 
-def problem_keys(paths: Iterable[str | Path]) -> set:
-    keys = set()
+# ---------------------------------------------------------------------------- keys
+
+def record_key(rec: dict) -> ProblemKey:
+    """The key of a JSON record with `nums` and `target` (a problem, a demonstration, a run
+    record), without validating the rest of it: `Problem.key` of the problem it holds.
+
+    Raises KeyError, TypeError or ValueError when `nums` or `target` is missing or not
+    integers; callers turn that into a UserError naming their file and line.
+    """
+    return tuple(sorted(int(n) for n in rec["nums"])), int(rec["target"])
+
+
+def problem_keys(paths: Iterable[str | Path]) -> set[ProblemKey]:
+    """The keys of every problem in the given problem files (each read and validated with
+    `read_problems`, so a bad line is a UserError naming its file and line)."""
+    keys: set[ProblemKey] = set()
     for p in paths:
         keys.update(prob.key for prob in read_problems(p))
     return keys
