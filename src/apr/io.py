@@ -1,4 +1,5 @@
-"""File helpers: JSON/JSONL reading with file:line errors, and atomic writes."""
+"""File helpers: JSON/JSONL reading with file:line errors, atomic writes, and reading back a
+JSONL file that a run appends to."""
 
 from __future__ import annotations
 
@@ -68,16 +69,6 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not isinstance(item, dict):
                 raise UserError("line is not a JSON object", str(path), lineno)
             yield lineno, item
-
-
-def write_jsonl(path: str | os.PathLike, records) -> int:
-    """Write records as JSONL atomically; return how many were written."""
-    n = 0
-    with atomic_write(path) as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-            n += 1
-    return n
 
 
 def read_appended(path: str | os.PathLike) -> list[tuple[int, dict]]:
