@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from apr.countdown import TaskConfig
 from apr.errors import UserError
 from apr.io import atomic_write
 
@@ -25,7 +26,7 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
     "paper": (18, 1024, 2752, 16, 4096),  # the published model: 228M non-embedding
 }
 
-DEFAULT_TASK = {"num_count": 4, "num_range": [1, 99], "target_range": [10, 100]}
+DEFAULT_TASK = TaskConfig().as_dict()  # the published task, as apr.json records a task
 
 
 @dataclass
