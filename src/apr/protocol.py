@@ -9,7 +9,7 @@ Lines (each ends with "\\n"):
     Moving to Node #0,1
     No solution found.
 A parent ends a segment with a spawn block; the runtime replaces the block with join text
-built from the children's results. See ../shared/FORMATS.md.
+built from the children's results. docs/FORMATS.md describes the language in full.
 """
 
 from __future__ import annotations

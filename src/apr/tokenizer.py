@@ -20,7 +20,7 @@ from apr.errors import UserError
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
-# Fixed phrases of the trace language (see FORMATS.md). Longest match wins, so overlapping
+# Fixed phrases of the trace language (see docs/FORMATS.md). Longest match wins, so overlapping
 # phrases ("No solution found." / "No solution found in sub search") are both fine.
 PHRASES = [
     "Current State:",
