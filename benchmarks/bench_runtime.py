@@ -41,8 +41,8 @@ def random_model(path: str) -> str:
 
 def main() -> None:
     from apr.countdown import read_problems
-    from apr.engine.base import Request, SamplingParams
-    from apr.engine.local import LocalEngine
+    from apr.engine import EngineSpec, Request, SamplingParams, make_engine
+    from apr.engine.model_runner import resolve_device
     from apr.model import load_model_info
     from apr.runtime import Runtime, RuntimeConfig
 
@@ -59,11 +59,11 @@ def main() -> None:
     info = load_model_info(model)
     context = args.context if args.model else min(args.context, 300)
     problems = read_problems(args.problems)[: args.limit]
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = str(resolve_device(args.device))
     cfg = RuntimeConfig(method=info.method, context=context, max_in_flight=args.slots, sub_call_budget=10 if info.sub_call_budget else None)
 
     def engine():
-        return LocalEngine(model, max_slots=args.slots, max_len=context, device=device)
+        return make_engine(EngineSpec(model=model, device=device, max_slots=args.slots, context=context))
 
     # warm-up (allocations, kernels) on a few problems
     with engine() as e:

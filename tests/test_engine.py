@@ -1,5 +1,6 @@
 """The local engine: our Llama forward against HF, continuous batching, cache reuse,
-seeded sampling, stop strings."""
+seeded sampling, stop strings, abort and weight loading; the engine interface's defaults
+and `make_engine`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ torch = pytest.importorskip("torch")
 
 from conftest_engine import make_char_tokenizer, make_tiny_llama, tiny_hf, tiny_model_dir  # noqa: E402,F401
 
-from apr.engine.base import Request, SamplingParams, stop_match  # noqa: E402
+from apr.engine import EngineError, EngineSpec, make_engine  # noqa: E402
+from apr.engine.base import Request, SamplingParams, common_prefix_len, stop_match  # noqa: E402
 from apr.engine.llama import Transformer  # noqa: E402
-from apr.engine.local import LocalEngine, gumbel_noise, sample, vocab_hash  # noqa: E402
+from apr.engine.local import LocalEngine  # noqa: E402
+from apr.engine.sampler import gumbel_noise, sample, vocab_hash  # noqa: E402
+from apr.engine.scripted import ScriptedEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
 
 # APR_TEST_DEVICE=cuda runs the engine tests on a GPU (fp32, CUDA graphs on).
@@ -247,3 +251,62 @@ def test_cancel_drops_running_and_queued_requests(tiny_hf, tiny_model_dir):
     for i in range(1, len(PROMPTS) - 1):  # the others are untouched by the freed slot's reuse
         assert done[str(i)].token_ids == refs[i]
     assert eng.free_slots() == 3
+
+
+def test_abort_drops_requests_and_keeps_caches(tiny_model_dir):
+    eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device=DEVICE, dtype="float32")
+    (kept,) = eng.run([Request("k", PROMPTS[4], 4, [], cache_key="key")])
+    for i, p in enumerate(PROMPTS):
+        eng.submit(Request(str(i), p, 24, []))
+        if i == 1:
+            eng.poll()  # two run in the slots the kept cache leaves; the rest queue
+    eng.abort()
+    assert eng.pending() == 0 and eng.free_slots() == 3 and eng.poll() == []
+    assert list(eng.kept) == ["key"]  # kept caches stay usable
+    (again,) = eng.run([Request("k2", PROMPTS[4], 4, [], cache_key="key")])
+    assert again.cached_tokens == again.prompt_tokens - 1 and again.token_ids == kept.token_ids
+
+
+def test_load_weights_in_place_releases_kept_caches(tiny_hf, tiny_model_dir):
+    tok = make_char_tokenizer()
+    other = make_tiny_llama(len(tok), seed=2)
+    eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device=DEVICE, dtype="float32")
+    eng.run([Request("a", PROMPTS[0], 4, [], cache_key="key")])
+    eng.submit(Request("busy", PROMPTS[1], 4, []))
+    with pytest.raises(RuntimeError):
+        eng.load_weights(other.state_dict())
+    eng.abort()
+    eng.load_weights(other.state_dict())
+    assert not eng.kept
+    (b,) = eng.run([Request("b", PROMPTS[0], 12, [], cache_key="key")])
+    assert b.cached_tokens == 0 and b.token_ids == hf_greedy(other, tok, PROMPTS[0], 12)
+    # reload_weights reads a folder (here: the original weights) through the same path.
+    eng.run([Request("c", PROMPTS[0], 4, [], cache_key="key")])
+    eng.reload_weights(tiny_model_dir)
+    (d,) = eng.run([Request("d", PROMPTS[0], 12, [])])
+    assert not eng.kept and d.token_ids == hf_greedy(tiny_hf[0], tok, PROMPTS[0], 12)
+
+
+def test_scripted_engine_interface_defaults():
+    tok = make_char_tokenizer()
+    eng = ScriptedEngine(tok, {"ab": "cd"}, max_slots=2)
+    with pytest.raises(EngineError, match="cannot reload weights"):
+        eng.reload_weights("/nowhere")
+    for i in range(3):
+        eng.submit(Request(str(i), "ab", 5, []))
+    eng.poll()
+    eng.abort()
+    assert eng.pending() == 0 and eng.free_slots() == 2 and eng.poll() == []
+    assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix_len([], [1]) == 0
+    assert common_prefix_len([1, 2], [1, 2]) == 2
+
+
+def test_make_engine_from_spec(tiny_model_dir):
+    with pytest.raises(UserError, match="give --model DIR"):
+        make_engine(EngineSpec())
+    with pytest.raises(UserError, match="not found"):
+        make_engine(EngineSpec(model="/nowhere/model"))
+    eng = make_engine(EngineSpec(model=str(tiny_model_dir), device=DEVICE, dtype="float32", max_slots=2, context=128))
+    with eng:
+        assert isinstance(eng, LocalEngine) and eng.max_slots == 2 and eng.max_len == 128
+        assert eng.dtype == torch.float32 and eng.model_path == str(tiny_model_dir)

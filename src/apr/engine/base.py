@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -79,6 +80,16 @@ class Engine(ABC):
         return False
 
     @abstractmethod
+    def abort(self) -> None:
+        """Drop every queued and running request (after a failed step): none of their
+        completions will come. Kept caches may stay."""
+
+    def reload_weights(self, path: str | Path) -> None:
+        """Load new weights of the same architecture from a Hugging Face folder; kept caches
+        are dropped (their K/V came from the old weights)."""
+        raise EngineError("this engine cannot reload weights")
+
+    @abstractmethod
     def close(self) -> None:
         """Free resources; the engine is unusable afterwards."""
 
@@ -110,3 +121,13 @@ def stop_match(text: str, stops: list[str]) -> tuple[int, str] | None:
         if i >= 0 and (best is None or i + len(s) < best[0]):
             best = (i + len(s), s)
     return best
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token-id lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

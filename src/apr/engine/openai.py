@@ -103,6 +103,13 @@ class OpenAIEngine(Engine):
     def pending(self) -> int:
         return len(self.running) + len(self.done)
 
+    def abort(self) -> None:
+        with self._lock:
+            for f in self.running:
+                f.cancel()  # requests not yet sent never start; those in flight end unread
+            self.running.clear()
+        self.done = []
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from apr import protocol as P
-from apr.engine.base import Completion, Engine, Request, stop_match
+from apr.engine.base import Completion, Engine, Request, common_prefix_len, stop_match
 
 
 def script_from_thread(thread: P.Thread, script: dict[str, str] | None = None) -> dict[str, str]:
@@ -29,15 +29,6 @@ def script_from_thread(thread: P.Thread, script: dict[str, str] | None = None) -
             else:
                 script[context] = seg
     return script
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -71,7 +62,7 @@ class ScriptedEngine(Engine):
             req = self.queue.pop(0)
             prompt_ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
             n_prompt = len(prompt_ids)
-            reused = _lcp(self.kept.pop(req.cache_key, []), prompt_ids) if req.cache_key else 0
+            reused = common_prefix_len(self.kept.pop(req.cache_key, []), prompt_ids) if req.cache_key else 0
             self.prefilled += n_prompt - reused
             self.log.append((req.id, n_prompt, reused))
             text = self.script.get(req.prompt, "")
@@ -121,6 +112,10 @@ class ScriptedEngine(Engine):
             self.cancelled.append(request_id)
             return True
         return False
+
+    def abort(self) -> None:
+        self.queue.clear()
+        self.live.clear()
 
     def free_slots(self) -> int:
         return self.max_slots - len(self.live)

@@ -1,0 +1,141 @@
+"""Which request runs in which KV-cache slot: the queue, the live slots and the kept caches.
+
+A request waits in the queue until a slot is free. A finished request with a `cache_key`
+keeps its slot's cache; kept slots count as free and are evicted, least recently kept
+first, when a new request needs a slot. A request whose `cache_key` has a kept cache takes
+that slot and rolls back to the longest common token prefix, so only the rest is
+prefilled. New requests take the lowest free slot, so live slots stay packed (the model
+runner decodes slots `0..hi` as a view of the cache when most of them are live).
+
+No tensors here: the scheduler only tracks token ids and slot numbers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from apr.engine.base import Request, common_prefix_len
+
+
+@dataclass
+class Seq:
+    """One request's state from admission to completion."""
+
+    req: Request
+    ids: list[int]  # prompt token ids
+    slot: int = -1
+    cached: int = 0  # prompt tokens reused from a kept cache
+    pos: int = 0  # next prompt position to prefill
+    gen: list[int] = field(default_factory=list)
+    budget: int = 0  # max new tokens (max_tokens clipped to the cache length)
+    first_time: float = 0.0
+    stop_last: frozenset = frozenset()  # last characters of the stop strings
+    stop_window: int = 0  # tokens decoded to look for a stop string
+
+    @property
+    def cache_len(self) -> int:
+        # KV is in the cache for the prompt and every generated token but the newest.
+        return len(self.ids) + max(len(self.gen) - 1, 0)
+
+
+class Scheduler:
+    def __init__(self, max_slots: int):
+        self.max_slots = max_slots
+        self.queue: deque[Seq] = deque()
+        self.live: list[Seq | None] = [None] * max_slots
+        self.kept: OrderedDict[str, int] = OrderedDict()  # cache_key -> slot, LRU order
+        self.slot_tokens: list[list[int]] = [[] for _ in range(max_slots)]  # tokens in a kept cache
+
+    # ---- counts ------------------------------------------------------------------
+    def n_live(self) -> int:
+        return sum(s is not None for s in self.live)
+
+    def free_slots(self) -> int:
+        # Kept caches count as free: they are evicted (LRU) when a slot is needed.
+        return max(self.max_slots - self.n_live() - len(self.queue), 0)
+
+    def busy(self) -> bool:
+        return bool(self.queue) or self.n_live() > 0
+
+    def decoding(self) -> list[Seq]:
+        """Live sequences past prefill (they have a token to feed), in slot order."""
+        return [s for s in self.live if s is not None and s.gen]
+
+    # ---- admission ---------------------------------------------------------------
+    def add(self, seq: Seq) -> None:
+        self.queue.append(seq)
+
+    def admit(self) -> list[Seq]:
+        """Move queued sequences into slots while there is room; return those admitted."""
+        admitted = []
+        while self.queue:
+            got = self._take_slot(self.queue[0].req.cache_key)
+            if got is None:
+                break
+            seq = self.queue.popleft()
+            seq.slot, toks = got
+            # Roll back to the longest common prefix; always prefill >= 1 token for logits.
+            seq.cached = min(common_prefix_len(toks, seq.ids), len(seq.ids) - 1)
+            seq.pos = seq.cached
+            self.live[seq.slot] = seq
+            admitted.append(seq)
+        return admitted
+
+    def _take_slot(self, key: str | None) -> tuple[int, list[int]] | None:
+        """A slot for a new sequence and the tokens its cache already holds, or None."""
+        if key is not None and key in self.kept:
+            slot = self.kept.pop(key)
+            toks, self.slot_tokens[slot] = self.slot_tokens[slot], []
+            return slot, toks
+        kept_slots = set(self.kept.values())
+        for slot in range(self.max_slots):  # lowest free slot keeps decode rows packed
+            if self.live[slot] is None and slot not in kept_slots:
+                return slot, []
+        if self.kept:  # evict the least recently kept cache
+            _, slot = self.kept.popitem(last=False)
+            self.slot_tokens[slot] = []
+            return slot, []
+        return None
+
+    # ---- leaving -----------------------------------------------------------------
+    def finish(self, seq: Seq) -> None:
+        """Free a finished sequence's slot, keeping its cache under its `cache_key` if any."""
+        self.live[seq.slot] = None
+        key = seq.req.cache_key
+        if key is not None:
+            old = self.kept.pop(key, None)
+            if old is not None:
+                self.slot_tokens[old] = []
+            self.kept[key] = seq.slot
+            self.slot_tokens[seq.slot] = (seq.ids + seq.gen)[:seq.cache_len]
+
+    def release(self, cache_key: str) -> None:
+        slot = self.kept.pop(cache_key, None)
+        if slot is not None:
+            self.slot_tokens[slot] = []
+
+    def release_all(self) -> None:
+        for k in list(self.kept):
+            self.release(k)
+
+    def cancel(self, request_id: str) -> bool:
+        for s in self.queue:
+            if s.req.id == request_id:
+                self.queue.remove(s)
+                return True
+        for i, s in enumerate(self.live):
+            if s is not None and s.req.id == request_id:
+                self.live[i] = None  # its slot's cache is garbage now: nothing keeps it
+                self.slot_tokens[i] = []
+                return True
+        return False
+
+    def abort(self) -> None:
+        """Drop every queued and running sequence; kept caches stay."""
+        self.queue.clear()
+        self.live = [None] * self.max_slots
+
+    def clear(self) -> None:
+        self.abort()
+        self.kept.clear()
