@@ -39,9 +39,8 @@ def main() -> None:
     from apr.countdown import TaskConfig, generate
     from apr.model import ModelInfo, make_model, save_model
     from apr.tokenizer import build_tokenizer, tokenizer_fingerprint
-    from apr.train.config import load_config
+    from apr.train.config import RLConfig, load_config
     from apr.train.grpo import RLTrainer
-    from apr.train.rl import RLConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_rl_"))
     init = args.init

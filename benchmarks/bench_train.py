@@ -106,7 +106,7 @@ def trainer_steps(trainer: SFTTrainer, steps: int) -> float:
 def bench_cpu(preset: str, context: int, batch: int, steps: int, repeats: int, data: Path, out: Path) -> dict:
     trainer = trainer_for(data, out, preset, context, batch, "device=cpu")
     model = copy.deepcopy(trainer.raw_model)
-    batches = [trainer._batch(trainer.train_data, trainer._rows_for_step(i)) for i in range(steps)]
+    batches = [trainer._batch(trainer.train_data, trainer.sampler.indices(i)) for i in range(steps)]
     unpacked = [(x, y, None) for x, y, _ in batches]
     trainer_steps(trainer, 1), plain_loop(model, batches, 1e-4, 1)  # warm up
     tokens = steps * batch * context

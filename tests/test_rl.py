@@ -13,8 +13,7 @@ from apr import protocol as P
 from apr.commands import main
 from apr.errors import UserError
 from apr.train import rl_loss as L
-from apr.train.config import load_config
-from apr.train.rl import RLConfig
+from apr.train.config import RLConfig, load_config
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -310,6 +309,44 @@ def test_a_server_that_cannot_reload_weights_fails_before_training(files, tmp_pa
         assert not (tmp_path / "o" / "metrics.jsonl").exists()
     finally:
         srv.shutdown()
+
+
+def test_an_engine_without_weight_reload_is_a_one_line_error(files, tmp_path, tok):
+    from apr.engine.scripted import ScriptedEngine
+    from apr.train.grpo import RLTrainer
+
+    trainer = RLTrainer(config(files, tmp_path / "o"))
+    trainer.cfg.engine = "server"  # push the weights the way a server gets them: reload_weights
+    try:
+        with pytest.raises(UserError, match="^server could not reload weights: EngineError: this engine cannot"):
+            trainer._push_weights(ScriptedEngine(tok, {}))
+    finally:
+        trainer.engine.close()
+
+
+def test_an_engine_failure_skips_the_step_and_aborts_its_requests(files, tmp_path):
+    from apr.engine.base import EngineError
+    from apr.train.grpo import RLTrainer
+
+    out = tmp_path / "o"
+    trainer = RLTrainer(config(files, out), reward_fn=_index_reward)
+    engine, polls = trainer.engine, {"n": 0}
+    real_poll = engine.poll
+
+    def dying_poll():
+        polls["n"] += 1
+        if polls["n"] == 2:  # requests are queued or running
+            raise EngineError("server died")
+        return real_poll()
+
+    engine.poll = dying_poll
+    try:
+        trainer.train()
+    finally:
+        engine.close()
+    m = metrics(out)
+    assert m[0] == {"step": 1, "skipped": "engine failed during rollouts: server died"}
+    assert "reward" in m[1] and m[1]["step"] == 2  # the next step ran on a clean engine
 
 
 def test_config_errors_are_one_line(files, tmp_path, capsys):

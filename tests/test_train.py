@@ -66,7 +66,7 @@ def test_overfits_a_few_dozen_traces(demos, tmp_path):
 def test_time_budget_lowers_max_steps_and_ends_the_schedule(demos, tmp_path):
     import yaml
 
-    from apr.train.sft import lr_factor
+    from apr.train.common import warmup_cosine
 
     cfg = config(demos, tmp_path, "max_steps=500", "time_budget_s=1e-6", "eval_every=0", "log_every=5")
     final = train_sft(cfg)
@@ -74,7 +74,8 @@ def test_time_budget_lowers_max_steps_and_ends_the_schedule(demos, tmp_path):
     want = SFTTrainer.PROBE_SKIP + SFTTrainer.PROBE_STEPS + 1
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["max_steps"] == want
     assert max(losses(tmp_path)) == want and (final / "model.safetensors").exists()
-    assert lr_factor(want, cfg) == pytest.approx(cfg.optim.min_lr / cfg.optim.lr)  # the cosine ended there
+    o = cfg.optim
+    assert warmup_cosine(want, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr) == pytest.approx(o.min_lr / o.lr)  # ended there
 
 
 def test_resume_continues_exactly(demos, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The GRPO trainer behind `apr train rl` (config: apr.train.rl.RLConfig, loss: rl_loss).
+"""The GRPO trainer behind `apr train rl` (config: apr.train.config.RLConfig, loss:
+rl_loss, rewards: rewards).
 
 One step:
   1. roll out: this process's share of `batch_size` problems, `group_size` samples each,
@@ -9,8 +10,8 @@ One step:
      `inner_steps` AdamW steps on the PPO-clipped loss with a k3 KL to the initial model.
      The old log-probs are those of the policy before the first inner step (the forward of
      inner step 0, detached: same weights, so no extra pass);
-  4. push the new weights to the rollout engine (in place for the local engine; through
-     `reload_weights` from OUT_DIR/policy for a server).
+  4. push the new weights to the rollout engine (in place for the local engine,
+     `load_weights`; through `reload_weights` from OUT_DIR/policy for a server).
 
 Data parallel under torchrun: each rank rolls out and learns on its slice of the problems;
 gradients are summed with one all-reduce (token weights already carry the global 1/N),
@@ -19,102 +20,44 @@ so ranks may run different numbers of micro-batches.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
-from apr.rng import derive_seed
-from apr import protocol as P
 from apr.countdown import Problem, read_problems
-from apr.errors import UserError
-from apr.io import atomic_write
-from apr.model import load_model, save_model
 from apr.engine.base import EngineError
+from apr.errors import UserError
+from apr.model import load_model, save_model
+from apr.records import Record
+from apr.rng import derive_seed
 from apr.runtime import Runtime, RuntimeConfig
 from apr.tokenizer import tokenizer_fingerprint
 from apr.train import rl_loss as L
-from apr.train.config import dump_config
-from apr.train.data import default_eval_problems
-from apr.train.rl import RLConfig
-from apr.train.metrics import MetricsLog
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from apr.train.sft import _setup_device
-
-RewardFn = Callable[[dict, Problem], float]
-
-# ---------------------------------------------------------------------------- rewards
-
-
-def reward_binary(record: dict, problem: Problem) -> float:
-    """The published reward: 1 when the checker accepts the final path."""
-    return 1.0 if record.get("correct") else 0.0
-
-
-def reward_format(record: dict, problem: Problem) -> float:
-    """1 if correct; 0.1 for a well-formed search that failed (no cut, no failed spawn)."""
-    if record.get("correct"):
-        return 1.0
-    ok = all(t.get("status") == "done" for t in L.walk_threads(record.get("threads")))
-    return 0.1 if ok and P.NO_SOLUTION.strip() in record.get("text", "") else 0.0
-
-
-def reward_partial(record: dict, problem: Problem) -> float:
-    """1 if correct; else up to 0.5 by how close the best reached number came to the target."""
-    if record.get("correct"):
-        return 1.0
-    best = None
-    for line in record.get("text", "").split("\n"):
-        m = P.EXPLORE_RE.match(line)
-        if m:
-            nums = P.parse_list(m.group(5)) or []
-            if len(nums) == 1:
-                d = abs(nums[0] - problem.target)
-                best = d if best is None else min(best, d)
-    if best is None:
-        return 0.0
-    return 0.5 * max(0.0, 1.0 - best / max(1, problem.target))
-
-
-REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial}
-
-
-def resolve_reward(name: str) -> RewardFn:
-    if name in REWARD_FNS:
-        return REWARD_FNS[name]
-    mod, _, fn = name.partition(":")
-    try:
-        f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"config: cannot import reward {name!r} ({e})") from None
-    if not callable(f):
-        raise UserError(f"config: reward {name!r} is not callable")
-    return f
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def problem_keys(problems: list[Problem]) -> set:
-    return {p.key for p in problems}
+from apr.train.common import (
+    EpochSampler,
+    all_sum,
+    all_sum_grads,
+    all_sum_named,
+    autocast_for,
+    barrier,
+    end_processes,
+    setup_device,
+    start_run,
+    warmup_constant,
+)
+from apr.train.config import RLConfig
+from apr.train.data import default_eval_problems
+from apr.train.metrics import MetricsLog
+from apr.train.rewards import RewardFn, resolve_reward
 
 
 def step_seed(seed: int, step: int) -> int:
     return derive_seed(seed, step) & 0x7FFFFFFF
-
-
-def all_sum(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(t)
-    return t
 
 
 class RLTrainer:
@@ -122,7 +65,7 @@ class RLTrainer:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.metrics = MetricsLog(self.out)
-        self.rank, self.world, self.device = _setup_device(cfg.device)
+        self.rank, self.world, self.device = setup_device(cfg.device)
         if cfg.batch_size % self.world:
             raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
         if not resume and has_checkpoint(self.out):
@@ -131,8 +74,9 @@ class RLTrainer:
         # problems: training must not overlap validation
         self.train_problems = read_problems(cfg.problems)
         val_path = cfg.val_problems or default_eval_problems()
-        self.val_problems = read_problems(val_path)[: cfg.val_limit]
-        overlap = problem_keys(self.train_problems) & problem_keys(read_problems(val_path))
+        val_problems = read_problems(val_path)
+        self.val_problems = val_problems[: cfg.val_limit]
+        overlap = {p.key for p in self.train_problems} & {p.key for p in val_problems}
         if overlap:
             raise UserError(
                 f"{len(overlap)} training problem(s) are also validation problems in {val_path} "
@@ -141,6 +85,7 @@ class RLTrainer:
             )
         if not self.train_problems:
             raise UserError("no training problems", cfg.problems)
+        self.sampler = EpochSampler(len(self.train_problems), cfg.batch_size, cfg.seed)
         self.reward_fn = reward_fn or resolve_reward(cfg.reward)
 
         # models: the policy (trained) and the frozen reference (the initial model)
@@ -158,10 +103,7 @@ class RLTrainer:
         self.policy.train()
         self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        )
+        self.autocast = autocast_for(cfg.dtype, self.device)
         self.rt = RuntimeConfig.for_model(
             self.info, method=self.method, sub_call_budget=cfg.sub_call_budget, context=cfg.context,
             max_children=cfg.max_children, max_total_tokens=cfg.max_total_tokens, temperature=cfg.temperature,
@@ -170,7 +112,6 @@ class RLTrainer:
         if resume:
             self._resume()
         self.engine = self._make_engine()
-        self._perms: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ engine
 
@@ -180,8 +121,6 @@ class RLTrainer:
             from apr.engine.openai import OpenAIEngine
 
             engine = OpenAIEngine(cfg.server, model=cfg.served_model or None, tokenizer=self.tok)
-            if not hasattr(engine, "reload_weights"):
-                raise UserError("the server engine cannot reload weights")
             self._push_weights(engine)  # fails here, before training, if the server cannot reload
             return engine
         from apr.engine.local import LocalEngine
@@ -194,15 +133,12 @@ class RLTrainer:
         """Give the rollout engine the current policy."""
         engine = engine or self.engine
         if self.cfg.engine == "local":
-            engine.model.load_hf_state_dict(self.policy.state_dict())  # in place
-            for key in list(engine.kept):
-                engine.release(key)  # cached K/V came from the old weights
+            engine.load_weights(self.policy.state_dict())  # in place; drops caches of the old weights
             return
         path = self.out / "policy"
         if self.rank == 0:
             save_model(self.policy, self.tok, self.info, path)
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
         if self.rank == 0:
             try:
                 engine.reload_weights(path.resolve())
@@ -210,27 +146,17 @@ class RLTrainer:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to reload is fatal and must be named
                 raise UserError(f"server could not reload weights: {type(e).__name__}: {e}") from None
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     # ------------------------------------------------------------------ data
 
     def problems_for_step(self, step: int) -> list[tuple[int, Problem]]:
-        """This rank's (dataset index, problem) pairs of global batch `step` (seeded epochs)."""
-        n, b = len(self.train_problems), self.cfg.batch_size
-        out: list[int] = []
-        at = step * b
-        while len(out) < b:
-            epoch, i = divmod(at + len(out), n)
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch))
-                self._perms = {epoch: torch.randperm(n, generator=g).numpy()}
-            out.extend(int(x) for x in self._perms[epoch][i : i + b - len(out)])
-        per = b // self.world
-        mine = out[self.rank * per : (self.rank + 1) * per]
-        return [(i, self.train_problems[i]) for i in mine]
+        """This rank's (dataset index, problem) pairs of global batch `step`."""
+        per = self.cfg.batch_size // self.world
+        mine = self.sampler.indices(step)[self.rank * per : (self.rank + 1) * per]
+        return [(int(i), self.train_problems[i]) for i in mine]
 
-    def rollout(self, step: int) -> tuple[list[dict], list[Problem]]:
+    def rollout(self, step: int) -> tuple[list[Record], list[Problem]]:
         """G samples of each of this rank's problems; records sorted (problem, sample)."""
         G = self.cfg.group_size
         mine = self.problems_for_step(step)
@@ -239,12 +165,12 @@ class RLTrainer:
             for g in range(G):
                 items.append(((self.rank * len(mine) + k) * G + g, prob))
         rt = RuntimeConfig(**{**vars(self.rt), "seed": step_seed(self.cfg.seed, step)})
-        records = sorted(Runtime(self.engine, rt, self.tok).run(items), key=lambda r: r["index"])
+        records = sorted(Runtime(self.engine, rt, self.tok).run(items), key=lambda r: r.index)
         return records, [p for _, p in items]
 
     # ------------------------------------------------------------------ learning
 
-    def learn(self, records: list[dict], advantages: list[float]) -> dict:
+    def learn(self, records: list[Record], advantages: list[float]) -> dict:
         """`inner_steps` optimizer steps on this batch; returns metric sums (all ranks)."""
         cfg = self.cfg
         n_global = cfg.batch_size * cfg.group_size
@@ -253,7 +179,7 @@ class RLTrainer:
         for i, rec in enumerate(records):
             if cfg.skip_zero_advantage and advantages[i] == 0:
                 continue
-            seqs.extend(L.rollout_sequences(rec.get("threads"), i, self.tok, self.max_len, stats))
+            seqs.extend(L.rollout_sequences(rec.threads, i, self.tok, self.max_len, stats))
         weights = L.token_weights(seqs, n_global)
         batches = [
             L.collate([seqs[j] for j in idx], [weights[j] for j in idx], [advantages[seqs[j].rollout] for j in idx], self.tok.pad_token_id).to(self.device)
@@ -284,18 +210,11 @@ class RLTrainer:
             for p in params:  # a rank with no sequences still takes part in the all-reduce
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            if self.world > 1:  # one flat all-reduce; weights carry the global 1/N already
-                grads = [p.grad for p in params]
-                flat = torch.cat([g.flatten() for g in grads])
-                dist.all_reduce(flat)
-                at = 0
-                for g in grads:
-                    g.copy_(flat[at : at + g.numel()].view_as(g))
-                    at += g.numel()
+            all_sum_grads(params, self.world)  # token weights carry the global 1/N already
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             for group in self.optimizer.param_groups:  # the step number alone sets the lr: exact resume
-                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+                group["lr"] = cfg.lr * warmup_constant(self.step, cfg.warmup_steps)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         train_tokens = sum(b.n_tokens for b in batches)
@@ -318,13 +237,12 @@ class RLTrainer:
             records, problems = self.rollout(step)
         except EngineError as e:
             records, problems, skip = [], [], f"engine failed during rollouts: {e}"
-            if hasattr(self.engine, "abort_all"):
-                self.engine.abort_all()
+            self.engine.abort()
         t1 = time.perf_counter()
         rewards = []
         if skip is None:
             try:
-                rewards = [float(self.reward_fn(r, p)) for r, p in zip(records, problems)]
+                rewards = [float(self.reward_fn(r.to_json(), p)) for r, p in zip(records, problems)]
                 if not all(math.isfinite(x) for x in rewards):
                     skip = "reward function returned a non-finite value"
             except Exception as e:  # noqa: BLE001 - a user reward may raise anything: skip the step, say why
@@ -341,38 +259,42 @@ class RLTrainer:
         self._push_weights()
         self.step += 1
 
-        gen_tokens = sum(r["total_tokens"] for r in records)
         zero_groups = sum(1 for i in range(0, len(rewards), G) if len(set(rewards[i : i + G])) == 1)
-        local = [
-            sum(rewards), sum(bool(r["correct"]) for r in records), len(records), sum(r["children"] for r in records),
-            gen_tokens, sum(r["sequential_tokens"] for r in records), m["loss"], m["pg"], m["kl"], m["clipped"],
-            m["tokens"], m["entropy"], m["sequences"], m["train_tokens"], zero_groups,
-            m["malformed_threads"], m["empty_segments"], m["long_segments"], t1 - t0, t2 - t1,
-        ]
-        tot = all_sum(torch.tensor(local, dtype=torch.float64, device=self.device), self.world).tolist()
-        n, tok = max(tot[2], 1), max(tot[10], 1)
-        rollout_s, learn_s = tot[18] / self.world, tot[19] / self.world  # mean per process
+        tot = all_sum_named({  # this rank's sums -> sums over ranks
+            "reward": sum(rewards),
+            "correct": sum(r.correct for r in records),
+            "rollouts": len(records),
+            "children": sum(r.children for r in records),
+            "total_tokens": sum(r.total_tokens for r in records),
+            "sequential_tokens": sum(r.sequential_tokens for r in records),
+            **m,  # learn(): loss, pg, kl, clipped, tokens (trained), entropy, sequences, ...
+            "zero_groups": zero_groups,
+            "rollout_s": t1 - t0,
+            "learn_s": t2 - t1,
+        }, self.world, self.device)
+        n, tok, steps = max(tot["rollouts"], 1), max(tot["tokens"], 1), cfg.inner_steps
+        rollout_s, learn_s = tot["rollout_s"] / self.world, tot["learn_s"] / self.world  # mean per process
         return {
             "step": self.step,
-            "reward": tot[0] / n,
-            "accuracy": tot[1] / n,
-            "kl": tot[8] / tok,  # mean k3 per trained token over the inner steps
-            "loss": tot[6] / cfg.inner_steps,
-            "pg_loss": tot[7] / cfg.inner_steps,
-            "clip_frac": tot[9] / tok,
-            "entropy": tot[11] / max(tok / cfg.inner_steps, 1),
-            "children": tot[3] / n,
-            "total_tokens": tot[4] / n,
-            "sequential_tokens": tot[5] / n,
-            "segments": tot[12] / n,
-            "trained_tokens": tot[10] / cfg.inner_steps,
-            "zero_adv_groups": tot[14] / max(cfg.batch_size, 1),
-            "malformed_threads": int(tot[15]),
-            "skipped_segments": int(tot[16] + tot[17]),
+            "reward": tot["reward"] / n,
+            "accuracy": tot["correct"] / n,
+            "kl": tot["kl"] / tok,  # mean k3 per trained token over the inner steps
+            "loss": tot["loss"] / steps,
+            "pg_loss": tot["pg"] / steps,
+            "clip_frac": tot["clipped"] / tok,
+            "entropy": tot["entropy"] / max(tok / steps, 1),
+            "children": tot["children"] / n,
+            "total_tokens": tot["total_tokens"] / n,
+            "sequential_tokens": tot["sequential_tokens"] / n,
+            "segments": tot["sequences"] / n,
+            "trained_tokens": tot["tokens"] / steps,
+            "zero_adv_groups": tot["zero_groups"] / max(cfg.batch_size, 1),
+            "malformed_threads": int(tot["malformed_threads"]),
+            "skipped_segments": int(tot["empty_segments"] + tot["long_segments"]),
             "rollout_s": rollout_s,
             "learn_s": learn_s,
-            "rollout_tok_s": tot[4] / max(rollout_s, 1e-9) / self.world,
-            "train_tok_s": tot[13] / max(learn_s, 1e-9) / self.world,
+            "rollout_tok_s": tot["total_tokens"] / max(rollout_s, 1e-9) / self.world,
+            "train_tok_s": tot["train_tokens"] / max(learn_s, 1e-9) / self.world,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
@@ -381,17 +303,14 @@ class RLTrainer:
         """Greedy accuracy on the first `val_limit` validation problems (rank 0)."""
         rt = RuntimeConfig(**{**vars(self.rt), "temperature": 0.0, "top_k": 0, "top_p": 1.0})
         recs = Runtime(self.engine, rt, self.tok).run(enumerate(self.val_problems))
-        return sum(bool(r["correct"]) for r in recs) / max(1, len(recs))
+        return sum(r.correct for r in recs) / max(1, len(recs))
 
     # ------------------------------------------------------------------ loop
 
     def train(self) -> Path:
         cfg, main = self.cfg, self.rank == 0
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out / "config.yaml") as f:
-                f.write(dump_config(cfg))
-            self.metrics.trim(self.step)
+            start_run(self.out, cfg, self.metrics, self.step)
             print(
                 f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
                 f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on {self.device.type}",
@@ -423,15 +342,13 @@ class RLTrainer:
         final = self.out / "final"
         if main:
             save_model(self.policy, self.tok, self.info, final)  # apr.json preserved from `init`
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
         return final
 
     def _validate_and_log(self) -> None:
         if self.rank == 0:
             self.metrics.log({"step": self.step, "val_accuracy": self.validate()})
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -449,8 +366,7 @@ class RLTrainer:
         if self.rank == 0:
             state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
             save_checkpoint(self.out, self.step, state, self._meta(), self.cfg.keep_checkpoints)
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     def _resume(self) -> None:
         now = self._meta()
@@ -470,5 +386,4 @@ def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None 
         return trainer.train()
     finally:
         trainer.engine.close()
-        if trainer.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        end_processes(trainer.world)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import random
 import sys
 import time
@@ -28,44 +26,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from apr.rng import derive_seed
 from apr.errors import UserError
 from apr.io import atomic_write
 from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
 from apr.train import data as D
-from apr.train.metrics import MetricsLog
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from apr.train.config import SFTConfig, dump_config
-
-
-
-def _setup_device(pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if pref == "auto" else pref.startswith("cuda")
-    if cuda:
-        device = torch.device(f"cuda:{local}" if world > 1 or pref in ("auto", "cuda") else pref)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-        if not cuda:  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return rank, world, device
-
-
-def lr_factor(step: int, cfg: SFTConfig) -> float:
-    """Linear warmup to 1, then cosine to min_lr/lr at max_steps."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
-    floor = o.min_lr / o.lr if o.lr > 0 else 0.0
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+from apr.train.common import (
+    EpochSampler,
+    all_sum,
+    autocast_for,
+    barrier,
+    end_processes,
+    setup_device,
+    start_run,
+    warmup_cosine,
+    write_config,
+)
+from apr.train.config import SFTConfig
+from apr.train.metrics import MetricsLog
 
 
 class SFTTrainer:
@@ -76,7 +55,7 @@ class SFTTrainer:
         self.out = Path(cfg.out_dir)
         self.metrics = MetricsLog(self.out)
         self.evaluate_accuracy = evaluate_accuracy
-        self.rank, self.world, self.device = _setup_device(cfg.device)
+        self.rank, self.world, self.device = setup_device(cfg.device)
         per_rank, rem = divmod(cfg.batch_size, self.world * cfg.grad_accum)
         if rem or per_rank == 0:
             raise UserError(
@@ -99,6 +78,7 @@ class SFTTrainer:
             context=cfg.context,
         )
         self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
+        self.sampler = EpochSampler(len(self.train_data), cfg.batch_size, cfg.seed)
 
         torch.manual_seed(cfg.seed)
         self.raw_model = make_model(cfg.model, self.tokenizer, cfg.attn_implementation).to(self.device)
@@ -112,15 +92,15 @@ class SFTTrainer:
             eps=o.eps,
             fused=self.device.type == "cuda",
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        # cfg.max_steps is read at every step: a time budget may lower it mid-run.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, o.warmup_steps, cfg.max_steps, o.lr, o.min_lr)
+        )
         self.step = 0
         if resume:
             self._resume()
 
-        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        )
+        self.autocast = autocast_for(cfg.dtype, self.device)
         # Evaluation runs on `local_model`: ranks may do different numbers of forwards there.
         self.local_model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
         self.model = self.local_model
@@ -128,7 +108,6 @@ class SFTTrainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # The only buffers (rotary frequencies) are constants: no need to sync them.
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
-        self._perms: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ data
 
@@ -167,19 +146,6 @@ class SFTTrainer:
         task = records[0][2].get("task") or dict(DEFAULT_TASK)
         return stats, train_data, val_data, method, task
 
-    def _rows_for_step(self, step: int) -> np.ndarray:
-        """Global batch `step`: the next batch_size rows of an endless stream of per-epoch
-        seeded permutations (so resuming needs only the step number)."""
-        n, b = len(self.train_data), self.cfg.batch_size
-        out, at = [], step * b
-        while len(out) < b:
-            epoch, i = divmod(at + len(out), n)
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch))
-                self._perms = {epoch: torch.randperm(n, generator=g).numpy()}  # keep one epoch
-            out.extend(self._perms[epoch][i : i + b - len(out)])
-        return np.asarray(out)
-
     def _batch(self, packed: D.Packed, rows: np.ndarray):
         rows = np.sort(rows)
         return [
@@ -198,7 +164,7 @@ class SFTTrainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step on the global batch; returns this rank's share of its loss."""
         cfg = self.cfg
-        rows = self._rows_for_step(self.step)
+        rows = self.sampler.indices(self.step)
         n_tok = max(1, int(self.row_tokens[rows].sum()))
         per_rank = cfg.batch_size // self.world
         mine = rows[self.rank * per_rank : (self.rank + 1) * per_rank]
@@ -219,11 +185,6 @@ class SFTTrainer:
         self.step += 1
         return total / n_tok
 
-    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
-
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean token loss on a fixed slice of the held-out records (all ranks take part)."""
@@ -235,14 +196,14 @@ class SFTTrainer:
             loss += self._loss_sum(self.local_model, self.val_data, mine[i : i + self.micro])
         n_tok = float((self.val_data.targets[rows] != D.IGNORE).sum())
         self.local_model.train()
-        return self._all_sum(loss).item() / max(1.0, n_tok)
+        return all_sum(loss, self.world).item() / max(1.0, n_tok)
 
     # ------------------------------------------------------------------ loop
 
     # Time budget: steps ignored at the start (compile, allocator warm-up), steps timed before
     # the first plan, and steps between re-plans. Re-planning matters: throughput can change
     # after the first plan (late compiles, other jobs sharing the GPU), and a plan made from
-    # slow early steps alone once stopped a run at a third of its budget.
+    # slow early steps alone can stop a run at a fraction of its budget.
     PROBE_SKIP, PROBE_STEPS, REPLAN_EVERY = 3, 10, 50
 
     def _fit_time_budget(self, t_start: float, t_window: float, steps_timed: int, cap: int) -> None:
@@ -258,20 +219,16 @@ class SFTTrainer:
         if new != cfg.max_steps and self.rank == 0:
             print(f"time budget {cfg.time_budget_s:.0f} s at {per_step * 1000:.0f} ms/step: "
                   f"max_steps {cfg.max_steps} -> {new}", file=sys.stderr)
-        cfg.max_steps = new  # lr_factor reads cfg.max_steps: the cosine now ends at `new`
+        cfg.max_steps = new  # the scheduler reads cfg.max_steps: the cosine ends at `new`
         if self.rank == 0:
-            with atomic_write(self.out / "config.yaml") as f:
-                f.write(dump_config(cfg))
+            write_config(self.out, cfg)
 
     def train(self) -> Path:
         cfg, main = self.cfg, self.rank == 0
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out / "config.yaml") as f:
-                f.write(dump_config(cfg))
+            start_run(self.out, cfg, self.metrics, self.step)
             with atomic_write(self.out / "data_stats.json") as f:
                 json.dump(vars(self.stats), f, indent=2)
-            self.metrics.trim(self.step)
             s = self.stats
             print(
                 f"data: {s.records} records -> {s.documents} documents, {s.rows} rows of {cfg.context} tokens "
@@ -299,7 +256,7 @@ class SFTTrainer:
                 t_window = time.perf_counter()
             done = self.step >= cfg.max_steps
             if self.step % cfg.log_every == 0 or done:
-                loss = self._all_sum(loss_acc).item() / n_acc
+                loss = all_sum(loss_acc, self.world).item() / n_acc
                 elapsed = time.perf_counter() - t0
                 rec = {
                     "step": self.step,
@@ -321,8 +278,7 @@ class SFTTrainer:
             save_model(self.raw_model, self.tokenizer, self.info, final, cfg.max_shard_size)
             if self.evaluate_accuracy is not None:
                 self.metrics.log({"step": self.step, "val_accuracy": self.evaluate_accuracy(final)})
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
         return final
 
     # ------------------------------------------------------------------ checkpoints
@@ -339,8 +295,7 @@ class SFTTrainer:
                 "scheduler": self.scheduler.state_dict(),
             }
             save_checkpoint(self.out, self.step, state, self._meta(), self.cfg.keep_checkpoints)
-        if self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     def _resume(self) -> None:
         expect = {"preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
@@ -363,5 +318,4 @@ def train_sft(
     try:
         return trainer.train()
     finally:
-        if trainer.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        end_processes(trainer.world)

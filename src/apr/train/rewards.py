@@ -1,0 +1,63 @@
+"""Rewards of `apr train rl`: a function of a rollout's record (its JSON form, a dict) and
+the problem. `reward: NAME` in the config picks a built-in one; `module:function` imports
+any other."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from apr import protocol as P
+from apr.countdown import Problem
+from apr.errors import UserError
+from apr.train.rl_loss import walk_threads
+
+RewardFn = Callable[[dict, Problem], float]
+
+
+def reward_binary(record: dict, problem: Problem) -> float:
+    """The published reward: 1 when the checker accepts the final path."""
+    return 1.0 if record.get("correct") else 0.0
+
+
+def reward_format(record: dict, problem: Problem) -> float:
+    """1 if correct; 0.1 for a well-formed search that failed (no cut, no failed spawn)."""
+    if record.get("correct"):
+        return 1.0
+    ok = all(t.get("status") == "done" for t in walk_threads(record.get("threads")))
+    return 0.1 if ok and P.NO_SOLUTION.strip() in record.get("text", "") else 0.0
+
+
+def reward_partial(record: dict, problem: Problem) -> float:
+    """1 if correct; else up to 0.5 by how close the best reached number came to the target."""
+    if record.get("correct"):
+        return 1.0
+    best = None
+    for line in record.get("text", "").split("\n"):
+        m = P.EXPLORE_RE.match(line)
+        if m:
+            nums = P.parse_list(m.group(5)) or []
+            if len(nums) == 1:
+                d = abs(nums[0] - problem.target)
+                best = d if best is None else min(best, d)
+    if best is None:
+        return 0.0
+    return 0.5 * max(0.0, 1.0 - best / max(1, problem.target))
+
+
+# The names are apr.train.config.REWARDS (checked there, before torch loads).
+REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial}
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """A built-in reward by name, or `module:function` imported."""
+    if name in REWARD_FNS:
+        return REWARD_FNS[name]
+    mod, _, fn = name.partition(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"config: cannot import reward {name!r} ({e})") from None
+    if not callable(f):
+        raise UserError(f"config: reward {name!r} is not callable")
+    return f
