@@ -1,1 +1,3 @@
-"""Training: supervised fine-tuning on search demonstrations (`apr train sft`)."""
+"""Training: supervised fine-tuning on search demonstrations (`sft`) and GRPO from a
+supervised model (`grpo`), with their configs (`config`) and the pieces both share
+(`common`, `checkpoint`, `metrics`). The commands are `apr.commands.train`."""

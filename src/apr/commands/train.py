@@ -1,0 +1,59 @@
+"""`apr train sft|rl --config FILE [--set key=value]... [--resume]`: supervised training
+(`apr.train.sft`) and GRPO (`apr.train.grpo`). Configs are read and checked before torch
+loads, so a bad key fails fast."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train models")
+    sub = train.add_subparsers(dest="train_command", metavar="STAGE")
+    sub.required = True
+    sft = sub.add_parser(
+        "sft",
+        help="supervised training on search demonstrations",
+        description="Supervised training on search demonstrations. Run under `torchrun` for data parallel.",
+    )
+    sft.add_argument("--config", required=True, help="YAML or TOML config (see configs/)")
+    sft.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted for sections, e.g. optim.lr=1e-4); repeatable",
+    )
+    sft.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/latest")
+    sft.set_defaults(func=run_sft)
+
+    rl = sub.add_parser(
+        "rl",
+        help="end-to-end RL (GRPO) over parent and child threads",
+        description="GRPO from a supervised model: rollouts through the spawn/join runtime, every thread "
+        "segment trained with its rollout's advantage. Run under `torchrun` for data parallel.",
+    )
+    rl.add_argument("--config", required=True, help="YAML or TOML config (see configs/rl_*.yaml)")
+    rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
+    rl.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/latest")
+    rl.set_defaults(func=run_rl)
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from apr.train.config import load_config
+
+    config = load_config(args.config, args.set)  # refuses bad keys before importing torch
+    from apr.train.sft import train_sft
+
+    print(train_sft(config, resume=args.resume))
+    return 0
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    from apr.train.config import RLConfig, load_config
+
+    config = load_config(args.config, args.set, cls=RLConfig)  # refuses bad keys before importing torch
+    from apr.train.grpo import train_rl
+
+    print(train_rl(config, resume=args.resume))
+    return 0
