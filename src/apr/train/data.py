@@ -21,20 +21,18 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from apr import protocol
+from apr.countdown import record_key
 from apr.errors import UserError
 from apr.io import read_records
 
 IGNORE = -100
 TOKEN_BUDGET_STEP, TOKEN_BUDGET_MAX = 512, 4096
-DEFAULT_EVAL_PROBLEMS = [
-    Path(__file__).resolve().parent.parent / "data" / "countdown4_val1000.jsonl",
-    Path("/work/shared/data/countdown4_val1000.jsonl"),
-]
 
 
 @dataclass
@@ -70,15 +68,9 @@ class Packed:
         return len(self.input_ids)
 
 
-def problem_key(record: dict) -> tuple[tuple[int, ...], int]:
-    return tuple(sorted(int(n) for n in record["nums"])), int(record["target"])
-
-
 def default_eval_problems() -> Path:
-    for p in DEFAULT_EVAL_PROBLEMS:
-        if p.exists():
-            return p
-    raise UserError("no evaluation problem file found; set `eval_problems` in the config")
+    """The shared validation set (packaged): the problems training must not overlap."""
+    return Path(str(resources.files("apr") / "data" / "countdown4_val1000.jsonl"))
 
 
 def check_no_overlap(records: list[tuple[str, int, dict]], eval_problems: str | Path) -> None:
@@ -86,10 +78,10 @@ def check_no_overlap(records: list[tuple[str, int, dict]], eval_problems: str | 
     held_out = set()
     for lineno, r in read_records(eval_problems):
         try:
-            held_out.add(problem_key(r))
+            held_out.add(record_key(r))
         except (KeyError, TypeError, ValueError):
             raise UserError("problem needs `nums` and `target`", str(eval_problems), lineno) from None
-    hits = [(p, ln) for p, ln, r in records if problem_key(r) in held_out]
+    hits = [(p, ln) for p, ln, r in records if record_key(r) in held_out]
     if hits:
         path, line = hits[0]
         raise UserError(
@@ -105,7 +97,7 @@ def read_demonstrations(path: str | Path) -> list[tuple[str, int, dict]]:
     out = []
     for lineno, r in read_records(path):
         try:
-            problem_key(r)
+            record_key(r)
         except (KeyError, TypeError, ValueError):
             raise UserError("record needs integer `nums` and `target`", str(path), lineno) from None
         if "trace_dict" not in r and "search_path" not in r:
