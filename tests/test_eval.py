@@ -10,7 +10,10 @@ from conftest_engine import save_apr_model_dir
 from apr.commands import build_parser, main
 from apr.countdown import read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
-from apr.eval import consensus, evaluate, solved, summarize, wilson
+from apr.commands.eval import eval_spec
+from apr.eval import consensus, evaluate, solved, summarize
+from apr.records import Record
+from apr.stats import wilson
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
@@ -20,8 +23,9 @@ N = 8
 
 def rec(index, sample, correct, answer, reason="correct", **kw):
     base = {"index": index, "sample": sample, "correct": correct, "answer": list(answer), "text": "", "reason": reason,
-            "total_tokens": 100, "sequential_tokens": 50, "longest_thread": 40, "children": 2, "latency_s": 1.0}
-    return {**base, **kw}
+            "total_tokens": 100, "sequential_tokens": 50, "longest_thread": 40, "children": 2, "latency_s": 1.0,
+            "nums": [1, 2], "target": 3, "method": "sos"}
+    return Record(**{**base, **kw})
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -37,7 +41,7 @@ def test_cons_and_pass_on_hand_built_records():
     good, bad, other = ("1+2=3",), ("1*2=2",), ("2-1=1",)
     # two wrong claims outvote one right claim: cons fails, pass succeeds
     samples = [rec(0, 0, False, (), text="x", reason="wrong arithmetic"), rec(0, 1, True, good)]
-    samples[0]["answer"] = []
+    samples[0].answer = []
     wrong = [rec(0, 2, False, bad), rec(0, 3, False, bad)]
     assert not consensus(samples + wrong) and solved("pass@4", samples + wrong)
     # samples with no solution do not vote: one right claim among failures wins
@@ -80,7 +84,7 @@ def scripted(tok, method="apr"):
 
 
 def args(*argv):
-    return build_parser().parse_args(["eval", *map(str, argv), "--quiet"])
+    return eval_spec(build_parser().parse_args(["eval", *map(str, argv), "--quiet"]))
 
 
 def test_scripted_replay_gives_the_solver_accuracy(tok, tmp_path):

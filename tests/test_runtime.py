@@ -7,7 +7,7 @@ import pytest
 from apr import protocol as P
 from apr.countdown import read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
-from apr.runtime import Runtime, RuntimeConfig, solve_problems, thread_from_record
+from apr.runtime import Runtime, RuntimeConfig, solve_problems, thread_from_tree
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
@@ -35,16 +35,16 @@ def test_runtime_reproduces_solver_text_and_answers(tok):
     assert len(recs) == len(PROBS)
     spawned = 0
     for rec, t, p in zip(recs, threads, PROBS):
-        assert rec["text"] == t.text()
-        rebuilt = thread_from_record(rec["threads"])
-        assert rebuilt.text() == rec["text"]
+        assert rec.text == t.text()
+        rebuilt = thread_from_tree(rec.threads)
+        assert rebuilt.text() == rec.text
         assert len(P.training_strings(rebuilt)) == len(P.training_strings(t))
-        assert rec["correct"] == (P.child_result(t.text()) is not None)
-        assert rec["children"] == t.count_descendants()
-        spawned += rec["children"]
-        assert rec["sequential_tokens"] <= rec["total_tokens"]
-        if rec["children"]:
-            assert rec["sequential_tokens"] < rec["total_tokens"]
+        assert rec.correct == (P.child_result(t.text()) is not None)
+        assert rec.children == t.count_descendants()
+        spawned += rec.children
+        assert rec.sequential_tokens <= rec.total_tokens
+        if rec.children:
+            assert rec.sequential_tokens < rec.total_tokens
     assert spawned > 20
 
 
@@ -52,7 +52,7 @@ def test_nested_spawns_replay(tok):
     cfg = AprConfig(max_depth=2)
     threads, script = solver_run(cfg)
     recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(method="apr", max_depth=2, context=100_000))
-    assert [r["text"] for r in recs] == [t.text() for t in threads]
+    assert [r.text for r in recs] == [t.text() for t in threads]
 
 
 def test_resume_prefills_only_the_join_text(tok):
@@ -79,16 +79,16 @@ def test_sos_method_runs_serially(tok):
         threads.append(t)
         script_from_thread(t, script)
     recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(method="sos", context=100_000))
-    assert [r["text"] for r in recs] == [t.text() for t in threads]
-    assert all(r["children"] == 0 and r["sequential_tokens"] == r["total_tokens"] for r in recs)
+    assert [r.text for r in recs] == [t.text() for t in threads]
+    assert all(r.children == 0 and r.sequential_tokens == r.total_tokens for r in recs)
 
 
 def test_context_limit_cuts_a_thread_and_fails_its_problem(tok):
     threads, script = solver_run()
     recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(context=600))
-    cut = [r for r in recs if r["reason"] == "context window reached"]
-    assert cut and not any(r["correct"] for r in cut)
-    assert all(r["longest_thread"] <= 600 for r in recs)
+    cut = [r for r in recs if r.reason == "context window reached"]
+    assert cut and not any(r.correct for r in cut)
+    assert all(r.longest_thread <= 600 for r in recs)
 
 
 MALFORMED = {
@@ -120,12 +120,12 @@ def test_malformed_output_fails_that_problem_only(tok):
     assert len(recs) == len(PROBS)
     for k, rec in enumerate(recs):
         if k in bad:
-            assert not rec["correct"] and rec["reason"], (bad[k], rec["reason"])
+            assert not rec.correct and rec.reason, (bad[k], rec.reason)
         else:
-            assert rec["text"] == threads[k].text()
-    assert "unknown node" in recs[0]["reason"]
-    assert "too many children" in recs[2]["reason"]
-    assert "malformed" in recs[3]["reason"]
+            assert rec.text == threads[k].text()
+    assert "unknown node" in recs[0].reason
+    assert "too many children" in recs[2].reason
+    assert "malformed" in recs[3].reason
 
 
 def test_a_failed_problem_cancels_its_running_threads(tok):
@@ -142,9 +142,9 @@ def test_a_failed_problem_cancels_its_running_threads(tok):
     for cancellable in (True, False):
         engine = ScriptedEngine(tok, script, cancellable=cancellable)
         rec = solve_problems(engine, [PROBS[k]], cfg)[0]
-        assert not rec["correct"] and rec["reason"] == "context window reached"
-        statuses = [c["status"] for c in rec["threads"]["children"][0]]
-        got[cancellable] = (rec["total_tokens"], statuses, engine.cancelled)
+        assert not rec.correct and rec.reason == "context window reached"
+        statuses = [c["status"] for c in rec.threads["children"][0]]
+        got[cancellable] = (rec.total_tokens, statuses, engine.cancelled)
     (tokens_c, statuses_c, cancelled), (tokens_d, statuses_d, _) = got[True], got[False]
     assert cancelled and "cancelled" in statuses_c and "cancelled" not in statuses_d
     assert tokens_c < tokens_d  # the sibling stopped early instead of running to its own cut

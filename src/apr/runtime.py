@@ -10,6 +10,7 @@ and the metrics of the paper (total and sequential tokens, longest thread, child
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from apr.countdown import Problem
 from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
 from apr.errors import UserError
 from apr.model import ModelInfo
+from apr.records import Record
 
 
 @dataclass
@@ -66,6 +68,29 @@ class RuntimeConfig:
             raise UserError(f"--context must be at least 16 tokens, got {self.context}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise UserError("sampling options: --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+
+
+@dataclass
+class RuntimeOptions:
+    """The runtime settings a user chooses (command-line options, a config); `config(info)`
+    completes them from a model's apr.json into a RuntimeConfig. Defaults: the commands'."""
+
+    method: str | None = None  # None: what the model was trained for
+    context: int = 4096
+    max_children: int = 16
+    max_depth: int = 1
+    max_total_tokens: int = 200_000
+    sub_call_budget: int | None = None  # None: 10 when the model was trained with the prefix
+    token_budget: int | None = None  # None: 4096 when the model was trained with the prefix
+    temperature: float | None = None  # None: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    max_in_flight: int = 32
+
+    def config(self, info: ModelInfo, **changes) -> RuntimeConfig:
+        o = dataclasses.replace(self, **changes)
+        return RuntimeConfig.for_model(info, **{**dataclasses.asdict(o), "temperature": o.temperature or 0.0})
 
 
 DEFAULT_SUB_CALL_BUDGET = 10  # children asked of an APR model trained with `Sub Call Budget` prefixes
@@ -166,7 +191,7 @@ class Runtime:
 
     # -------------------------------------------------------------- public
 
-    def run(self, problems: Iterable[tuple[int, Problem]], on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    def run(self, problems: Iterable[tuple[int, Problem]], on_record: Callable[[Record], None] | None = None) -> list[Record]:
         """Solve (index, problem) pairs; records come back in completion order."""
         out = []
         for rec in self.iter_run(problems):
@@ -175,7 +200,7 @@ class Runtime:
                 on_record(rec)
         return out
 
-    def iter_run(self, problems: Iterable[tuple[int, Problem]]) -> Iterator[dict]:
+    def iter_run(self, problems: Iterable[tuple[int, Problem]]) -> Iterator[Record]:
         todo = iter(problems)
         live: dict[int, ProblemRun] = {}
         exhausted = False
@@ -313,45 +338,44 @@ class Runtime:
 
     # -------------------------------------------------------------- records
 
-    def _record(self, run: ProblemRun) -> dict:
+    def _record(self, run: ProblemRun) -> Record:
         for th in run.root.walk():  # free caches of threads a failure left paused
             if th.status == "waiting":
                 th.status = "failed"
                 self._release(run, th)
         text = run.root.context
         verdict = check(run.problem.nums, run.problem.target, text)
-        correct = verdict.correct and run.failure is None
         threads = list(run.root.walk())
-        return {
-            "index": run.index,
-            "nums": run.problem.nums,
-            "target": run.problem.target,
-            "text": text,
-            "correct": correct,
-            "reason": run.failure or verdict.reason,
-            "answer": list(verdict.path),
-            "total_tokens": run.total_tokens,
-            "sequential_tokens": run.root.sequential_tokens(),
-            "longest_thread": max(t.context_tokens for t in threads),
-            "children": len(threads) - 1,
-            "latency_s": (run.last_token - run.first_token) if run.first_token is not None else 0.0,
-            "method": self.cfg.method,
-            "threads": run.root.to_dict(),
-        }
+        return Record(
+            index=run.index,
+            nums=run.problem.nums,
+            target=run.problem.target,
+            text=text,
+            correct=verdict.correct and run.failure is None,
+            reason=run.failure or verdict.reason,
+            answer=list(verdict.path),
+            total_tokens=run.total_tokens,
+            sequential_tokens=run.root.sequential_tokens(),
+            longest_thread=max(t.context_tokens for t in threads),
+            children=len(threads) - 1,
+            latency_s=(run.last_token - run.first_token) if run.first_token is not None else 0.0,
+            method=self.cfg.method,
+            threads=run.root.to_dict(),
+        )
 
 
-def thread_from_record(t: dict) -> P.Thread:
-    """A record's thread tree (`record["threads"]`) as a protocol thread, for training on
+def thread_from_tree(t: dict) -> P.Thread:
+    """A record's thread tree (`Record.threads`) as a protocol thread, for training on
     rollouts: segments, joins and children as the runtime produced them."""
     return P.Thread(
         t["prompt"],
         list(t["segments"]),
-        [[thread_from_record(c) for c in g] for g in t["children"]],
+        [[thread_from_tree(c) for c in g] for g in t["children"]],
         list(t["joins"]),
     )
 
 
-def solve_problems(engine: Engine, problems: list[Problem], cfg: RuntimeConfig) -> list[dict]:
+def solve_problems(engine: Engine, problems: list[Problem], cfg: RuntimeConfig) -> list[Record]:
     """Convenience: records in input order."""
     recs = Runtime(engine, cfg).run(enumerate(problems))
-    return sorted(recs, key=lambda r: r["index"])
+    return sorted(recs, key=lambda r: r.index)
