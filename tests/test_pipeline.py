@@ -38,7 +38,7 @@ def test_pipeline_bad_options(tmp_path, capsys):
 
 
 def test_demo_without_a_model_shows_the_solver(tmp_path, monkeypatch, capsys):
-    import apr.demo as demo
+    import apr.commands.demo as demo
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(demo, "find_default_model", lambda: None)

@@ -9,7 +9,9 @@ import pytest
 from apr.commands import build_parser, main
 from apr.countdown import read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
+from apr.commands.eval import eval_spec
 from apr.eval import evaluate
+from apr.records import Record
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
@@ -32,7 +34,7 @@ def runs(tmp_path_factory):
 
     def ev(name, *argv):
         a = build_parser().parse_args(["eval", "--out", str(tmp / name), "--limit", "6", "--quiet", "--context", "8192", *argv])
-        evaluate(a, engine=engine(name[:3]))
+        evaluate(eval_spec(a), engine=engine(name[:3]))
         return tmp / name
 
     dirs = [ev("apr", "--server", "scripted://apr", "--method", "apr"),
@@ -70,7 +72,10 @@ def test_report_summarizes_an_interrupted_run(runs, tmp_path):
     (d / "records.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["index"] != gap))
     assert main(["report", str(d), str(runs[1]), "--out", str(tmp_path / "r")]) == 0
     assert f"(partial: first {gap})" in (tmp_path / "r" / "report.md").read_text()
-    assert json.loads((d / "summary.json").read_text())["problems"] == gap
+    assert not (d / "summary.json").exists()  # the report reads run folders, never writes into them
+    from apr.report import load_runs
+
+    assert load_runs([str(d)])[0]["problems"] == gap
 
 
 def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):
@@ -109,8 +114,10 @@ def test_paired_change_counts_discordant_problems(tmp_path):
         d = tmp_path / name
         d.mkdir()
         (d / "run.json").write_text(json.dumps({"samples": 1, "method": "sos"}))
-        (d / "records.jsonl").write_text("".join(json.dumps({"index": i, "sample": 0, "correct": c}) + "\n"
-                                                 for i, c in enumerate(solved)))
+        rec = lambda i, c: Record(index=i, sample=0, correct=c, nums=[1, 2], target=3, text="", reason="", answer=[],
+                                  total_tokens=1, sequential_tokens=1, longest_thread=1, children=0, latency_s=0.0,
+                                  method="sos")
+        (d / "records.jsonl").write_text("".join(json.dumps(rec(i, c).to_json()) + "\n" for i, c in enumerate(solved)))
         return d
 
     before = run("before", [True] * 40 + [False] * 60)

@@ -1,8 +1,8 @@
-"""`apr data problems`, `apr data traces` and `apr verify`: problem files and demonstrations."""
+"""Solver demonstrations: one record per problem in the published trace fields, made in
+parallel with output identical for any worker count (`apr data traces` writes them)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -10,13 +10,10 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
-
-from apr.rng import derive_seed
 from apr.checker import check
-from apr.countdown import Problem, TaskConfig, generate, iter_problems, problem_keys
-from apr.errors import UserError
-from apr.io import atomic_write, read_records
+from apr.countdown import Problem, TaskConfig, generate, iter_problems
+from apr.io import atomic_write
+from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
 
@@ -63,158 +60,34 @@ def demonstrations(problems: Iterator[Problem], seed: int, cfg, workers: int = 1
         yield from pool.imap(_demo_job, jobs, chunksize=64)
 
 
-# ---------------------------------------------------------------------------- commands
+def write_problems(splits: list[tuple[Path, int]], seed: int, task: TaskConfig, exclude: set,
+                   workers: int = 1, progress: bool = False) -> None:
+    """Draw sum(n) solvable problems from one seeded stream into the files of `splits`
+    ((path, n) in order), none of them in `exclude` (problem keys) or in two files."""
+    from tqdm import tqdm
 
-def _task_from_args(args) -> TaskConfig:
-    task = TaskConfig(args.num_count, args.num_min, args.num_max, args.target_min, args.target_max)
-    task.validate()
-    return task
-
-
-def _parse_splits(text: str) -> list[tuple[str, int]]:
-    out = []
-    for part in text.split(","):
-        name, _, n = part.partition("=")
-        if not name.strip() or not n.strip().isdigit():
-            raise UserError(f"--splits wants name=N[,name=N...], got {text!r}")
-        out.append((name.strip(), int(n)))
-    return out
-
-
-def cmd_problems(args) -> int:
-    task = _task_from_args(args)
-    exclude = problem_keys(args.exclude or [])
-    if args.splits:
-        splits = _parse_splits(args.splits)
-        out_dir = Path(args.out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError("with --splits, --out must be a directory", str(out_dir))
-    else:
-        if args.n is None:
-            raise UserError("give --n N (or --splits name=N,...)")
-        if args.n < 0:
-            raise UserError(f"--n must be >= 0, got {args.n}")
-        splits = [(None, args.n)]
     total = sum(n for _, n in splits)
-    stream = generate(total, args.seed, task, exclude, workers=args.workers)
-    bar = tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=not args.progress)
-    for name, n in splits:
-        path = Path(args.out) / f"{name}.jsonl" if name else Path(args.out)
-        with atomic_write(path) as f:
-            for _ in range(n):
-                f.write(json.dumps(next(stream).to_dict()) + "\n")
-                bar.update()
-        print(f"wrote {n} problems to {path}", file=sys.stderr)
-    bar.close()
-    return 0
+    stream = generate(total, seed, task, exclude, workers=workers)
+    with tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=not progress) as bar:
+        for path, n in splits:
+            with atomic_write(path) as f:
+                for _ in range(n):
+                    f.write(json.dumps(next(stream).to_dict()) + "\n")
+                    bar.update()
 
 
-def _solver_config(args) -> AprConfig | SosConfig:
-    lo, hi = args.beam_min or 1, args.beam_max or (10 if args.solver == "apr" else 5)
-    if not 1 <= lo <= hi:
-        raise UserError(f"beam range must satisfy 1 <= --beam-min <= --beam-max, got {lo}..{hi}")
-    for name in ("spawn_prob", "sub_search_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UserError(f"--{name.replace('_', '-')} must be in 0..1")
-    if args.max_depth < 0 or args.child_beam_max < 1:
-        raise UserError("--max-depth must be >= 0 and --child-beam-max >= 1")
-    if args.solver == "apr":
-        return AprConfig(
-            beam_min=args.beam_min or 1,
-            beam_max=args.beam_max or 10,
-            child_beam_max=args.child_beam_max,
-            spawn_prob=args.spawn_prob,
-            max_depth=args.max_depth,
-            heuristic=args.heuristic,
-            sub_call_budget=args.sub_call_budget,
-        )
-    return SosConfig(
-        beam_min=args.beam_min or 1,
-        beam_max=args.beam_max or 5,
-        sub_search_prob=args.sub_search_prob,
-        heuristic=args.heuristic,
-    )
+def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: int, workers: int = 1,
+                 progress: bool = False) -> tuple[int, int]:
+    """A solver's demonstrations of every problem of a file into `out` (atomically);
+    returns (demonstrations, solved). The whole problem file is validated first."""
+    from tqdm import tqdm
 
-
-def cmd_traces(args) -> int:
-    cfg = _solver_config(args)
-    # Validate the whole file first, cheaply, so a bad line fails before any work starts.
-    count = sum(1 for _ in iter_problems(args.problems))
-    problems = (p for _, p in iter_problems(args.problems))
+    count = sum(1 for _ in iter_problems(problems))
     solved = 0
-    with atomic_write(args.out) as f:
-        lines = demonstrations(problems, args.seed, cfg, args.workers)
-        for line in tqdm(lines, total=count, desc=f"{args.solver} traces", unit="trace", file=sys.stderr, disable=not args.progress):
+    with atomic_write(out) as f:
+        lines = demonstrations((p for _, p in iter_problems(problems)), seed, cfg, workers)
+        desc = "apr traces" if isinstance(cfg, AprConfig) else "sos traces"
+        for line in tqdm(lines, total=count, desc=desc, unit="trace", file=sys.stderr, disable=not progress):
             solved += '"solved": true' in line
             f.write(line + "\n")
-    print(f"wrote {count} {args.solver} demonstrations to {args.out} ({solved} solved)", file=sys.stderr)
-    return 0
-
-
-def cmd_verify(args) -> int:
-    def results() -> Iterator[str]:
-        for line, rec in read_records(args.input):
-            nums, target, text = rec.get("nums"), rec.get("target"), rec.get("text")
-            if not isinstance(nums, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in nums):
-                raise UserError("`nums` must be a list of integers", args.input, line)
-            if not isinstance(target, int) or isinstance(target, bool):
-                raise UserError("`target` must be an integer", args.input, line)
-            if not isinstance(text, str):
-                raise UserError("`text` must be a string", args.input, line)
-            v = check(nums, target, text)
-            yield json.dumps({**rec, "correct": v.correct, "reason": v.reason})
-
-    if args.out:
-        with atomic_write(args.out) as f:
-            for r in results():
-                f.write(r + "\n")
-    else:
-        out = list(results())  # all lines checked before any is printed
-        sys.stdout.write("".join(r + "\n" for r in out))
-    return 0
-
-
-def _add_task_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-count", type=int, default=4, help="numbers per problem (2..6)")
-    p.add_argument("--num-min", type=int, default=1)
-    p.add_argument("--num-max", type=int, default=99)
-    p.add_argument("--target-min", type=int, default=10)
-    p.add_argument("--target-max", type=int, default=100)
-
-
-def register(sub) -> None:
-    data = sub.add_parser("data", help="generate problems and solver demonstrations")
-    dsub = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
-
-    p = dsub.add_parser("problems", help="draw solvable Countdown problems")
-    p.add_argument("--n", type=int, help="how many problems")
-    p.add_argument("--splits", help="several disjoint files, e.g. train=1000,val=100,test=100 (--out is a folder)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--exclude", action="append", help="keep every problem of this file out (repeatable)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    _add_task_options(p)
-    p.set_defaults(func=cmd_problems)
-
-    t = dsub.add_parser("traces", help="solver demonstrations in the published trace language (JSONL)")
-    t.add_argument("--solver", choices=["apr", "sos"], required=True)
-    t.add_argument("--problems", required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=1)
-    t.add_argument("--beam-min", type=int, help="smallest beam (default 1)")
-    t.add_argument("--beam-max", type=int, help="largest beam (default 10 for apr, 5 for sos)")
-    t.add_argument("--child-beam-max", type=int, default=15, help="apr: a child's beam is uniform in parent beam..this")
-    t.add_argument("--spawn-prob", type=float, default=0.9, help="apr: chance to spawn when >1 node was kept")
-    t.add_argument("--max-depth", type=int, default=1, help="apr: levels of spawning (children spawn again when >1)")
-    t.add_argument("--sub-search-prob", type=float, default=0.5, help="sos: chance to double down per expansion")
-    t.add_argument("--heuristic", choices=["mult", "sum"], default="mult")
-    t.add_argument("--sub-call-budget", action="store_true", help="apr: prefix `Sub Call Budget: N `")
-    t.add_argument("--no-progress", dest="progress", action="store_false")
-    t.set_defaults(func=cmd_traces)
-
-    v = sub.add_parser("verify", help="check {nums, target, text} lines; adds `correct` and `reason`")
-    v.add_argument("--input", required=True)
-    v.add_argument("--out")
-    v.set_defaults(func=cmd_verify)
+    return count, solved

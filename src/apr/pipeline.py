@@ -1,4 +1,4 @@
-"""`apr pipeline --preset cpu|gpu`: problems -> demonstrations -> an APR and an SoS+ model
+"""The recipes end to end (`apr pipeline --preset cpu|gpu`): problems -> demonstrations -> an APR and an SoS+ model
 -> evaluations -> report, one resumable stage at a time.
 
 Both models have the same size and are trained on the same problems with the same token
@@ -14,18 +14,23 @@ report/ (plots and report.md).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apr.countdown import TaskConfig, problem_keys
+from apr.data import write_problems, write_traces
+from apr.engine.spec import EngineSpec
 from apr.errors import UserError
+from apr.eval import EvalSpec, default_problems, evaluate
 from apr.io import atomic_write
+from apr.report import write_report
+from apr.runtime import RuntimeOptions
+from apr.search import AprConfig, SosConfig
 
 STAGES = ("data", "train", "eval", "report", "export")
 @dataclass
@@ -71,18 +76,7 @@ PRESETS = {
 }
 
 
-def cli(*argv) -> None:
-    from apr.commands import main
-
-    argv = [str(a) for a in argv]
-    print("+ apr " + shlex.join(argv), file=sys.stderr)
-    if main(argv) != 0:
-        raise UserError(f"stage command failed: apr {shlex.join(argv)}")
-
-
 def val_file(out: Path, p: Preset) -> Path:
-    from apr.eval import default_problems
-
     return out / "data" / "val.jsonl" if p.val_problems else default_problems(None, None)
 
 
@@ -98,20 +92,16 @@ def stage_data(out: Path, p: Preset, seed: int) -> None:
                 raise UserError(f"data/ was made with {key} {old['preset'].get(key)}, not {now['preset'][key]}; "
                                 "delete it or use another --out", str(out))
         return print(f"data: exists ({d})", file=sys.stderr)
-    from apr.countdown import TaskConfig
-
     task = TaskConfig(num_count=p.num_count)
     shared_val = val_file(out, dataclasses.replace(p, val_problems=0))
-    opts = ["--num-count", p.num_count, "--seed", seed, "--workers", p.workers, "--no-progress"]
     if p.val_problems:  # a validation set of this task, disjoint from the shared one too
-        cli("data", "problems", "--n", p.val_problems, "--out", d / "val.jsonl", "--exclude", shared_val, *opts[:2], "--seed", seed + 1, "--no-progress")
-    cli("data", "problems", "--n", p.train_problems, "--out", d / "train.jsonl", "--exclude", shared_val,
-        "--exclude", val_file(out, p), *opts)
-    for solver in ("apr", "sos"):
-        extra = ["--sub-call-budget"] if solver == "apr" and p.budgets else []
+        write_problems([(d / "val.jsonl", p.val_problems)], seed + 1, task, problem_keys([shared_val]), p.workers)
+    write_problems([(d / "train.jsonl", p.train_problems)], seed, task, problem_keys([shared_val, val_file(out, p)]),
+                   p.workers)
+    solvers = {"apr": AprConfig(sub_call_budget=bool(p.budgets)), "sos": SosConfig()}
+    for solver, solver_cfg in solvers.items():
         raw = d / f"{solver}.raw.jsonl"
-        cli("data", "traces", "--solver", solver, "--problems", d / "train.jsonl", "--out", raw, "--seed", seed,
-            "--workers", p.workers, "--no-progress", *extra)
+        write_traces(d / "train.jsonl", raw, solver_cfg, seed, p.workers)
         # Tag every demonstration with its task, so the trained model's apr.json records it.
         with atomic_write(d / f"{solver}.jsonl") as f, open(raw) as src:
             for line in src:
@@ -165,31 +155,35 @@ def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]
     return finals
 
 
-def eval_runs(out: Path, p: Preset) -> list[tuple[str, list]]:
-    """(run folder name, `apr eval` arguments) of the evaluation stage."""
+def eval_runs(out: Path, p: Preset, device: str = "auto") -> list[tuple[str, EvalSpec]]:
+    """(run folder name, evaluation) of the evaluation stage, most important first: a stage
+    cut short by a time limit loses the least."""
     apr_m, sos_m, val = out / "train" / "apr" / "final", out / "train" / "sos" / "final", val_file(out, p)
-    common = ["--problems", val, "--context", p.eval_context or p.context, "--max-in-flight", p.max_in_flight, "--quiet"]
-    # Most important first: a run cut short by a time limit loses the least.
-    runs = [("apr", ["--model", apr_m, "--method", "apr", "--limit", p.eval_limit]),
-            ("sos", ["--model", sos_m, "--method", "sos", "--limit", p.eval_limit]),
-            ("solver_apr", ["--method", "solver-apr", "--limit", p.eval_limit]),
-            ("solver_sos", ["--method", "solver-sos", "--limit", p.eval_limit])]
+    runtime = RuntimeOptions(context=p.eval_context or p.context, max_in_flight=p.max_in_flight)
+
+    def spec(name: str, method: str, model: Path | None, limit: int, **changes) -> tuple[str, EvalSpec]:
+        engine = EngineSpec(model=str(model), device=device, max_slots=p.max_in_flight, context=runtime.context) \
+            if model else EngineSpec(context=runtime.context)
+        return name, EvalSpec(method=method, out=out / "eval" / name, engine=engine,
+                              runtime=dataclasses.replace(runtime, **changes), problems=str(val), limit=limit,
+                              progress=False)
+
+    runs = [spec("apr", "apr", apr_m, p.eval_limit), spec("sos", "sos", sos_m, p.eval_limit),
+            spec("solver_apr", "solver-apr", None, p.eval_limit), spec("solver_sos", "solver-sos", None, p.eval_limit)]
     if p.cons_n > 1:
-        runs.append((f"sos_cons{p.cons_n}", ["--model", sos_m, "--method", f"cons@{p.cons_n}", "--limit", p.cons_limit]))
+        runs.append(spec(f"sos_cons{p.cons_n}", f"cons@{p.cons_n}", sos_m, p.cons_limit))
     for b in p.budgets:
-        runs.append((f"apr_budget{b}", ["--model", apr_m, "--method", "apr", "--sub-call-budget", b, "--limit", p.eval_limit]))
-    return [(name, ["eval", "--out", out / "eval" / name, *args, *common]) for name, args in runs]
+        runs.append(spec(f"apr_budget{b}", "apr", apr_m, p.eval_limit, sub_call_budget=b))
+    return runs
 
 
 def stage_eval(out: Path, p: Preset, device: str) -> list[Path]:
     dirs = []
-    for name, argv in eval_runs(out, p):
-        if not name.startswith("solver"):
-            argv += ["--device", device, "--max-slots", p.max_in_flight]
+    for name, spec in eval_runs(out, p, device):
         t0 = time.perf_counter()
-        cli(*argv)  # resumes by itself: finished records are kept
+        evaluate(spec)  # resumes by itself: finished records are kept
         print(f"eval {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        dirs.append(out / "eval" / name)
+        dirs.append(spec.out)
     return dirs
 
 
@@ -215,85 +209,37 @@ def stage_export(out: Path, export: Path, command: str) -> None:
                 f"evaluation: `{out}/report/report.md`.\n")
 
 
-# ---------------------------------------------------------------------------- command
+# ---------------------------------------------------------------------------- the run
 
-def preset_from_args(args) -> Preset:
-    p = PRESETS[args.preset]
-    over = {k: getattr(args, k) for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_n",
-                                           "cons_limit", "workers", "model", "max_in_flight", "num_count", "eval_context", "train_seconds", "attn")
-            if getattr(args, k) is not None}
-    if args.compile:
-        over["compile"] = True
-    if args.budgets is not None:
-        over["budgets"] = [int(b) for b in args.budgets.split(",") if b.strip()]
-    p = dataclasses.replace(p, **over)
-    if p.num_count != 4 and not p.val_problems:  # the packaged set is Countdown-4 only
-        p = dataclasses.replace(p, val_problems=500)
-    for k in ("train_problems", "steps", "batch_size", "context", "eval_limit", "cons_limit", "cons_n"):
-        if getattr(p, k) < 1:
-            raise UserError(f"--{k.replace('_', '-')} must be >= 1")
-    if p.train_seconds < 0:
-        raise UserError("--train-seconds must be >= 0")
-    return p
-
-
-def cmd_pipeline(args) -> int:
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(STAGES[:4]) + (["export"] if args.export else [])
+def run_pipeline(preset: str, p: Preset, out: Path, stages: list[str], seed: int = 0, device: str = "auto",
+                 export: Path | None = None, command: str = "apr pipeline (from Python)") -> dict[str, float]:
+    """Run the named stages in pipeline order; returns seconds per stage (also timings.json)."""
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
-    if "export" in stages and not args.export:
+    if "export" in stages and export is None:
         raise UserError("the export stage needs --export DIR (e.g. models/default)")
-    p = preset_from_args(args)
-    out = Path(args.out or f"runs/pipeline_{args.preset}")
     out.mkdir(parents=True, exist_ok=True)
-    command = "apr pipeline " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pipeline"] else "apr pipeline (from Python)"
     with atomic_write(out / "pipeline.json") as f:
-        json.dump({"preset": args.preset, "settings": dataclasses.asdict(p), "stages": stages, "command": command}, f, indent=2)
+        json.dump({"preset": preset, "settings": dataclasses.asdict(p), "stages": stages, "command": command}, f, indent=2)
     timings = {}
     for stage in STAGES:
         if stage not in stages:
             continue
         t0 = time.perf_counter()
         if stage == "data":
-            stage_data(out, p, args.seed)
+            stage_data(out, p, seed)
         elif stage == "train":
-            stage_train(out, p, args.seed, args.device)
+            stage_train(out, p, seed, device)
         elif stage == "eval":
-            stage_eval(out, p, args.device)
+            stage_eval(out, p, device)
         elif stage == "report":
-            dirs = [out / "eval" / name for name, _ in eval_runs(out, p) if (out / "eval" / name / "run.json").exists()]
-            cli("report", *dirs, "--out", out / "report")
+            dirs = [str(s.out) for _, s in eval_runs(out, p) if (s.out / "run.json").exists()]
+            print(f"report: {write_report(dirs, out / 'report')}", file=sys.stderr)
         elif stage == "export":
-            stage_export(out, Path(args.export), command)
+            stage_export(out, export, command)
         timings[stage] = round(time.perf_counter() - t0, 1)
         print(f"stage {stage}: {timings[stage]} s", file=sys.stderr)
     with atomic_write(out / "timings.json") as f:
         json.dump(timings, f, indent=2)
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("pipeline", help="problems, demonstrations, APR and SoS+ training, evaluation, report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    p.add_argument("--out", help="default runs/pipeline_PRESET")
-    p.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all but export; export too with --export)")
-    p.add_argument("--export", help="write bf16 HF copies: DIR (APR) and DIR-sos (SoS+), e.g. models/default")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("sizing (override the preset)")
-    for name, help_ in (("num-count", "numbers per problem"), ("train-problems", "training problems"),
-                        ("steps", "optimizer steps per model"), ("batch-size", "rows per step"),
-                        ("context", "row length = evaluation context window"), ("eval-limit", "validation problems, greedy runs"),
-                        ("cons-n", "SoS+ samples per problem"), ("cons-limit", "validation problems, sampled run"),
-                        ("eval-context", "evaluation context window (default: --context)"),
-                        ("workers", "processes for demonstrations"), ("max-in-flight", "samples decoding at once")):
-        g.add_argument(f"--{name}", type=int, help=help_)
-    g.add_argument("--model", help="model preset (cpu-mini, tiny, gpu-10m, small, paper)")
-    g.add_argument("--train-seconds", type=float, help="APR trains this long (at most --steps); SoS+ as many steps")
-    g.add_argument("--attn", choices=["sdpa", "flex_attention", "flash_attention_2", "eager"],
-                   help="training attention (default sdpa; flex_attention skips cross-document blocks, GPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the training model")
-    g.add_argument("--budgets", help="APR child budgets to sweep, e.g. 2,4,8 ('' for none)")
-    p.set_defaults(func=cmd_pipeline)
+    return timings

@@ -1,4 +1,4 @@
-"""`apr report RUN_DIR... --out DIR`: the paper's three comparisons as plots and a table.
+"""The evaluation report (`apr report`): the paper's three comparisons as plots and a table.
 
 Reads the `summary.json` of each `apr eval` run folder and writes
 - context.png: accuracy vs context window (per-thread token limit),
@@ -11,11 +11,11 @@ Error bars are Wilson 95% intervals.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from apr.errors import UserError
 from apr.io import atomic_write
+from apr.runfolder import RunFolder
 
 COLORS = {"apr": "tab:blue", "sos": "tab:orange", "solver": "tab:gray"}
 NAMES = {"apr": "APR", "sos": "SoS+", "solver": "solver"}
@@ -28,19 +28,19 @@ PUBLISHED = [  # (comparison, published APR, published SoS+) from docs/FORMATS.m
 
 
 def load_runs(dirs: list[str]) -> list[dict]:
+    """The summaries of `apr eval` run folders; an interrupted run (no summary.json yet) is
+    summarized in memory from what it finished. Nothing is written into the folders."""
     runs = []
     for d in dirs:
-        path = Path(d) / "summary.json"
-        if not path.is_file() and (Path(d) / "run.json").is_file() and (Path(d) / "records.jsonl").is_file():
-            path = partial_summary(Path(d))  # an interrupted `apr eval`: summarize what finished
-        if not path.is_file():
+        folder = RunFolder(d)
+        if folder.summary_json.is_file():
+            s = folder.summary()
+        elif folder.run_json.is_file() and folder.records_file.is_file():
+            s = partial_summary(folder)
+        else:
             raise UserError("no summary.json; not an `apr eval` run folder", str(d))
-        try:
-            s = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"unreadable summary.json: {e.msg}", str(path)) from None
-        if "accuracy" not in s or "family" not in s:
-            raise UserError("summary.json lacks accuracy/family; rerun `apr eval`", str(path))
+        if not isinstance(s, dict) or "accuracy" not in s or "family" not in s:
+            raise UserError("summary.json lacks accuracy/family; rerun `apr eval`", str(folder.summary_json))
         s["dir"] = str(d)
         runs.append(s)
     if not runs:
@@ -48,25 +48,24 @@ def load_runs(dirs: list[str]) -> list[dict]:
     return runs
 
 
-def partial_summary(d: Path) -> Path:
-    """summary.json of an interrupted run, from its first K problems only: those in file
+def partial_summary(folder: RunFolder) -> dict:
+    """The summary of an interrupted run, from its first K problems only: those in file
     order before the first unfinished one. Problems finish in order of their cost, so
     summarizing every finished one would favour short (mostly solved) searches."""
-    from apr.eval import open_run, write_summary
+    from apr.eval import summarize
 
-    meta = json.loads((d / "run.json").read_text())
-    records = list(open_run(d, meta).values())
+    meta = folder.meta()
+    records = list(folder.finished().values())
     count: dict[int, int] = {}
     for r in records:
-        count[r["index"]] = count.get(r["index"], 0) + 1
+        count[r.index] = count.get(r.index, 0) + 1
     first_missing = 0
     while count.get(first_missing, 0) >= meta.get("samples", 1):
         first_missing += 1
-    records = [r for r in records if r["index"] < first_missing]
+    records = [r for r in records if r.index < first_missing]
     if not records:
-        raise UserError("no finished records yet (the first problem is not finished)", str(d))
-    write_summary(d, records, {**meta, "label": meta.get("label", "?") + f" (partial: first {first_missing})"})
-    return d / "summary.json"
+        raise UserError("no finished records yet (the first problem is not finished)", str(folder.path))
+    return summarize(records, {**meta, "label": meta.get("label", "?") + f" (partial: first {first_missing})"})
 
 
 def single(runs: list[dict], family: str) -> list[dict]:
@@ -294,28 +293,3 @@ def write_report(dirs: list[str], out: Path) -> Path:
     with atomic_write(out / "report.md") as f:
         f.write("\n".join(lines))
     return out / "report.md"
-
-
-def cmd_report(args) -> int:
-    if args.rl:
-        from apr.report_rl import write_rl_report
-
-        pairs = [tuple(x.split(",", 1)) for x in args.paired or []]
-        if any(len(x) != 2 for x in pairs):
-            raise UserError("--paired takes BEFORE_EVAL_DIR,AFTER_EVAL_DIR")
-        path = write_rl_report(args.runs, Path(args.out), pairs)
-        print(f"wrote {path} and rl_curve.png", file=sys.stderr)
-        return 0
-    path = write_report(args.runs, Path(args.out))
-    print(f"wrote {path} and plots", file=sys.stderr)
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders (or, with --rl, `apr train rl` ones)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True)
-    p.add_argument("--rl", action="store_true", help="the folders are `apr train rl` runs: curve and before/after table")
-    p.add_argument("--paired", action="append", metavar="BEFORE,AFTER",
-                   help="with --rl: two `apr eval` folders on the same problems (before and after RL); repeatable")
-    p.set_defaults(func=cmd_report)

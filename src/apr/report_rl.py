@@ -1,4 +1,4 @@
-"""`apr report --rl RL_DIR...`: the curve and the before/after table of `apr train rl` runs.
+"""The RL report (`apr report --rl RL_DIR...`): the curve and the before/after table of `apr train rl` runs.
 
 Reads each run's `metrics.jsonl` and `config.yaml`; writes `rl_curve.png` (training reward,
 smoothed, and greedy validation accuracy with Wilson 95% intervals, per step) and `rl.md`
@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 from apr.errors import UserError
-from apr.eval import wilson
 from apr.io import atomic_write
+from apr.runfolder import RunFolder
+from apr.stats import paired_bootstrap, wilson
 
 PUBLISHED = "| published APR (Countdown-4, 228M model) | 75.5 | 83.4 | +7.9 | 6.1 → 8.2 | 10,964 → 16,720 | | |"
 PUBLISHED_SOS = "| published SoS+ | 57.3 | 60.0 | +2.7 | | | | |"
@@ -104,32 +105,20 @@ def plot(runs: list[dict], out: Path) -> Path:
 
 def _solved(d: Path) -> dict[int, bool]:
     """Problem index -> solved, from an `apr eval` folder with one sample per problem."""
-    from apr.io import read_appended
-
-    meta = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else None
-    if meta is None:
-        raise UserError("no run.json; not an `apr eval` folder", str(d))
-    if meta.get("samples", 1) != 1:
+    folder = RunFolder(d)
+    if folder.meta().get("samples", 1) != 1:
         raise UserError("paired comparison needs one sample per problem", str(d))
-    return {r["index"]: bool(r["correct"]) for _, r in read_appended(d / "records.jsonl")}
+    return {i: r.correct for (i, _), r in folder.finished().items()}
 
 
 def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Accuracy change from `before` to `after` on the problems both solved-or-not, with a
-    paired bootstrap 95% interval (problems resampled together) and the discordant counts."""
-    import numpy as np
-
+    """Accuracy change from `before` to `after` on the problems both runs finished, with a
+    paired bootstrap 95% interval and the discordant counts."""
     a, b = _solved(before), _solved(after)
     common = sorted(a.keys() & b.keys())
     if not common:
         raise UserError(f"no problems in common between {before} and {after}")
-    x = np.array([a[i] for i in common], dtype=float)
-    y = np.array([b[i] for i in common], dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
-    diffs = y[idx].mean(1) - x[idx].mean(1)
-    return {"problems": len(common), "before": float(x.mean()), "after": float(y.mean()), "change": float(y.mean() - x.mean()),
-            "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
-            "gained": int(((x == 0) & (y == 1)).sum()), "lost": int(((x == 1) & (y == 0)).sum())}
+    return paired_bootstrap([a[i] for i in common], [b[i] for i in common], resamples, seed)
 
 
 def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:

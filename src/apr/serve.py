@@ -1,4 +1,4 @@
-"""`apr serve`: an OpenAI-compatible completions server over the local engine.
+"""An OpenAI-compatible completions server over an engine (`apr serve` runs it).
 
 HTTP handler threads (ThreadingHTTPServer) only parse JSON and wait; one engine thread owns
 the `LocalEngine` and batches every concurrent request into the same decode steps.
@@ -16,12 +16,10 @@ import itertools
 import json
 import queue
 import random
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable
 
 from apr.engine.base import Completion, Engine, Request, SamplingParams
@@ -99,8 +97,7 @@ class EngineWorker:
                     for f in self.waiting.values():
                         f.set_exception(e)
                     self.waiting.clear()
-                    if hasattr(self.engine, "abort_all"):
-                        self.engine.abort_all()
+                    self.engine.abort()
                     continue
                 for c in done:
                     f = self.waiting.pop(c.id, None)
@@ -259,38 +256,3 @@ def start_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, mode
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     httpd.daemon_threads = True
     return httpd, worker
-
-
-def cmd_serve(args) -> int:
-    from apr.engine.local import LocalEngine
-
-    model = Path(args.model)
-    engine = LocalEngine(model, max_slots=args.max_slots, max_len=args.max_len, device=args.device,
-                         dtype=args.dtype)
-    name = args.served_model_name or model.resolve().name
-    httpd, worker = start_server(engine, args.host, args.port, name, args.max_len)
-    host, port = httpd.server_address[:2]
-    print(f"apr serve: {name} on http://{host}:{port}/v1 ({engine.device}, {args.max_slots} slots)",
-          file=sys.stderr, flush=True)
-    try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        httpd.server_close()
-        worker.close()
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible completions API",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Hugging Face Llama model folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-slots", type=int, default=64, help="sequences decoded together (KV-cache slots)")
-    p.add_argument("--max-len", type=int, default=4096, help="tokens per sequence (prompt + generated)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--served-model-name", default=None)
-    p.set_defaults(func=cmd_serve)

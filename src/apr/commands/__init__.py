@@ -14,14 +14,14 @@ from apr.errors import UserError
 
 # Modules that add subcommands, in the order `apr --help` lists them.
 COMMAND_MODULES = [
-    "apr.demo",
-    "apr.data",
-    "apr.solve",
-    "apr.train.cli",
-    "apr.serve",
-    "apr.eval",
-    "apr.report",
-    "apr.pipeline",
+    "apr.commands.demo",
+    "apr.commands.data",
+    "apr.commands.solve",
+    "apr.commands.train",
+    "apr.commands.serve",
+    "apr.commands.eval",
+    "apr.commands.report",
+    "apr.commands.pipeline",
 ]
 
 

@@ -12,25 +12,13 @@ import random
 from pathlib import Path
 
 from rich.console import Console
-from rich.tree import Tree
 
-from apr.rng import derive_seed
 from apr.checker import check
+from apr.commands.trees import record_tree, solver_tree
 from apr.countdown import TaskConfig, generate
-from apr.protocol import Thread
+from apr.errors import UserError
+from apr.rng import derive_seed
 from apr.search import AprConfig, solve_apr
-
-
-def thread_tree(thread: Thread, label: str, tree: Tree | None = None) -> Tree:
-    """A rich tree of a thread and its children, one line per thread."""
-    first = thread.prompt.strip().splitlines()[0] if thread.prompt.strip() else "(empty prompt)"
-    text = thread.text()
-    outcome = "[green]goal reached[/]" if text.count("Goal Reached\n") >= 2 else "[red]no solution[/]"
-    node = (tree.add if tree else Tree)(f"{label}: {first} ({len(text)} chars, {outcome})")
-    for g, group in enumerate(thread.children):
-        for i, child in enumerate(group):
-            thread_tree(child, f"child {g}.{i}", node)
-    return node
 
 
 def solver_demo(n: int, seed: int, console: Console) -> int:
@@ -38,7 +26,7 @@ def solver_demo(n: int, seed: int, console: Console) -> int:
     for i, p in enumerate(generate(n, seed, TaskConfig())):
         thread, _ = solve_apr(p.nums, p.target, cfg, random.Random(derive_seed(seed, i)))
         v = check(p.nums, p.target, thread.text())
-        console.print(thread_tree(thread, f"problem {p.nums} -> {p.target}"))
+        console.print(solver_tree(thread, f"problem {p.nums} -> {p.target}"))
         verdict = f"[green]correct[/] {' , '.join(v.path)}" if v.correct else f"[red]{v.reason}[/]"
         console.print(f"  checker: {verdict}; children: {thread.count_descendants()}\n")
     return 0
@@ -47,7 +35,7 @@ def solver_demo(n: int, seed: int, console: Console) -> int:
 def find_default_model() -> Path | None:
     """models/default in the current directory, else in the repository this file sits in
     (an editable install); an installed wheel has no models folder and gets None."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         d = root / "models" / "default"
         if (d / "config.json").is_file():
             return d
@@ -58,36 +46,33 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_ca
     """Solve the first `pool` validation problems with the model on CPU (greedy), report how
     many it solved, and show n thread trees (spawned children under their parent): solved
     problems first, then unsolved ones, each labelled with the checker's verdict."""
-    from apr.engine.local import LocalEngine
-    from apr.eval import default_problems
+    from apr.engine.spec import EngineSpec, make_engine
+    from apr.eval import default_problems, load_problems
     from apr.model import load_model_info
     from apr.runtime import Runtime, RuntimeConfig
-    from apr.solve import load_problems, thread_tree as record_tree
 
     info = load_model_info(model_dir)
-    problems = load_problems(str(default_problems(str(model_dir), info.task)))[: max(n, pool)]
+    problems = load_problems(default_problems(str(model_dir), info.task), max(n, pool))
     cfg = RuntimeConfig.for_model(info, sub_call_budget=sub_call_budget, context=min(info.context, 4096),
                                   max_in_flight=len(problems))
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
                   f"{len(problems)} validation problems:[/]")
-    with LocalEngine(str(model_dir), max_slots=64, max_len=cfg.context, device="cpu") as engine:
-        records = sorted(Runtime(engine, cfg).run(problems), key=lambda r: r["index"])
-    solved = [r for r in records if r["correct"]]
-    shown = (solved + [r for r in records if not r["correct"]])[:n]
-    console.print(f"[bold]solved {len(solved)} of {len(records)}[/]; showing {sum(r['correct'] for r in shown)} "
-                  f"solved and {sum(not r['correct'] for r in shown)} unsolved:\n")
+    with make_engine(EngineSpec(model=str(model_dir), max_slots=64, context=cfg.context, device="cpu")) as engine:
+        records = sorted(Runtime(engine, cfg).run(problems), key=lambda r: r.index)
+    solved = [r for r in records if r.correct]
+    shown = (solved + [r for r in records if not r.correct])[:n]
+    console.print(f"[bold]solved {len(solved)} of {len(records)}[/]; showing {sum(r.correct for r in shown)} "
+                  f"solved and {sum(not r.correct for r in shown)} unsolved:\n")
     for r in shown:
-        console.print(f"[bold]problem {r['nums']} -> {r['target']}[/]")
+        console.print(f"[bold]problem {r.nums} -> {r.target}[/]")
         console.print(record_tree(r))
-        verdict = f"[green]correct[/] {', '.join(r['answer'])}" if r["correct"] else f"[red]incorrect[/]: {r['reason']}"
-        console.print(f"  checker: {verdict}; children {r['children']}, total tokens {r['total_tokens']}, "
-                      f"sequential tokens {r['sequential_tokens']}, {r['latency_s']:.1f} s\n")
+        verdict = f"[green]correct[/] {', '.join(r.answer)}" if r.correct else f"[red]incorrect[/]: {r.reason}"
+        console.print(f"  checker: {verdict}; children {r.children}, total tokens {r.total_tokens}, "
+                      f"sequential tokens {r.sequential_tokens}, {r.latency_s:.1f} s\n")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from apr.errors import UserError
-
     if args.n < 1 or args.pool < 1:
         raise UserError("--n and --pool must be >= 1")
     if args.model and not (Path(args.model) / "config.json").is_file():

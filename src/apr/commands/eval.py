@@ -1,0 +1,45 @@
+"""`apr eval`: accuracy, tokens and latency of a model (or a symbolic solver) on a problem
+set, into a resumable run folder. The evaluation itself is `apr.eval`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import apr.eval
+from apr.commands.options import add_engine_options, add_runtime_options, engine_spec, runtime_options
+from apr.eval import EvalSpec, evaluate
+
+
+def eval_spec(args: argparse.Namespace) -> EvalSpec:
+    return EvalSpec(method=args.method, out=Path(args.out), engine=engine_spec(args), runtime=runtime_options(args),
+                    problems=args.problems, limit=args.limit, label=args.label, progress=not args.quiet)
+
+
+def cmd_eval(args) -> int:
+    s = evaluate(eval_spec(args))
+    lo, hi = s["ci95"]
+    m = s["metrics"]
+    print(f"{s['label']}: accuracy {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {s['problems']} problems; "
+          f"total tokens {m['total_tokens']['mean']:.0f}, sequential {m['sequential_tokens']['mean']:.0f}, "
+          f"latency {m['latency_s']['mean']:.2f} s; {args.out}/summary.json", file=sys.stderr)
+    return 0
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="apr | sos | cons@N | pass@N | solver-apr | solver-sos")
+    p.add_argument("--out", required=True, help="run folder: run.json, records.jsonl, summary.json")
+    p.add_argument("--problems", help="problem file (default: the model's validation set)")
+    p.add_argument("--limit", type=int, help="first N problems only")
+    p.add_argument("--label", help="name in reports (default: family, method and budget)")
+    p.add_argument("--quiet", action="store_true")
+    add_engine_options(p)
+    add_runtime_options(p, method=False, temperature_help="default 0 (greedy); 1.0 for cons@N and pass@N")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy, tokens and latency of a model on a problem set (resumable)",
+                       description=apr.eval.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_options(p)
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,36 @@
+"""`apr report RUN_DIR... --out DIR`: plots and tables from `apr eval` run folders, or with
+`--rl` from `apr train rl` folders. Reads the folders; writes only under --out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from apr.errors import UserError
+
+
+def cmd_report(args) -> int:
+    if args.rl:
+        from apr.report_rl import write_rl_report
+
+        pairs = [tuple(x.split(",", 1)) for x in args.paired or []]
+        if any(len(x) != 2 for x in pairs):
+            raise UserError("--paired takes BEFORE_EVAL_DIR,AFTER_EVAL_DIR")
+        path = write_rl_report(args.runs, Path(args.out), pairs)
+        print(f"wrote {path} and rl_curve.png", file=sys.stderr)
+        return 0
+    from apr.report import write_report
+
+    path = write_report(args.runs, Path(args.out))
+    print(f"wrote {path} and plots", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders (or, with --rl, `apr train rl` ones)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rl", action="store_true", help="the folders are `apr train rl` runs: curve and before/after table")
+    p.add_argument("--paired", action="append", metavar="BEFORE,AFTER",
+                   help="with --rl: two `apr eval` folders on the same problems (before and after RL); repeatable")
+    p.set_defaults(func=cmd_report)
