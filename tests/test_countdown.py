@@ -101,3 +101,44 @@ def test_bad_problem_lines_name_file_and_line(tmp_path, line, msg):
     f.write_text('{"nums": [1, 2, 3, 4], "target": 10}\n' + line + "\n")
     with pytest.raises(UserError, match=rf"bad.jsonl:2: .*{msg}"):
         read_problems(f)
+
+
+@pytest.mark.parametrize("data,msg", [
+    (b'{"nums": [1, 2], "target": 3}\n\xff\xfe\n', "2: not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "1: JSON nested too deeply"),
+    (('{"nums": [1, %s], "target": 3}\n' % ("9" * 5000)).encode(), "1: invalid JSON: Exceeds the limit"),
+])
+def test_hostile_files_are_one_line_errors(tmp_path, data, msg):
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(data)
+    with pytest.raises(UserError, match=f"bad.jsonl:{msg}"):
+        read_problems(f)
+
+
+def test_task_settings_that_cannot_produce_problems_are_errors(monkeypatch):
+    import apr.countdown as C
+
+    with pytest.raises(UserError, match="no target in 100..100 is reachable"):
+        list(generate(1, task=TaskConfig(num_count=2, num_min=1, num_max=1, target_min=100, target_max=100)))
+    # reachable by the bound, but not by any draw: ends instead of looping forever
+    monkeypatch.setattr(C, "REDRAWS_PER_TARGET", 50)
+    with pytest.raises(UserError, match="produced no solvable problem"):
+        list(generate(1, task=TaskConfig(num_count=2, num_min=5, num_max=5, target_min=11, target_max=19)))
+
+
+def test_a_huge_count_streams(monkeypatch):
+    g = generate(10**12, seed=0)  # plans bounded rounds: the first problems come at once
+    assert [p.key for p in (next(g), next(g))] == [p.key for p in generate(2, seed=0)]
+
+
+def test_a_torn_last_line_is_dropped_but_a_foreign_file_is_refused(tmp_path):
+    from apr.io import read_appended
+
+    f = tmp_path / "records.jsonl"
+    f.write_text('{"index": 0}\n{"index": 1, "to')
+    assert [r["index"] for _, r in read_appended(f)] == [0] and f.read_text() == '{"index": 0}\n'
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    with pytest.raises(UserError, match="notes.txt:1: unreadable record"):
+        read_appended(text)
+    assert text.read_text() == "my notes"

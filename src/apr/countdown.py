@@ -45,6 +45,17 @@ class TaskConfig:
             raise UserError(f"bad number range {self.num_min}..{self.num_max}")
         if not 0 <= self.target_min <= self.target_max:
             raise UserError(f"bad target range {self.target_min}..{self.target_max}")
+        if max(self.num_max, self.target_max) >= 10**MAX_NUMBER_DIGITS:
+            raise UserError(f"numbers and targets must stay below 10^{MAX_NUMBER_DIGITS}")
+        if self.target_min > self.largest_reachable():
+            raise UserError(f"no target in {self.target_min}..{self.target_max} is reachable from "
+                            f"{self.num_count} numbers in {self.num_min}..{self.num_max}")
+
+    def largest_reachable(self) -> int:
+        """An upper bound on any value the operations can make from this task's numbers: for
+        values >= 2 a product is at least the sum, so the bound is the larger of the two."""
+        k, m = self.num_count, self.num_max
+        return max(m**k, k * m)
 
     def as_dict(self) -> dict:
         return {
@@ -119,15 +130,25 @@ def solve(nums: list[int], target: int, first: bool = True) -> list[list[str]]:
 
 # ---------------------------------------------------------------------------- generation
 
+# Redraws of the numbers for one target before a new target is drawn, and targets tried
+# before a task setting is declared unable to produce problems. Real tasks need a handful of
+# redraws; these bounds only end settings that would otherwise loop forever.
+REDRAWS_PER_TARGET = 10_000
+TARGETS_PER_PROBLEM = 20
+
+
 def _draw(task: TaskConfig, seed: int, index: int) -> Problem:
     """Problem number `index` of the stream for `seed`: a pure function of both."""
     rng = random.Random(derive_seed(seed, index))
-    target = rng.randint(task.target_min, task.target_max)
-    while True:  # redraw the numbers until the problem is solvable
-        nums = [rng.randint(task.num_min, task.num_max) for _ in range(task.num_count)]
-        sol = solve(nums, target)
-        if sol:
-            return Problem(nums, target, sol[0])
+    for _ in range(TARGETS_PER_PROBLEM):
+        target = rng.randint(task.target_min, task.target_max)
+        for _ in range(REDRAWS_PER_TARGET):  # redraw the numbers until the problem is solvable
+            nums = [rng.randint(task.num_min, task.num_max) for _ in range(task.num_count)]
+            sol = solve(nums, target)
+            if sol:
+                return Problem(nums, target, sol[0])
+    raise UserError(f"this task setting produced no solvable problem in {TARGETS_PER_PROBLEM * REDRAWS_PER_TARGET:,} "
+                    f"draws ({task.as_dict()}); widen the number or target range")
 
 
 def _draw_chunk(args: tuple[TaskConfig, int, int, int]) -> list[Problem]:
@@ -156,7 +177,9 @@ def generate(
     try:
         while produced < n:
             need = n - produced
-            size = max(chunk, need + need // 8)
+            # A round draws a little more than is missing (duplicates get dropped), capped so
+            # a huge `n` streams in bounded rounds instead of planning every chunk up front.
+            size = min(max(chunk, need + need // 8), chunk * 256)
             bounds = [(task, seed, s, min(s + chunk, start + size)) for s in range(start, start + size, chunk)]
             start += size
             chunks = pool.imap(_draw_chunk, bounds) if pool else map(_draw_chunk, bounds)

@@ -34,6 +34,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def parse_json(text: str | bytes, path: str, line: int):
+    """One JSON document, or a UserError naming the file and line: bad UTF-8, bad syntax,
+    nesting too deep for the parser, or a number too long to convert."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text.rstrip("\r\n"))  # an error at the end is on this line, not the next
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte {e.start})", path, line) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"invalid JSON: {e.msg}", path, line + e.lineno - 1) from None
+    except RecursionError:
+        raise UserError("JSON nested too deeply", path, line) from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"invalid JSON: {str(e).splitlines()[0]}", path, line) from None
+
+
 def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) from a JSONL file or a JSON list, streaming JSONL.
 
@@ -45,15 +62,11 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         raise UserError("no such file", str(path))
     if path.is_dir():
         raise UserError("is a directory, expected a JSON or JSONL file", str(path))
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         head = f.read(4096).lstrip()
         f.seek(0)
-        if head.startswith("["):
-            text = f.read()
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"invalid JSON: {e.msg}", str(path), e.lineno) from None
+        if head.startswith(b"["):
+            items = parse_json(f.read(), str(path), 1)
             for i, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise UserError(f"item {i} is not an object", str(path), 1)
@@ -62,10 +75,7 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"invalid JSON: {e.msg}", str(path), lineno) from None
+            item = parse_json(line, str(path), lineno)
             if not isinstance(item, dict):
                 raise UserError("line is not a JSON object", str(path), lineno)
             yield lineno, item
@@ -80,14 +90,17 @@ def read_appended(path: str | os.PathLike) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
+    if path.is_dir():
+        raise UserError("is a directory, expected a records file", str(path))
+    lines = path.read_bytes().splitlines(keepends=True)
     out = []
     for k, line in enumerate(lines, 1):
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines):
-                with atomic_write(path) as f:
+            rec = parse_json(line, str(path), k)
+        except UserError:
+            # Torn by a crash mid-write: the last line, a record's start without its newline.
+            if k == len(lines) and line.startswith(b"{") and not line.endswith(b"\n"):
+                with atomic_write(path, "wb") as f:
                     f.writelines(lines[:-1])
                 break
             raise UserError("unreadable record", str(path), k) from None
