@@ -38,9 +38,9 @@ def local(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def server(tiny_model_dir, tmp_path_factory):
     eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device="cpu")
-    httpd, worker = start_server(eng, "127.0.0.1", 0, "tiny", 256)
+    httpd, worker = start_server(eng, "127.0.0.1", 0, "tiny", 256, reload_root=tmp_path_factory.getbasetemp())
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     host, port = httpd.server_address[:2]
@@ -62,12 +62,13 @@ def test_health_models_and_bad_requests(server):
     assert httpx.get(server + "/health").json()["status"] == "ok"
     models = httpx.get(server + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny"
-    r = httpx.post(server + "/v1/completions", json={"prompt": "hi", "n": 2})
-    assert r.status_code == 400 and "n=1" in r.json()["error"]["message"]
+    assert models["data"][0]["max_model_len"] == 256
+    r = httpx.post(server + "/v1/completions", json={"prompt": "hi", "logprobs": 2})
+    assert r.status_code == 400 and "'logprobs'" in r.json()["error"]["message"]
     r = httpx.post(server + "/v1/completions", content=b"{not json")
     assert r.status_code == 400
     r = httpx.post(server + "/v1/completions", json={"prompt": "x" * 300, "max_tokens": 2})
-    assert r.status_code == 400 and "max_len" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "context is 256" in r.json()["error"]["message"]
 
 
 def test_completions_shape(server, local):

@@ -9,10 +9,16 @@ Servers strip the stop string from `text` and report it in `stop_reason` (vLLM) 
 Requests are not streamed, so `first_token_time` is the time the response arrived.
 KV-cache reuse is the server's business (vLLM/SGLang prefix caching); `cache_key` is only
 sent when `send_cache_key=True` (understood by `apr serve`), and `release` is a no-op.
+
+`api_key` (default: the `APR_API_KEY` environment variable) is sent as `Authorization:
+Bearer KEY`. Servers refuse `max_tokens` past their window (`max_model_len` in
+/v1/models); with a tokenizer, requests are clipped to it, as the local engine clips to
+its KV cache.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,23 +51,32 @@ class OpenAIEngine(Engine):
         self.api = self.root + "/v1"
         self.max_concurrency, self.retries, self.backoff = max_concurrency, retries, backoff
         self.send_cache_key, self.poll_wait = send_cache_key, poll_wait
+        if api_key is None:
+            api_key = os.environ.get("APR_API_KEY") or None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0), headers=headers,
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency))
         try:
             r = self.client.get(self.api + "/models")
+            if r.status_code == 401:
+                self.client.close()
+                raise UserError(f"server at {base_url} wants an API key (HTTP 401): "
+                                + ("the one given was refused" if api_key else "set APR_API_KEY or pass api_key"))
             r.raise_for_status()
-            models = [m["id"] for m in r.json().get("data", [])]
-        except (httpx.HTTPError, ValueError, KeyError) as e:
+            listed = [m for m in r.json().get("data", []) if isinstance(m, dict) and "id" in m]
+        except (httpx.HTTPError, ValueError, KeyError, AttributeError) as e:
             self.client.close()
             raise UserError(f"cannot reach an OpenAI-compatible server at {base_url} ({type(e).__name__}: {e})") from None
         if model is None:
-            if not models:
+            if not listed:
                 self.client.close()
                 raise UserError(f"server at {base_url} lists no models; pass model=")
-            model = models[0]
+            model = listed[0]["id"]
         self.model = model
+        # The server's window for this model (vLLM and `apr serve` report it), or None.
+        window = next((m.get("max_model_len") for m in listed if m["id"] == model), None)
+        self.max_model_len = window if isinstance(window, int) and not isinstance(window, bool) else None
         if isinstance(tokenizer, (str, Path)):
             from transformers import AutoTokenizer
 
@@ -121,13 +136,19 @@ class OpenAIEngine(Engine):
             r = self.client.post(url, json={"model_path": str(path)})
         except httpx.HTTPError as e:
             raise UserError(f"weight reload failed: cannot reach {url} ({type(e).__name__}: {e})") from None
-        if r.status_code in (404, 405):
-            raise UserError(f"server at {self.root} cannot reload weights (HTTP {r.status_code} on "
-                            "/update_weights_from_disk; use SGLang or `apr serve`)")
         try:
             body = r.json()
         except ValueError:
             body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if r.status_code in (404, 405):
+            why = body.get("message") if isinstance(body.get("message"), str) else None
+            raise UserError(f"server at {self.root} cannot reload weights (HTTP {r.status_code} on "
+                            f"/update_weights_from_disk{': ' + why if why else ''}; use SGLang or "
+                            "`apr serve --allow-reload ROOT`)")
+        if r.status_code == 401:
+            raise UserError(f"server at {self.root} refused the weight reload: HTTP 401, wrong or missing API key")
         if r.status_code != 200 or not body.get("success", False):
             msg = body.get("message") or body.get("error") or r.text[:200]
             raise UserError(f"server could not reload weights from {path}: {msg}")
@@ -135,7 +156,12 @@ class OpenAIEngine(Engine):
     # ---- one request -------------------------------------------------------------
     def _body(self, req: Request) -> dict:
         sp = req.sampling
-        body = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
+        max_tokens = req.max_tokens
+        if self.max_model_len is not None and self.tokenizer is not None:
+            n_prompt = len(self.tokenizer(req.prompt)["input_ids"])
+            if n_prompt < self.max_model_len:  # a prompt that does not fit gets the server's error
+                max_tokens = min(max_tokens, self.max_model_len - n_prompt)
+        body = {"model": self.model, "prompt": req.prompt, "max_tokens": max_tokens,
                 "temperature": sp.temperature, "top_p": sp.top_p, "seed": sp.seed, "n": 1}
         if sp.top_k > 0:
             body["top_k"] = sp.top_k
