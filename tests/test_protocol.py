@@ -182,3 +182,47 @@ def solver_digest(cfg: AprConfig | SosConfig) -> str:
 def test_solver_demonstrations_equal_the_pinned_digests(name):
     cfg, digest = PINNED[name]
     assert solver_digest(cfg) == digest, f"{name}: the solver's demonstrations changed"
+
+
+# ---------------------------------------------------------------------------- the published result rule
+
+def test_thread_result_follows_the_second_to_last_goal_reached():
+    path = "Moving to Node #0,1\nCurrent State: 24:[4, 6], Operations: ['9-3=6']\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
+    assert P.thread_result("x\n24,24 equal: Goal Reached\n" + path + "24,24 equal: Goal Reached\n") == path + "24,24 equal: Goal Reached\n"
+    assert P.thread_result("24,24 equal: Goal Reached\n" + path + "71,70 equal: Goal Reached\n") == path + "71,70 equal: Goal Reached\n"
+    assert P.thread_result("24,24 equal: Goal Reached\n") is None and P.thread_result("No solution found.\n") is None
+    # the join tags count; the one character after the occurrence is skipped whatever it is
+    assert P.thread_result("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached") == \
+        "in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached"
+    # everything to the end of the text
+    assert P.thread_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
+
+
+def test_solver_children_pass_on_the_same_path_under_both_rules():
+    for _, thread, _ in apr_threads():
+        for group in thread.children:
+            for c in group:
+                assert P.thread_result(c.text()) == P.child_result(c.text())
+
+
+def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
+    spawns = 0
+    for _, thread, _ in apr_threads():
+        for group, join in zip(thread.children, thread.joins):
+            got = P.join_results(join, [c.prompt.split("#")[1].split("\n")[0] for c in group])
+            assert got == [P.child_result(c.text()) for c in group]
+            for c in group:
+                st = P.start_state(c.prompt)
+                assert c.prompt == P.child_prompt(c.prompt.split("#")[1].split("\n")[0], st.target, st.nums, st.ops)
+            spawns += 1
+    assert spawns > 30
+    assert P.join_results("<Sub Searches>\n<End Sub Searches>\n", ["0,0"]) == [None]
+    assert P.start_state("Moving to Node #0,0\nCurrent State: 24:[4, x], Operations: []") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_result_parsers_never_crash(s):
+    P.thread_result(s)
+    P.start_state(s)
+    P.join_results(s, ["0,0", "0,1"])

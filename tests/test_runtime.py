@@ -5,7 +5,7 @@ import random
 import pytest
 
 from apr import protocol as P
-from apr.countdown import read_problems
+from apr.countdown import Problem, read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.runtime import Runtime, RuntimeConfig, solve_problems, thread_from_tree
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
@@ -148,3 +148,116 @@ def test_a_failed_problem_cancels_its_running_threads(tok):
     (tokens_c, statuses_c, cancelled), (tokens_d, statuses_d, _) = got[True], got[False]
     assert cancelled and "cancelled" in statuses_c and "cancelled" not in statuses_d
     assert tokens_c < tokens_d  # the sibling stopped early instead of running to its own cut
+
+
+# ---------------------------------------------------------------------------- join rules
+# Hand-built parents and children (a scripted engine answering by a function of the context):
+# where the published rule and the goal-line rule pass on the same path, and where they differ.
+
+NUMS, TARGET = [4, 9, 3], 24
+CHILD_PROMPT = "Moving to Node #0,0\nCurrent State: 24:[4, 6], Operations: ['9-3=6']"
+ROOT_SEG = ("\nExploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,0: 24:[4, 6] Operation: 9-3=6\n"
+            "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>\n")
+SEARCH = "\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n24,24 equal: Goal Reached\n"
+PATH = CHILD_PROMPT + "\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
+CHILDREN = {  # the child's continuation after its prompt -> (what `official` passes on, what `goal-line` does)
+    "clean": (SEARCH + PATH + "24,24 equal: Goal Reached\n",) * 2,
+    "no solution": (SEARCH.replace("24,24 equal: Goal Reached", "24,25 unequal: No Solution") + "No solution found.\n",) * 2,
+    "malformed goal line": (SEARCH + PATH + "71,70 equal: Goal Reached\n", None),
+    "text after the path": (SEARCH + PATH + "24,24 equal: Goal Reached\nMoving to Node #0,0,1\n", "clean"),
+    "no final newline": (SEARCH + PATH + "24,24 equal: Goal Reached", "clean"),
+    "false claim": (SEARCH + PATH.replace("4*6=24", "4+6=24") + "24,24 equal: Goal Reached\n",) * 2,
+}
+
+
+class FnScript(dict):
+    """A script answering every context by a function (ScriptedEngine only calls `get`)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def get(self, key, default=None):
+        return self.fn(key)
+
+
+def hand_built_engine(tok, child: str) -> ScriptedEngine:
+    root = P.apr_prompt(TARGET, NUMS)[:-1]
+
+    def answer(context: str) -> str:
+        if context == root:
+            return ROOT_SEG
+        if context == CHILD_PROMPT:
+            return child
+        if context.endswith(P.JOIN_END):  # the parent after its join: it copies a path passed on
+            tag = "<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n"
+            if tag in context:
+                passed = context[context.index(tag) + len(tag): context.rindex(P.JOIN_END)]
+                passed = passed[: passed.index("Goal Reached") + len("Goal Reached\n")]
+                return ("24,24 equal: Goal Reached\nMoving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\n"
+                        + ROOT_SEG.split("<Calling")[0][1:] + passed)
+            return "No solution found.\n"
+        return ""
+
+    return ScriptedEngine(tok, FnScript(answer))
+
+
+def joined(tok, child: str, rule: str):
+    rec = solve_problems(hand_built_engine(tok, child), [Problem(NUMS, TARGET)], RuntimeConfig(context=4000, join_rule=rule))[0]
+    join = rec.threads["joins"][0]
+    return rec, P.join_results(join, ["0,0"])[0]
+
+
+@pytest.mark.parametrize("case", CHILDREN)
+def test_official_and_goal_line_joins_on_hand_built_children(tok, case):
+    child, goal_line = CHILDREN[case]
+    official_expected = P.thread_result(CHILD_PROMPT + child)
+    if official_expected is not None and not official_expected.endswith("\n"):
+        official_expected += "\n"
+    goal_line_expected = P.child_result(CHILD_PROMPT + (CHILDREN[goal_line][0] if goal_line == "clean" else child))
+    if goal_line is None:
+        goal_line_expected = None
+    rec_o, got_o = joined(tok, child, "official")
+    rec_g, got_g = joined(tok, child, "goal-line")
+    assert got_o == official_expected and got_g == goal_line_expected
+    assert got_g == P.child_result(CHILD_PROMPT + child)  # goal-line is the rule the solvers write demonstrations by
+    assert rec_o.rejected_claims is None and "rejected_claims" not in rec_o.to_json()
+    same = case in ("clean", "no solution", "false claim", "no final newline")
+    assert (rec_o.text == rec_g.text) == same, case
+    if case == "clean":
+        assert rec_o.correct and rec_o.text.count("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + PATH) == 1
+    if case == "malformed goal line":  # the published rule passes the path on; the goal-line rule did not
+        assert got_o.endswith("71,70 equal: Goal Reached\n") and rec_o.correct
+        assert not rec_g.correct and rec_g.reason == "no solution found"
+    if case == "text after the path":  # passed on byte for byte, to the end of the child's text
+        assert got_o.endswith("Goal Reached\nMoving to Node #0,0,1\n") and got_g.endswith("Goal Reached\n")
+    if case == "false claim":  # both rules pass on a path that does not replay; the root's answer is wrong
+        assert got_o is not None and not rec_o.correct and "wrong arithmetic" in rec_o.reason
+
+
+@pytest.mark.parametrize("case", CHILDREN)
+def test_verified_joins_reject_false_claims(tok, case):
+    child, _ = CHILDREN[case]
+    rec_o, got_o = joined(tok, child, "official")
+    rec_v, got_v = joined(tok, child, "verified")
+    if case == "false claim":
+        assert got_o is not None and got_v is None and rec_v.rejected_claims == 1
+        assert "<No Solution in Sub Search 0 at level 1 at Node #0,0>" in rec_v.threads["joins"][0]
+        assert not rec_v.correct and rec_v.reason == "no solution found"
+        assert rec_v.to_json()["rejected_claims"] == 1
+    else:  # true claims (and failures) are joined as the published rule joins them
+        assert got_v == got_o and rec_v.text == rec_o.text and rec_v.rejected_claims == 0
+
+
+def test_join_rule_is_checked():
+    with pytest.raises(Exception, match="join-rule"):
+        RuntimeConfig(join_rule="sometimes")
+
+
+@pytest.mark.parametrize("rule", ["official", "goal-line", "verified"])
+def test_every_join_rule_replays_solver_traces(tok, rule):
+    """On well-formed text (the solvers' own) the three rules join the same paths."""
+    threads, script = solver_run()
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS[:12], RuntimeConfig(context=100_000, join_rule=rule))
+    assert [r.text for r in recs] == [t.text() for t in threads[:12]]
+    assert all((r.rejected_claims or 0) == 0 for r in recs)

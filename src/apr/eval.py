@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apr.checker import check, final_path
+from apr.checker import check, claimed_ops
 from apr.countdown import Problem, iter_problems
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
@@ -35,17 +35,15 @@ from apr.model import DEFAULT_TASK, ModelInfo, load_model_info
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runfolder import RunFolder, append_records
-from apr.runtime import Runtime, RuntimeOptions
+from apr.runtime import RUNTIME_FAILURES, Runtime, RuntimeOptions
 from apr.stats import percentiles, wilson
 
 METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))$")
 # Settings that must match for records to be appended to an existing run folder.
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
-            "context", "sub_call_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "problems_sha")
+            "context", "sub_call_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
+            "problems_sha")
 METRICS = ("total_tokens", "sequential_tokens", "longest_thread", "children", "latency_s")
-# Record reasons set by the runtime when it stopped a sample (not the checker's verdicts).
-RUNTIME_FAILURES = ("context window reached", "total token limit reached", "malformed spawn block",
-                    "too many children", "spawn names unknown node")
 WINDOWS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
@@ -53,14 +51,10 @@ WINDOWS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 def claimed_path(rec: Record) -> tuple[str, ...] | None:
     """The operations of the final path a sample claims, right or wrong; None when it claims
-    none (no goal line with a clean path: `No solution found.`, cut off, ...)."""
+    none (no final path: fewer than two `Goal Reached`, `No solution found.`, cut off, ...)."""
     if rec.answer:
         return tuple(rec.answer)
-    lines = final_path(rec.text)
-    if lines is None:
-        return None
-    ops = tuple(l[len("Exploring Operation: "):].split(",")[0] for l in lines if l.startswith("Exploring Operation: "))
-    return ops or None
+    return claimed_ops(rec.text)
 
 
 def consensus(samples: list[Record]) -> bool:
@@ -139,7 +133,8 @@ def summarize(records: list[Record], meta: dict) -> dict:
     windows = sorted({w for w in WINDOWS if w < top} | {top})
     out = {
         **{k: meta.get(k) for k in ("model", "label", "family", "method", "runtime_method", "samples", "temperature",
-                                    "top_k", "top_p", "seed", "context", "sub_call_budget", "token_budget", "problems_file")},
+                                    "top_k", "top_p", "seed", "context", "sub_call_budget", "token_budget", "join_rule",
+                                    "problems_file")},
         "accuracy": base["accuracy"],
         "ci95": base["ci95"],
         "correct": base["correct"],
@@ -267,7 +262,7 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
             "samples": n, "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
             "context": cfg.context, "sub_call_budget": cfg.sub_call_budget, "token_budget": cfg.token_budget,
             "max_children": cfg.max_children, "max_depth": cfg.max_depth, "max_total_tokens": cfg.max_total_tokens,
-            "problems_file": str(path), "problems_sha": file_sha(path)}
+            "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path)}
     folder.open(meta, IDENTITY)  # refuse a foreign folder before loading a model
     if engine is None:
         from apr.engine.model_runner import resolve_device

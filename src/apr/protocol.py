@@ -238,8 +238,10 @@ def spawn_start(text: str) -> int:
 
 
 def child_result(text: str) -> str | None:
-    """A child's clean success path: the lines after its second-to-last goal line, up to and
-    including its last one, starting with `Moving to Node`. None when it did not succeed."""
+    """A child's clean success path as the solvers write it (the runtime's `goal-line` join
+    rule): the lines after its second-to-last well-formed goal line `X,X equal: Goal Reached`,
+    up to and including its last one, starting with `Moving to Node`. None when it did not
+    succeed. The published evaluation reads model text by `thread_result` instead."""
     lines = text.split("\n")
     goals = [i for i, line in enumerate(lines) if is_goal_line(line)]
     if len(goals) < 2:
@@ -248,6 +250,66 @@ def child_result(text: str) -> str | None:
     if not path or not MOVING_RE.match(path[0]) or path[0].startswith(("Sub Call", "Token")):
         return None
     return "\n".join(path) + "\n"
+
+
+GOAL_REACHED = "Goal Reached"
+
+
+def thread_result(text: str) -> str | None:
+    """A thread's result as the published evaluation reads it: when `Goal Reached` occurs at
+    least twice in the text (anywhere: goal lines, malformed goal lines and the join tags
+    `<Goal Reached in Sub Search ...>` all count), the text after its second-to-last
+    occurrence and the one character that follows it (normally the newline), to the end of
+    the text; else None (no solution). It decides what a child passes to its parent at a
+    join (the runtime's `official` join rule) and which final path the checker replays."""
+    last = text.rfind(GOAL_REACHED)
+    if last < 0:
+        return None
+    prev = text.rfind(GOAL_REACHED, 0, last)
+    if prev < 0:
+        return None
+    return text[prev + len(GOAL_REACHED) + 1:]
+
+
+def start_state(prompt: str) -> NodeState | None:
+    """The state a thread starts from: the first `Current State` line of its prompt."""
+    for line in prompt.split("\n"):
+        if line.startswith("Current State:"):
+            s = STATE_RE.match(line)
+            nums = parse_list(s.group(2)) if s else None
+            return NodeState(int(s.group(1)), nums, _OP_RE.findall(s.group(3))) if nums is not None else None
+    return None
+
+
+TAG_RE = re.compile(rf"^<(Goal Reached|No Solution) in Sub Search (\d+) at level (\d+) at Node #({_NODE})>$")
+
+
+def join_results(join: str, nodes: list[str]) -> list[str | None]:
+    """What a join text passed on from each of its children (`nodes`: the children's nodes in
+    child order): the path after a child's `<Goal Reached in Sub Search ...>` tag, None after
+    a `<No Solution ...>` tag or when the child has no tag. Inverse of `join_text`."""
+    body = join[len(JOIN_START):] if join.startswith(JOIN_START) else join
+    if body.endswith(JOIN_END):
+        body = body[: -len(JOIN_END)]
+    out: list[str | None] = [None] * len(nodes)
+    lines = body.split("\n")
+    k, current, start = 0, None, 0
+    pos = 0  # character offset of the current line in body
+    spans: list[tuple[int, int, int]] = []  # (child, path start, path end) of success tags
+    for line in lines:
+        m = TAG_RE.match(line)
+        if m and k < len(nodes) and m.group(4) == nodes[k]:
+            if current is not None:
+                spans.append((current, start, pos))
+            current = k if m.group(1) == "Goal Reached" else None
+            start = pos + len(line) + 1
+            k += 1
+        pos += len(line) + 1
+    if current is not None:
+        spans.append((current, start, len(body)))
+    for child, a, b in spans:
+        out[child] = body[a:b]
+    return out
 
 
 # ---------------------------------------------------------------------------- thread trees

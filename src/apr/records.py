@@ -32,9 +32,10 @@ class Record:
     sample: int | None = None  # sample number when a problem is sampled several times
     model: str | None = None  # the model folder or server that produced it
     runtime_method: str | None = None  # `apr eval`: the runtime method behind cons@N / pass@N
+    rejected_claims: int | None = None  # `verified` joins: children's success claims that did not replay
 
     # Fields left out of the JSON form when unset.
-    OPTIONAL = ("threads", "sample", "model", "runtime_method")
+    OPTIONAL = ("threads", "sample", "model", "runtime_method", "rejected_claims")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

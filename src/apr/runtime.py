@@ -6,6 +6,14 @@ replaces the block with the join text and resumes the parent under the same cach
 a local engine prefills only the join text (an HTTP server's prefix cache does the same).
 Every problem ends with a record: the root's text, the checker's verdict, the thread tree
 and the metrics of the paper (total and sequential tokens, longest thread, children).
+
+What a child passes on at a join is decided by `RuntimeConfig.join_rule` (JOIN_RULES):
+`official` as the published evaluation (`protocol.thread_result`: the text after the
+child's second-to-last `Goal Reached`, byte for byte), `goal-line` as the solvers write
+demonstrations (`protocol.child_result`: a clean path ending in a well-formed goal line), or
+`verified`: the official result, passed on only when it replays (`checker.replay`) from the
+child's start state to its target; a false claim is joined as a failed sub search and
+counted in `Record.rejected_claims`. docs/evaluation.md has the rules with examples.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from apr import protocol as P
-from apr.checker import check
+from apr.checker import check, replay
 from apr.countdown import Problem
 from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
 from apr.errors import UserError
@@ -39,10 +47,13 @@ class RuntimeConfig:
     top_p: float = 1.0
     seed: int = 0
     max_in_flight: int = 64  # problems decoding at once
+    join_rule: str = "official"  # what a child passes on at a join: one of JOIN_RULES
 
     def __post_init__(self) -> None:
         if self.method not in ("apr", "sos"):
             raise ValueError(f"method must be apr or sos, got {self.method!r}")
+        if self.join_rule not in JOIN_RULES:
+            raise UserError(f"--join-rule must be one of {', '.join(JOIN_RULES)}; got {self.join_rule!r}")
 
     @classmethod
     def for_model(cls, info: ModelInfo, method: str | None = None, sub_call_budget: int | None = None,
@@ -87,6 +98,7 @@ class RuntimeOptions:
     top_p: float = 1.0
     seed: int = 0
     max_in_flight: int = 32
+    join_rule: str = "official"  # official | goal-line | verified (JOIN_RULES)
 
     def config(self, info: ModelInfo, **changes) -> RuntimeConfig:
         o = dataclasses.replace(self, **changes)
@@ -95,6 +107,26 @@ class RuntimeOptions:
 
 DEFAULT_SUB_CALL_BUDGET = 10  # children asked of an APR model trained with `Sub Call Budget` prefixes
 DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
+# What a child passes on at a join (module docstring; docs/evaluation.md).
+JOIN_RULES = ("official", "goal-line", "verified")
+# Record reasons the runtime writes when it stops a problem (the rest are the checker's).
+RUNTIME_FAILURES = ("context window reached", "total token limit reached", "malformed spawn block",
+                    "too many children", "spawn names unknown node")
+
+
+def join_result(text: str, prompt: str, rule: str) -> tuple[str | None, bool]:
+    """What a child whose whole text is `text` (its prompt is `prompt`) passes on at a join
+    under `rule`, and whether a success claim was rejected (`verified` only)."""
+    if rule == "goal-line":
+        return P.child_result(text), False
+    path = P.thread_result(text)
+    if path is not None and not path.endswith("\n"):
+        path += "\n"  # `<End Sub Searches>` stays a line of its own
+    if rule == "verified" and path is not None:
+        start = P.start_state(prompt)
+        if start is None or not replay(start.nums, start.target, path).correct:
+            return None, True
+    return path, False
 
 
 
@@ -159,6 +191,7 @@ class ProblemRun:
     first_token: float | None = None
     last_token: float | None = None
     failure: str | None = None  # why the problem was stopped early
+    rejected_claims: int = 0  # `verified` joins: children's success claims that did not replay
     running: int = 0  # threads with a request in the engine
 
 
@@ -323,10 +356,11 @@ class Runtime:
         if parent.waiting > 0 or run.failure is not None:
             return
         group = parent.children[-1]
-        results = [
-            P.ChildResult(r.index, r.level, r.node, P.child_result(c.context))
-            for r, c in zip(parent.spawn, group)
-        ]
+        results = []
+        for r, c in zip(parent.spawn, group):
+            path, rejected = join_result(c.context, c.prompt, self.cfg.join_rule)
+            run.rejected_claims += rejected
+            results.append(P.ChildResult(r.index, r.level, r.node, path))
         join = P.join_text(results)
         parent.joins.append(join)
         parent.inserted_tokens += len(self.tok.encode(join, add_special_tokens=False))
@@ -361,6 +395,7 @@ class Runtime:
             latency_s=(run.last_token - run.first_token) if run.first_token is not None else 0.0,
             method=self.cfg.method,
             threads=run.root.to_dict(),
+            rejected_claims=run.rejected_claims if self.cfg.join_rule == "verified" else None,
         )
 
 
