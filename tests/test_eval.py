@@ -190,3 +190,27 @@ def test_bad_input_is_one_line_exit_2(case, model_dir, tmp_path, capsys):
     if case == "bad_problems":
         assert "p.jsonl:2:" in err[0]
     assert not out.exists()
+
+
+def test_join_rule_is_part_of_a_run_and_its_summary(tok, tmp_path):
+    import dataclasses
+
+    from apr.errors import UserError
+
+    spec = args("--server", "scripted://apr", "--method", "apr", "--out", tmp_path / "j", "--limit", 3, "--context", 100_000)
+    s = evaluate(spec, engine=scripted(tok))
+    assert s["join_rule"] == "official" and json.loads((tmp_path / "j" / "run.json").read_text())["join_rule"] == "official"
+    c = s["competence"]
+    assert c["operations"] > 0 and c["arithmetic_error_rate"] == 0.0  # the solvers' arithmetic is right
+    assert c["joins"] > 0 and c["false_claim_join_rate"] == 0.0 and c["rejected_claims"] == 0
+    assert sum(c["failure_reasons"]["checker"].values()) == s["problems"] - s["correct"]
+    verified = dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, join_rule="verified"))
+    with pytest.raises(UserError, match="another join_rule"):
+        evaluate(verified, engine=scripted(tok))
+    v = evaluate(dataclasses.replace(verified, out=tmp_path / "v"), engine=scripted(tok))
+    assert v["join_rule"] == "verified" and v["accuracy"] == s["accuracy"]
+    recs = [json.loads(l) for l in open(tmp_path / "v" / "records.jsonl")]
+    assert all(r["rejected_claims"] == 0 for r in recs)
+    from apr.eval import describe
+
+    assert "(verified joins)" in describe(v) and "false claims at 0/" in describe(v)

@@ -53,7 +53,8 @@ def test_report_writes_plots_and_table(runs, tmp_path):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     md = (out / "report.md").read_text()
-    for needed in ("83.4", "60.0", "80.1", "66.6", "75.2", "57.3", "75.5", "solver APR", "cons@", "Notes"):
+    for needed in ("83.4", "60.0", "80.1", "66.6", "75.2", "57.3", "75.5", "solver APR", "cons@", "Notes",
+                   "arithmetic errors % (operations)", "false-claim joins % (joins)", "| official |", "## Why samples failed"):
         assert needed in md
     s = json.loads((runs[0] / "summary.json").read_text())
     assert f"{100 * s['accuracy']:.1f}" in md

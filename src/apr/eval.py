@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apr import competence
 from apr.checker import check, claimed_ops
 from apr.countdown import Problem, iter_problems
 from apr.engine.spec import EngineSpec, make_engine
@@ -128,6 +129,7 @@ def summarize(records: list[Record], meta: dict) -> dict:
     groups = [sorted(g, key=lambda r: r.sample or 0) for _, g in sorted(by_problem.items())]
     groups = [g for g in groups if len(g) >= n]
     base = point(method, groups)
+    done = [r for g in groups for r in g]
     costs = [per_problem_cost(g) for g in groups]
     top = meta["context"] if meta["context"] else max((r.longest_thread for r in records), default=0)
     windows = sorted({w for w in WINDOWS if w < top} | {top})
@@ -141,6 +143,7 @@ def summarize(records: list[Record], meta: dict) -> dict:
         "problems": base["problems"],
         "metrics": {m: percentiles([c[m] for c in costs]) for m in METRICS},
         "accuracy_within_context": {str(w): point(method, [[within(r, w) for r in g] for g in groups]) for w in windows},
+        "competence": competence.measure(done),
         "machine": machine(meta.get("device")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -150,6 +153,20 @@ def summarize(records: list[Record], meta: dict) -> dict:
         other = "pass@" if kind == "cons@" else "cons@"
         out["by_samples"][other] = {str(k): point(other + str(k), [g[:k] for g in groups]) for k in range(1, n + 1)}
     return out
+
+
+def describe(summary: dict, out: str | Path | None = None) -> str:
+    """The line `apr eval` prints: accuracy, costs, competence and where the summary is."""
+    lo, hi = summary["ci95"]
+    m = summary["metrics"]
+    line = (f"{summary['label']}: accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {summary['problems']} problems; "
+            f"total tokens {m['total_tokens']['mean']:.0f}, sequential {m['sequential_tokens']['mean']:.0f}, "
+            f"latency {m['latency_s']['mean']:.2f} s")
+    if summary.get("competence"):
+        line += "; " + competence.describe(summary["competence"])
+    if summary.get("join_rule"):
+        line += f" ({summary['join_rule']} joins)"
+    return line + (f"; {out}/summary.json" if out is not None else "")
 
 
 def machine(device: str | None = None) -> dict:

@@ -231,17 +231,45 @@ def headline(runs: list[dict]) -> list[str]:
     return rows
 
 
+def _competence_cells(r: dict) -> str:
+    """Arithmetic error rate and false-claim join rate of a run ("–" for summaries written
+    before they were measured)."""
+    c = r.get("competence")
+    if not c:
+        return "– | –"
+    arith = f"{100 * c['arithmetic_error_rate']:.1f} ({c['operations']})"
+    claims = f"{100 * c['false_claim_join_rate']:.1f} ({c['joins']})" if c["joins"] else "– (0)"
+    if c.get("rejected_claims"):
+        claims += f", {c['rejected_claims']} rejected"
+    return f"{arith} | {claims}"
+
+
 def runs_table(runs: list[dict]) -> list[str]:
-    rows = ["| run | method | T | problems | accuracy % [95% CI] | total tokens | sequential tokens | longest thread | children | latency s | machine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | method | joins | T | problems | accuracy % [95% CI] | total tokens | sequential tokens | longest thread "
+            "| children | latency s | arithmetic errors % (operations) | false-claim joins % (joins) | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         m = r["metrics"]
         mach = r.get("machine", {})
         rows.append(
-            f"| {r['label']} | {r['method']} | {r.get('temperature', 0):g} | {r['problems']} | {_acc(r)} | "
+            f"| {r['label']} | {r['method']} | {r.get('join_rule') or '–'} | {r.get('temperature', 0):g} | {r['problems']} | {_acc(r)} | "
             f"{m['total_tokens']['mean']:.0f} (p90 {m['total_tokens']['p90']:.0f}) | {m['sequential_tokens']['mean']:.0f} | "
             f"{m['longest_thread']['mean']:.0f} (p99 {m['longest_thread']['p99']:.0f}) | {m['children']['mean']:.1f} | "
-            f"{m['latency_s']['mean']:.3f} | {mach.get('gpu') or mach.get('cpu', '?')} |")
+            f"{m['latency_s']['mean']:.3f} | {_competence_cells(r)} | {mach.get('gpu') or mach.get('cpu', '?')} |")
+    return rows
+
+
+def failures_table(runs: list[dict]) -> list[str]:
+    """Why samples failed, per run: the runtime's stops and the checker's verdict classes."""
+    rows = ["| run | failed samples | runtime stops | checker verdicts |", "|---|---|---|---|"]
+    for r in runs:
+        reasons = (r.get("competence") or {}).get("failure_reasons")
+        if reasons is None:
+            rows.append(f"| {r['label']} | – | – | – |")
+            continue
+        cell = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "–"
+        failed = sum(reasons["runtime"].values()) + sum(reasons["checker"].values())
+        rows.append(f"| {r['label']} | {failed} | {cell(reasons['runtime'])} | {cell(reasons['checker'])} |")
     return rows
 
 
@@ -287,7 +315,12 @@ def write_report(dirs: list[str], out: Path) -> Path:
              f"Runs: {', '.join('`' + r['dir'] + '`' for r in runs)}.", "",
              "## Against the published results", "",
              "Accuracy in %, with Wilson 95% intervals. Published figures are from Pan et al. 2025 (docs/FORMATS.md).", "",
-             *headline(runs), "", "## Every run", "", *runs_table(runs), "", "## Plots", ""]
+             *headline(runs), "", "## Every run", "", *runs_table(runs), "",
+             "Arithmetic errors: the share of `Exploring Operation` lines, over every thread, whose operands are not "
+             "among the current numbers or whose result is wrong. False-claim joins: the share of joins at which a "
+             "child's path was passed on as a success but does not replay from the child's start state "
+             "(`apr.competence`).", "",
+             "## Why samples failed", "", *failures_table(runs), "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Notes", "", *notes(runs), ""]
     with atomic_write(out / "report.md") as f:
