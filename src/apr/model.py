@@ -40,6 +40,10 @@ class ModelInfo:
     token_budget: bool = False  # trained with the `Token Budget: N ` prefix
     tokenizer: str = "unknown"  # apr.tokenizer.tokenizer_fingerprint
     context: int = 4096
+    # Children asked by default (`Sub Call Budget: N`) of a model trained with the prefix: the
+    # median child count of its training demonstrations, or the best budget of a validation
+    # sweep. None: the runtime derives one from the task (apr.runtime.default_child_budget).
+    child_budget: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":

@@ -66,7 +66,7 @@ class RuntimeConfig:
         """
         method = method or info.method
         if method == "apr" and sub_call_budget is None and info.sub_call_budget:
-            sub_call_budget = DEFAULT_SUB_CALL_BUDGET
+            sub_call_budget = default_child_budget(info)
         if method == "sos" and token_budget is None and info.token_budget:
             token_budget = DEFAULT_TOKEN_BUDGET
         cfg = cls(method=method, sub_call_budget=sub_call_budget if method == "apr" else None,
@@ -105,7 +105,19 @@ class RuntimeOptions:
         return RuntimeConfig.for_model(info, **{**dataclasses.asdict(o), "temperature": o.temperature or 0.0})
 
 
-DEFAULT_SUB_CALL_BUDGET = 10  # children asked of an APR model trained with `Sub Call Budget` prefixes
+DEFAULT_SUB_CALL_BUDGET = 10  # the published evaluation's budget, for models that do not say theirs
+
+
+def default_child_budget(info: ModelInfo) -> int:
+    """The `Sub Call Budget` asked of an APR model trained with the prefix: the model's own
+    (apr.json `child_budget`), else the published 10 capped by the task. Asking for more
+    children than a problem has distinct first moves makes a model invent moves (a 3-number
+    problem has 3 pairs; +, * and - are always legal on a pair, / rarely), so the cap is
+    3 per pair of numbers: 9 for Countdown-3, 18 for Countdown-4."""
+    if info.child_budget:
+        return info.child_budget
+    n = int(info.task.get("num_count", 4)) if isinstance(info.task, dict) else 4
+    return min(DEFAULT_SUB_CALL_BUDGET, 3 * n * (n - 1) // 2)
 DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
 # What a child passes on at a join (module docstring; docs/evaluation.md).
 JOIN_RULES = ("official", "goal-line", "verified")
