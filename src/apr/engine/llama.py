@@ -13,7 +13,8 @@ One forward serves both prefill and decode: `tokens [B, S]` for batch rows that 
 cache slots, each row starting at its own position `start[b]` with `n_valid[b] <= S` real
 tokens (the rest is padding). Attention reads only `cache[:, :, :T]` with
 `T = max(start + n_valid)` (the batch's longest live length), masked per row by position,
-so cost grows with the live lengths, not with `max_len`.
+so cost grows with the live lengths, not with `max_len`. A decode step may instead pass
+`spans` (attention.py): groups of rows that each read only up to their own longest row.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from apr.engine.attention import Span, attend, attend_spans
 
 
 @dataclass
@@ -187,6 +190,7 @@ class Transformer(nn.Module):
         n_valid: Tensor,  # [B] int64, real tokens per row (<= S)
         t_max: int,  # max(start + n_valid) over rows that matter: the attended length
         all_logits: bool = False,
+        spans: list[Span] | None = None,  # decode (S = 1) only: attention span by span
     ) -> Tensor:
         """Logits at each row's last valid token ([B, V], fp32), or at every position."""
         a = self.args
@@ -217,9 +221,11 @@ class Transformer(nn.Module):
             # cache[slot, :, pos] for every (row, query) pair: advanced indices first -> [B, S, nkv, hd]
             kc[slot_idx[:, None], :, wpos] = k
             vc[slot_idx[:, None], :, wpos] = v
-            # A slice gives views of the cache (no copy); an index tensor gathers.
-            ks, vs = kc[rows, :, :t_max], vc[rows, :, :t_max]
-            y = self._attend(q, ks, vs, mask)  # [B, S, nq * hd]
+            if spans is not None:
+                y = attend_spans(q, kc, vc, spans, mask)
+            else:
+                # A slice gives views of the cache (no copy); an index tensor gathers.
+                y = attend(q, kc[rows, :, :t_max], vc[rows, :, :t_max], mask, nkv)  # [B, S, nq * hd]
             x = x + blk.wo(y)
             h = rms_norm(x, blk.mlp_norm, a.norm_eps)
             gate, up = blk.w13(h).chunk(2, dim=-1)
@@ -230,22 +236,3 @@ class Transformer(nn.Module):
         x = rms_norm(x, self.norm, a.norm_eps)
         logits = self.lm_head(x).float()
         return logits if all_logits else logits[:, 0]
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """q [B, nq, S, hd]; k, v [B, nkv, T, hd]; mask [B, S, T] (True = attend)."""
-        a = self.args
-        B, nq, S, hd = q.shape
-        g = nq // a.n_kv_heads
-        if S == 1:
-            # Decode: the g query heads that share a KV head become g "queries" of that head
-            # (they share one position, hence one mask row), so GQA reads K/V once without
-            # repeating them. SDPA keeps scores in fp32 (a bf16 matmul would round them).
-            qg = q.reshape(B, a.n_kv_heads, g, hd)
-            y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask[:, None])  # mask [B, 1, 1, T]
-            return y.reshape(B, 1, nq * hd)
-        # Prefill: fused SDPA with an explicit per-row mask (rows start at different positions).
-        if g > 1:
-            k = k.repeat_interleave(g, dim=1)
-            v = v.repeat_interleave(g, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-        return y.transpose(1, 2).reshape(B, S, nq * hd)

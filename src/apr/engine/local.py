@@ -171,13 +171,16 @@ class LocalEngine(Engine):
         toks = next_tokens(logits, [s.req.sampling for s in seqs], positions, self.vhash)
         now = time.perf_counter()
         self.stats["generated"] += len(seqs)
+        ended = []
         for s, t in zip(seqs, toks):
             if not s.gen:
                 s.first_time = now
             s.gen.append(t)
             reason, text = self._finished(s, t)
             if reason:
-                self._finish(s, reason, text, now)
+                ended.append((s.order, s, reason, text))
+        for _, s, reason, text in sorted(ended, key=lambda e: e[0]):  # submission order, not slot order
+            self._finish(s, reason, text, now)
 
     def _text(self, tok: int) -> str:
         t = self._tok_text.get(tok)

@@ -4,10 +4,15 @@ Prefill runs the admitted sequences in padded groups: at most `prefill_budget` t
 forward, prompts longer than `prefill_chunk` in several chunks. Decode is one batched
 forward for every sequence past prefill. Both return logits; sampling is the caller's.
 
-Attention reads each layer's cache only up to the batch's longest live length (see
-llama.py): no padded full-capacity masks. Decode rows are slots `0..hi` as a *view* of the
-cache when most of those slots are live (the scheduler gives new requests the lowest free
-slot, so live slots stay packed), else the live slots are gathered. On CUDA, decode steps
+Prefill attention reads each layer's cache only up to the group's longest live length (see
+llama.py): no padded full-capacity masks. On the CPU a decode step runs the live rows only
+and cuts them into spans of consecutive slots (`plan_spans`), each reading the cache only up
+to its own longest row; admission puts longer prompts in lower slots (scheduler.py), so
+neighbours have similar lengths. On CUDA decode rows are slots `0..hi` as a *view* of the
+cache when most of those slots are live, else the live slots are gathered, and every row
+reads up to the batch's longest row: one shape per step, which CUDA graphs need (a
+length-aware GPU kernel, e.g. FlexAttention over the same spans, is left for a machine where
+it can be tested). On CUDA, decode steps
 replay CUDA graphs bucketed by row count (powers of two) and attended length (multiples of
 256): a step of a model this size is launch-bound, and graphs cut it about 4x on an H200
 (BENCHMARKS.md); the buckets keep the number of graphs small (<= 4 x max_len/256) at the
@@ -24,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from apr.engine.attention import Span
+from apr.engine.cuda_graphs import DecodeGraphs
 from apr.engine.llama import Transformer
 from apr.engine.scheduler import Seq
 from apr.errors import UserError
@@ -67,55 +74,24 @@ def load_hf_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32)
     return model, tok
 
 
-class DecodeGraphs:
-    """Decode steps replayed from CUDA graphs, one per (row bucket, length bucket).
-
-    A decode step of a small model is launch-bound (hundreds of small kernels, plus Python
-    per layer), so we capture it. Shapes vary every step, so we bucket them: the batch is
-    slots 0..R-1 with R a power of two (idle rows write the scratch cell), the attended
-    length is rounded up to a multiple of `t_bucket` (positions past a row's length are
-    masked). Capturing re-runs the step on the real inputs, which is harmless: it writes
-    the same K/V into the same cells.
-    """
-
-    def __init__(self, model: Transformer, slots: int, t_bucket: int = 256):
-        self.model, self.slots, self.t_bucket = model, slots, t_bucket
-        dev = model.embed.weight.device
-        self.inp = torch.zeros(slots, 2, dtype=torch.int64, device=dev)  # token, start
-        self.ones = torch.ones(slots, dtype=torch.int64, device=dev)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
-        self.pool = None
-
-    def rows_bucket(self, hi: int) -> int:
-        r = 8
-        while r < hi:
-            r *= 2
-        return min(r, self.slots)
-
-    def run(self, d: Tensor, t_max: int) -> Tensor:
-        R = d.shape[0]
-        T = min(-(-t_max // self.t_bucket) * self.t_bucket, self.model.max_len + 1)
-        self.inp[:R].copy_(d)
-        key = (R, T)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(R, T)
-        g, out = self.graphs[key]
-        g.replay()
-        return out
-
-    def _capture(self, R: int, T: int):
-        m, inp, ones = self.model, self.inp[:R], self.ones[:R]
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                m(inp[:, :1], slice(0, R), inp[:, 1], ones, T)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
-            out = m(inp[:, :1], slice(0, R), inp[:, 1], ones, T)
-        self.pool = g.pool()
-        return g, out
+def plan_spans(slots: list[int], lens: list[int], cost: int) -> list[Span]:
+    """Cut decode rows (slot order, `lens` = positions each row attends) into spans of
+    consecutive slots. A span reads every row up to its longest; a new span starts at a gap
+    in the slots or when staying would waste more than `cost` row-positions in this span
+    (about what one more attention call costs, in cache reads)."""
+    spans: list[Span] = []
+    lo, top, low, waste = 0, lens[0], lens[0], 0
+    for i in range(1, len(lens) + 1):
+        if i < len(lens):
+            t = lens[i]
+            extra = top - t if t <= top else (i - lo) * (t - top)
+            if slots[i] == slots[i - 1] + 1 and waste + extra <= cost:
+                waste, top, low = waste + extra, max(top, t), min(low, t)
+                continue
+        spans.append(Span(lo, i, slots[lo], top, ragged=low < top))
+        if i < len(lens):
+            lo, top, low, waste = i, t, t, 0
+    return spans
 
 
 @dataclass
@@ -138,6 +114,7 @@ class ModelRunner:
         prefill_chunk: int = 512,
         prefill_budget: int | None = None,  # padded tokens per prefill forward
         cuda_graphs: bool | None = None,  # default: on for CUDA
+        spans: bool | None = None,  # decode attention by spans (default: on for the CPU)
     ):
         self.device, self.max_len = device, max_len
         self.model = Transformer.from_hf(hf_model, device=device, dtype=dtype)
@@ -147,6 +124,10 @@ class ModelRunner:
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
         self.graphs = DecodeGraphs(self.model, max_slots) if cuda_graphs else None
+        self.spans = (device.type == "cpu") if spans is None else spans
+        a = self.model.args
+        # One more span costs about a call's overhead (~20 us): ~128 kB of K/V reads.
+        self.span_cost = max(8, 2 ** 17 // (2 * a.n_kv_heads * a.head_dim * self.model.k_cache[0].element_size()))
 
     def load_hf_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         self.model.load_hf_state_dict(state_dict)  # in place: captured graphs stay valid
@@ -188,8 +169,14 @@ class ModelRunner:
         """One decode forward feeding each sequence's newest token (`live` in slot order);
         logits [len(live), V] fp32."""
         dev = self.device
+        lens = [s.cache_len + 1 for s in live]
+        t_max = max(lens)
+        if self.spans and self.graphs is None:
+            slots = [s.slot for s in live]
+            d = torch.tensor([[s.gen[-1], s.cache_len, s.slot] for s in live], dtype=torch.int64).to(dev)
+            ones = torch.ones(len(live), dtype=torch.int64, device=dev)
+            return self.model(d[:, :1], d[:, 2], d[:, 1], ones, t_max, spans=plan_spans(slots, lens, self.span_cost))
         hi = live[-1].slot + 1
-        t_max = max(s.cache_len + 1 for s in live)
         if self.graphs is not None:
             hi = self.graphs.rows_bucket(hi)  # graphs run a fixed row count: pad with idle rows
         if self.graphs is not None or 2 * len(live) >= hi:

@@ -32,6 +32,7 @@ class Seq:
     first_time: float = 0.0
     stop_last: frozenset = frozenset()  # last characters of the stop strings
     stop_window: int = 0  # tokens decoded to look for a stop string
+    order: int = 0  # submission number: requests finishing in one step complete in this order
 
     @property
     def cache_len(self) -> int:
@@ -46,6 +47,7 @@ class Scheduler:
         self.live: list[Seq | None] = [None] * max_slots
         self.kept: OrderedDict[str, int] = OrderedDict()  # cache_key -> slot, LRU order
         self.slot_tokens: list[list[int]] = [[] for _ in range(max_slots)]  # tokens in a kept cache
+        self.submitted = 0
 
     # ---- counts ------------------------------------------------------------------
     def n_live(self) -> int:
@@ -64,39 +66,48 @@ class Scheduler:
 
     # ---- admission ---------------------------------------------------------------
     def add(self, seq: Seq) -> None:
+        self.submitted += 1
+        seq.order = self.submitted
         self.queue.append(seq)
 
     def admit(self) -> list[Seq]:
-        """Move queued sequences into slots while there is room; return those admitted."""
-        admitted = []
-        while self.queue:
-            got = self._take_slot(self.queue[0].req.cache_key)
-            if got is None:
-                break
-            seq = self.queue.popleft()
-            seq.slot, toks = got
-            # Roll back to the longest common prefix; always prefill >= 1 token for logits.
-            seq.cached = min(common_prefix_len(toks, seq.ids), len(seq.ids) - 1)
-            seq.pos = seq.cached
-            self.live[seq.slot] = seq
-            admitted.append(seq)
+        """Move queued sequences into slots while there is room; return those admitted.
+
+        Sequences with a kept cache take its slot first; the others take free slots longest
+        prompt first, so rows admitted together lie in slots by decreasing length and decode
+        attention reads them in few spans (model_runner.plan_spans)."""
+        room = self.max_slots - self.n_live()
+        admitted, fresh = [], []
+        while self.queue and room > 0:
+            seq, room = self.queue.popleft(), room - 1
+            slot = self.kept.pop(seq.req.cache_key, None) if seq.req.cache_key is not None else None
+            if slot is None:
+                fresh.append(seq)
+                continue
+            toks, self.slot_tokens[slot] = self.slot_tokens[slot], []
+            admitted.append(self._place(seq, slot, toks))
+        for seq in sorted(fresh, key=lambda s: -len(s.ids)):  # stable: FIFO among equals
+            admitted.append(self._place(seq, self._free_slot(), []))
         return admitted
 
-    def _take_slot(self, key: str | None) -> tuple[int, list[int]] | None:
-        """A slot for a new sequence and the tokens its cache already holds, or None."""
-        if key is not None and key in self.kept:
-            slot = self.kept.pop(key)
-            toks, self.slot_tokens[slot] = self.slot_tokens[slot], []
-            return slot, toks
+    def _place(self, seq: Seq, slot: int, toks: list[int]) -> Seq:
+        seq.slot = slot
+        # Roll back to the longest common prefix; always prefill >= 1 token for logits.
+        seq.cached = min(common_prefix_len(toks, seq.ids), len(seq.ids) - 1)
+        seq.pos = seq.cached
+        self.live[slot] = seq
+        return seq
+
+    def _free_slot(self) -> int:
+        """The lowest slot neither live nor kept, else the least recently kept one (evicted);
+        the caller checked that one exists."""
         kept_slots = set(self.kept.values())
         for slot in range(self.max_slots):  # lowest free slot keeps decode rows packed
             if self.live[slot] is None and slot not in kept_slots:
-                return slot, []
-        if self.kept:  # evict the least recently kept cache
-            _, slot = self.kept.popitem(last=False)
-            self.slot_tokens[slot] = []
-            return slot, []
-        return None
+                return slot
+        _, slot = self.kept.popitem(last=False)
+        self.slot_tokens[slot] = []
+        return slot
 
     # ---- leaving -----------------------------------------------------------------
     def finish(self, seq: Seq) -> None:

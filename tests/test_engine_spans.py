@@ -1,0 +1,83 @@
+"""Decode attention by spans (engine/attention.py, model_runner.plan_spans): each span of
+rows reads the cache only up to its own longest row, with the same logits and tokens as
+reading every row up to the batch's longest."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest_engine import make_char_tokenizer, make_tiny_llama, tiny_hf, tiny_model_dir  # noqa: E402,F401
+
+from apr.engine.base import Request  # noqa: E402
+from apr.engine.llama import Transformer  # noqa: E402
+from apr.engine.local import LocalEngine  # noqa: E402
+from apr.engine.model_runner import plan_spans  # noqa: E402
+
+TEXTS = ["Current State: 24:[4, 9, 3], Operations: []", "hi", "Moving to Node #0,1\n", "abc" * 12,
+         "Exploring Operation: 9-3=6", "7", "Moving to Node #0,1\n"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_plan_spans_cuts_at_gaps_and_waste():
+    slots, lens = [0, 1, 2, 4, 5, 6], [10, 10, 9, 30, 30, 5]
+    # Cost 0: rows of equal length in consecutive slots share a span; nothing else does.
+    sp = plan_spans(slots, lens, 0)
+    assert [(s.lo, s.hi, s.slot, s.t, s.ragged) for s in sp] == [
+        (0, 2, 0, 10, False), (2, 3, 2, 9, False), (3, 5, 4, 30, False), (5, 6, 6, 5, False)]
+    assert sum((s.hi - s.lo) * s.t for s in sp) == sum(lens)  # reads exactly the rows' lengths
+    # A large cost: one span per run of consecutive slots, as long as its longest row.
+    sp = plan_spans(slots, lens, 10 ** 6)
+    assert [(s.lo, s.hi, s.slot, s.t, s.ragged) for s in sp] == [(0, 3, 0, 10, True), (3, 6, 4, 30, True)]
+    # In between: the row of length 5 would waste 25 positions beside the two of 30.
+    sp = plan_spans(slots, lens, 20)
+    assert [(s.lo, s.hi, s.t) for s in sp] == [(0, 3, 10), (3, 5, 30), (5, 6, 5)]
+
+
+@pytest.mark.parametrize("cost", [0, 3, 10 ** 6])
+def test_span_decode_matches_padded_decode(cost):
+    tok = make_char_tokenizer()
+    m = Transformer.from_hf(make_tiny_llama(len(tok), seed=3))
+    m.setup_cache(8, 64)
+    ids = [tok(t)["input_ids"] for t in TEXTS]
+    slots = [0, 1, 2, 4, 5, 6, 7]  # a gap at slot 3
+    S = max(map(len, ids))
+    toks = torch.zeros(len(ids), S, dtype=torch.long)
+    for i, x in enumerate(ids):
+        toks[i, :len(x)] = torch.tensor(x)
+    lens = torch.tensor([len(x) for x in ids])
+    with torch.no_grad():
+        m(toks, torch.tensor(slots), torch.zeros(len(ids), dtype=torch.long), lens, S)
+        # Poison every cell past each row's length (the new token's cell is written first):
+        # a span that read past its rows' lengths would give NaN.
+        if cost == 0:
+            for kc in m.k_cache + m.v_cache:
+                for s, n in zip(slots, lens.tolist()):
+                    kc[s, :, n + 1:] = float("nan")
+        nxt = torch.tensor([[5], [6], [7], [8], [9], [10], [11]])
+        one = torch.ones(len(ids), dtype=torch.long)
+        spans = plan_spans(slots, [n + 1 for n in lens.tolist()], cost)
+        got = m(nxt, torch.tensor(slots), lens, one, int(lens.max()) + 1, spans=spans)
+        if cost == 0:
+            for kc in m.k_cache + m.v_cache:
+                kc.nan_to_num_(0.0)
+        ref = m(nxt, torch.tensor(slots), lens, one, int(lens.max()) + 1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_spans_on_and_off_give_the_same_tokens(tiny_model_dir):
+    outs = []
+    for spans in (False, True):
+        eng = LocalEngine(tiny_model_dir, max_slots=4, max_len=256, device="cpu", dtype="float32")
+        eng.runner.spans = spans
+        outs.append([c.token_ids for c in eng.run([Request(str(i), t, 30, []) for i, t in enumerate(TEXTS)])])
+    assert outs[0] == outs[1]
