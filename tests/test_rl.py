@@ -380,7 +380,7 @@ def test_two_processes_learn_what_one_does(files, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
     common = [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}", f"val_problems={files / 'val.jsonl'}",
               "max_steps=2", "batch_size=2", "group_size=2", "context=48", "max_slots=8", "eval_every=0",
-              "eval_at_start=false", "device=cpu", "lr=1e-3", "reward=rw:r"]
+              "eval_at_start=false", "device=cpu", "lr=1e-3", f"reward={tmp_path / 'rw.py'}:r", "trust_reward_code=true"]
     sets = lambda out: [a for s in common + [f"out_dir={out}"] for a in ("--set", s)]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}\n")

@@ -65,21 +65,21 @@ def cmd_serve(args) -> int:
 
     engine = LocalEngine(model, max_slots=args.max_slots, max_len=context, device=args.device, dtype=args.dtype)
     name = args.served_model or model.resolve().name
-    if args.access_log:
-        logger = logging.getLogger("apr.serve.access")
-        logger.setLevel(logging.INFO)
-        if not logger.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            logger.addHandler(handler)
-        logger.propagate = False
     try:
         httpd, worker = start_server(
             engine, args.host, args.port, name, context, api_key=args.api_key, reload_root=args.allow_reload,
-            access_log=args.access_log, backlog=args.backlog, max_concurrency=args.max_concurrency)
+            access_log=not args.no_access_log, backlog=args.backlog, max_concurrency=args.max_concurrency)
     except UserError:
         engine.close()
         raise
+    # The access log: one timestamped line per request on stderr, apart from status lines.
+    access = logging.getLogger("apr.serve.access")
+    saved = (access.level, access.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     host, port = httpd.server_address[:2]
     if not is_loopback(args.host) and not args.api_key:
         print(f"apr serve: warning: listening on {args.host} without an API key: anyone who can reach "
@@ -95,6 +95,9 @@ def cmd_serve(args) -> int:
     finally:
         httpd.server_close()
         worker.close()
+        access.removeHandler(handler)
+        access.setLevel(saved[0])
+        access.propagate = saved[1]
     return 0
 
 
@@ -137,8 +140,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weight dtype; auto = bfloat16 on GPU, float32 on CPU (default: %(default)s)")
-    p.add_argument("--no-access-log", dest="access_log", action="store_false",
-                   help="do not log one line per request (default: log to stderr)")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="turn off the access log (default: one line per request on stderr: client, method, "
+                        "path, status, latency)")
     p.add_argument("--max-len", dest="context", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                    action=_Deprecated, new="--context")
     p.add_argument("--served-model-name", dest="served_model", default=argparse.SUPPRESS, help=argparse.SUPPRESS,

@@ -11,6 +11,8 @@ before any work starts; unknown keys and wrong types are `UserError`s.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import tomllib
 import types
 import typing
@@ -93,8 +95,41 @@ class SFTConfig:
 
 
 # Rewards built into the GRPO trainer (apr.train.rewards.REWARD_FNS); any other `reward` names
-# a `module:function`.
+# code, `path/to/file.py:function` or `module:function`, which runs only when the config says
+# `trust_reward_code: true` (and, for a module, APR_REWARD_MODULES lists it): docs/serving.md.
 REWARDS = ("binary", "format", "partial")
+REWARD_MODULES_ENV = "APR_REWARD_MODULES"
+
+
+def reward_modules() -> list[str]:
+    """The modules (or packages) a `module:function` reward may come from: the comma-separated
+    APR_REWARD_MODULES of whoever runs the training, never the config itself."""
+    return [m.strip() for m in os.environ.get(REWARD_MODULES_ENV, "").split(",") if m.strip()]
+
+
+def reward_source(name: str, trusted: bool) -> tuple[str, str, str]:
+    """Where a `reward` comes from: ("builtin", name, ""), ("file", path, function) or
+    ("module", module, function); UserError when it may not run or cannot be a reward."""
+    if name in REWARDS:
+        return "builtin", name, ""
+    choose = (f"one of {', '.join(REWARDS)}, or code: path/to/file.py:function or module:function "
+              "(with `trust_reward_code: true`)")
+    target, sep, fn = name.rpartition(":")
+    if not sep or not target or not fn.isidentifier():
+        raise UserError(f"config: `reward` must be {choose}, got {name!r}")
+    if not trusted:
+        raise UserError(f"config: reward {name!r} names code to run; set `trust_reward_code: true` if you trust "
+                        "it (a config that names code is code: docs/serving.md, trust model)")
+    if target.endswith(".py"):
+        return "file", target, fn
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", target):
+        raise UserError(f"config: reward {name!r}: {target!r} is neither a .py file nor a module name")
+    allowed = reward_modules()
+    if not any(target == m or target.startswith(m + ".") for m in allowed):
+        listed = ", ".join(allowed) if allowed else "empty"
+        raise UserError(f"config: reward module {target!r} is not allowed ({REWARD_MODULES_ENV} is {listed}): "
+                        f"add it to {REWARD_MODULES_ENV}, or name a file: path/to/file.py:{fn}")
+    return "module", target, fn
 
 
 @dataclass
@@ -134,7 +169,8 @@ class RLConfig:
     served_model: str = ""
     max_slots: int = 64  # local engine: sequences decoded together
     rollout_dtype: str = "auto"  # local engine weights: auto (bf16 on GPU) | float32 | bfloat16
-    reward: str = "binary"  # binary | format | partial | module:function
+    reward: str = "binary"  # binary | format | partial | path/to/file.py:function | module:function
+    trust_reward_code: bool = False  # let `reward` name code (the config then runs code: docs/serving.md)
     eval_every: int = 10  # steps between validation accuracies (greedy); 0 = only at the end
     eval_at_start: bool = True
     val_limit: int = 200  # validation problems per evaluation
@@ -161,8 +197,7 @@ class RLConfig:
             raise UserError("config: `engine` must be local or server")
         if self.engine == "server" and not self.server:
             raise UserError("config: engine=server needs `server` (the server URL)")
-        if self.reward not in REWARDS and ":" not in self.reward:
-            raise UserError(f"config: `reward` must be one of {', '.join(REWARDS)} or module:function")
+        reward_source(self.reward, self.trust_reward_code)
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise UserError("config: RL samples: temperature > 0, 0 < top_p <= 1, top_k >= 0")
         if self.warmup_steps < 0:

@@ -1,15 +1,22 @@
 """Rewards of `apr train rl`: a function of a rollout's record (its JSON form, a dict) and
-the problem. `reward: NAME` in the config picks a built-in one; `module:function` imports
-any other."""
+the problem. `reward: NAME` in the config picks a built-in one; `path/to/file.py:function`
+or `module:function` runs code, which the config must allow (`trust_reward_code: true`,
+checked by `RLConfig.validate`) and, for a module, APR_REWARD_MODULES must list
+(`apr.train.config.reward_source`). Trust model: docs/serving.md."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Callable
 
 from apr import protocol as P
 from apr.countdown import Problem
 from apr.errors import UserError
+from apr.train.config import reward_source
 from apr.train.rl_loss import walk_threads
 
 RewardFn = Callable[[dict, Problem], float]
@@ -49,15 +56,28 @@ def reward_partial(record: dict, problem: Problem) -> float:
 REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial}
 
 
-def resolve_reward(name: str) -> RewardFn:
-    """A built-in reward by name, or `module:function` imported."""
+def resolve_reward(name: str, trusted: bool = True) -> RewardFn:
+    """A built-in reward by name, or the function a file (`path/to/file.py:function`) or an
+    allowed module (`module:function`, APR_REWARD_MODULES) defines. `trusted` says the config
+    allows code (`trust_reward_code`); RLConfig.validate has already refused it otherwise."""
     if name in REWARD_FNS:
         return REWARD_FNS[name]
-    mod, _, fn = name.partition(":")
+    kind, target, fn = reward_source(name, trusted)
     try:
-        f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"config: cannot import reward {name!r} ({e})") from None
+        if kind == "file":
+            path = Path(target)
+            if not path.is_file():
+                raise UserError(f"config: reward {name!r}: no such file {target}")
+            mod_name = "apr_reward_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        f = getattr(module, fn)
+    except (ImportError, AttributeError, SyntaxError, OSError) as e:
+        raise UserError(f"config: cannot import reward {name!r} ({type(e).__name__}: {e})") from None
     if not callable(f):
         raise UserError(f"config: reward {name!r} is not callable")
     return f
