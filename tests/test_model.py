@@ -65,3 +65,40 @@ def test_load_model_refuses_non_models(tmp_path):
     with pytest.raises(UserError) as e:
         load_model(tmp_path / "bad")
     assert "\n" not in str(e.value)
+
+
+def test_model_folders_load_in_transformers_4_and_5_conventions(tmp_path):
+    """tokenizer_config.json names a class both versions know, returns no token_type_ids,
+    and says the trained context; a model card sits beside the weights; files are not 0600."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from apr.model import ModelInfo, save_model
+    from apr.tokenizer import build_tokenizer
+    from conftest_engine import save_apr_model_dir  # noqa: F401 (fixture module on sys.path)
+
+    tok = build_tokenizer()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    d = save_model(model, tok, ModelInfo(method="sos", preset="test", context=512), tmp_path / "m")
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and cfg["model_max_length"] == 512
+    back = AutoTokenizer.from_pretrained(d)
+    assert "token_type_ids" not in back("Moving to Node #0") and back.model_max_length == 512
+    assert back("Moving to Node #0")["input_ids"] == tok("Moving to Node #0")["input_ids"]
+    assert "SoS+" in (d / "README.md").read_text()
+    assert all(p.stat().st_mode & 0o044 for p in d.iterdir()), "files readable by the group and others"
+
+
+@pytest.mark.parametrize("content,msg", [("[1, 2]", "must be a JSON object"), ('{"method": "xyz"}', "unknown method"),
+                                         ("\xff", "unreadable"), ('{"context": -1}', "context must be")])
+def test_a_bad_apr_json_is_one_line(tmp_path, content, msg):
+    from apr.errors import UserError
+    from apr.model import load_model_info
+
+    (tmp_path / "apr.json").write_bytes(content.encode("latin-1"))
+    with pytest.raises(UserError, match=msg):
+        load_model_info(tmp_path)

@@ -13,6 +13,10 @@ from typing import Any, Iterator
 from apr.errors import UserError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Write to a temporary file beside `path`, then rename it over `path`.
@@ -22,6 +26,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode open() would give
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -106,9 +107,49 @@ def save_model(model, tokenizer, info: ModelInfo, out_dir: str | Path, max_shard
     )
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
+    portable_tokenizer_config(out_dir, info.context)
     with atomic_write(out_dir / "apr.json") as f:
         json.dump(dataclasses.asdict(info), f, indent=2)
+    if not (out_dir / "README.md").exists():
+        with atomic_write(out_dir / "README.md") as f:
+            f.write(model_card(info))
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in out_dir.iterdir():  # the weights are written 0600 by transformers: share like any file
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
     return out_dir
+
+
+def portable_tokenizer_config(model_dir: Path, context: int) -> None:
+    """Make tokenizer_config.json load the same way in transformers 4 and 5.
+
+    transformers 5 names the class `TokenizersBackend`, which version 4 does not know; both
+    know `PreTrainedTokenizerFast`. Our models take no `token_type_ids` (a tokenizer that
+    returns them breaks `generate`), and `model_max_length` is the trained context.
+    """
+    path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["model_input_names"] = ["input_ids", "attention_mask"]
+    cfg["model_max_length"] = context
+    for key in ("backend", "is_local", "local_files_only"):  # version-5 bookkeeping, not settings
+        cfg.pop(key, None)
+    with atomic_write(path) as f:
+        json.dump(cfg, f, indent=2)
+
+
+def model_card(info: ModelInfo) -> str:
+    kind = "APR (spawns and joins child threads)" if info.method == "apr" else "SoS+ (serial search)"
+    task = info.task if isinstance(info.task, dict) else {}
+    return (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [countdown, apr]\n---\n\n"
+            f"# {kind} model, Countdown-{task.get('num_count', '?')}\n\n"
+            f"A Llama (`{info.preset}` preset) trained by `apr` on symbolic-solver demonstrations in the "
+            f"published trace language (Pan et al., 2025, *Learning Adaptive Parallel Reasoning with Language "
+            f"Models*). Task: {task}. Context: {info.context} tokens per thread. What it was trained for is in "
+            f"`apr.json`.\n\nUse it through the spawn/join runtime: `apr eval --model DIR --method {info.method} "
+            f"--out RUN_DIR`, or serve it (`apr serve --model DIR`). Plain `generate` gives the root thread only.\n")
 
 
 def load_model_info(model_dir: str | Path) -> ModelInfo:
@@ -117,9 +158,22 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
     if not path.exists():
         return ModelInfo(method="apr")
     try:
-        return ModelInfo.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise UserError(f"unreadable apr.json: {str(e).splitlines()[0]}", str(path)) from None
+    if not isinstance(d, dict):
+        raise UserError("apr.json must be a JSON object", str(path))
+    try:
+        info = ModelInfo.from_dict(d)
+    except TypeError as e:
         raise UserError(f"unreadable apr.json: {e}", str(path)) from None
+    if info.method not in ("apr", "sos"):
+        raise UserError(f"apr.json: unknown method {info.method!r} (apr or sos)", str(path))
+    if not isinstance(info.context, int) or isinstance(info.context, bool) or info.context < 1:
+        raise UserError(f"apr.json: context must be a positive integer, got {info.context!r}", str(path))
+    if info.child_budget is not None and (not isinstance(info.child_budget, int) or info.child_budget < 1):
+        raise UserError(f"apr.json: child_budget must be a positive integer, got {info.child_budget!r}", str(path))
+    return info
 
 
 def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
