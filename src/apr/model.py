@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from safetensors import SafetensorError
+
 from apr.countdown import TaskConfig
 from apr.errors import UserError
 from apr.io import atomic_write
@@ -189,7 +191,7 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
         config = AutoConfig.from_pretrained(model_dir)
         kwargs = {} if dtype is None else {"dtype": dtype}
         model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise UserError(f"cannot load a causal language model: {str(e).splitlines()[0]}", str(model_dir)) from None
     model.to(device).eval()
     return model, load_tokenizer(model_dir), load_model_info(model_dir)

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from safetensors import SafetensorError
+
 from apr.engine.base import Completion, Engine, Request, stop_match
 from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_device, resolve_dtype
 from apr.engine.sampler import next_tokens, vocab_hash
@@ -151,7 +153,7 @@ class LocalEngine(Engine):
         self._check_idle()
         try:
             hf = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise UserError(f"cannot load model ({str(e).splitlines()[0]})", str(path)) from None
         self.load_weights(hf.state_dict())
         self.model_path = str(path)

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from safetensors import SafetensorError
+
 from apr.engine.attention import Span
 from apr.engine.cuda_graphs import DecodeGraphs
 from apr.engine.llama import Transformer
@@ -69,7 +71,7 @@ def load_hf_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise UserError(f"cannot load model ({str(e).splitlines()[0]})", str(path)) from None
     return model, tok
 
