@@ -117,15 +117,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible completions API",
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=apr.serve.__doc__)
-    p.add_argument("--model", required=True, help="Hugging Face Llama model folder (required)")
+    p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face Llama model folder (required)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on, 0 = any free one (default: %(default)s)")
-    p.add_argument("--api-key", default=None,
+    p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on every endpoint (default: $APR_API_KEY, else none)")
     p.add_argument("--allow-reload", metavar="ROOT", default=None,
                    help="turn on POST /update_weights_from_disk for model folders inside ROOT (default: off)")
-    p.add_argument("--served-model", default=None,
+    p.add_argument("--served-model", default=None, metavar="NAME",
                    help="the model name clients ask for (default: the model folder's name)")
     p.add_argument("--context", type=int, default=4096,
                    help="tokens per sequence, prompt + generated; capped at the model's trained context "
