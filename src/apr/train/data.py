@@ -43,6 +43,7 @@ class Demonstration:
     line: int
     method: str  # "apr" | "sos"
     strings: list[protocol.TrainingString]
+    children: int = 0  # child threads in the trace (what `Sub Call Budget: N` says for it)
 
 
 @dataclass
@@ -148,8 +149,15 @@ def demonstrations(
             prefix = f"Sub Call Budget: {thread.count_descendants()} "
             if not root.startswith("Sub Call Budget:"):
                 strings = [_prefixed(s, prefix) if s.text.startswith(root) else s for s in strings]
-        out.append(Demonstration(path, line, method, strings))
+        out.append(Demonstration(path, line, method, strings, thread.count_descendants()))
     return out
+
+
+def child_budget(demos: list[Demonstration]) -> int | None:
+    """The child budget a model trained on these APR demonstrations is asked for by default:
+    the median child count of the traces that spawned (None when none did)."""
+    counts = sorted(d.children for d in demos if d.method == "apr" and d.children > 0)
+    return counts[len(counts) // 2] if counts else None
 
 
 def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
