@@ -1,4 +1,4 @@
-"""Decode attention by spans (engine/attention.py, model_runner.plan_spans): each span of
+"""Decode attention by spans (engine/attention.py: plan_spans, attend_spans): each span of
 rows reads the cache only up to its own longest row, with the same logits and tokens as
 reading every row up to the batch's longest."""
 
@@ -13,7 +13,7 @@ from conftest_engine import make_char_tokenizer, make_tiny_llama, tiny_hf, tiny_
 from apr.engine.base import Request  # noqa: E402
 from apr.engine.llama import Transformer  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
-from apr.engine.model_runner import plan_spans  # noqa: E402
+from apr.engine.attention import plan_spans  # noqa: E402
 
 TEXTS = ["Current State: 24:[4, 9, 3], Operations: []", "hi", "Moving to Node #0,1\n", "abc" * 12,
          "Exploring Operation: 9-3=6", "7", "Moving to Node #0,1\n"]
@@ -34,9 +34,13 @@ def test_plan_spans_cuts_at_gaps_and_waste():
     assert [(s.lo, s.hi, s.slot, s.t, s.ragged) for s in sp] == [
         (0, 2, 0, 10, False), (2, 3, 2, 9, False), (3, 5, 4, 30, False), (5, 6, 6, 5, False)]
     assert sum((s.hi - s.lo) * s.t for s in sp) == sum(lens)  # reads exactly the rows' lengths
-    # A large cost: one span per run of consecutive slots, as long as its longest row.
+    # A large cost: one span, as long as its longest row, reading the idle slot 3 too.
     sp = plan_spans(slots, lens, 10 ** 6)
-    assert [(s.lo, s.hi, s.slot, s.t, s.ragged) for s in sp] == [(0, 3, 0, 10, True), (3, 6, 4, 30, True)]
+    assert [(s.lo, s.hi, s.slot, s.t, s.ragged) for s in sp] == [(0, 6, 0, 30, True)]
+    assert sp[0].qidx.tolist() == [0, 1, 2, 6, 3, 4, 5] and sp[0].keep.tolist() == [0, 1, 2, 4, 5, 6]
+    # Rows with different shared prefixes never share a span.
+    pre = [(-1, 0)] * 3 + [(9, 4)] * 3
+    assert [(s.lo, s.hi, s.p_slot, s.p_len) for s in plan_spans(slots, lens, 10 ** 6, pre)] == [(0, 3, -1, 0), (3, 6, 9, 4)]
     # In between: the row of length 5 would waste 25 positions beside the two of 30.
     sp = plan_spans(slots, lens, 20)
     assert [(s.lo, s.hi, s.t) for s in sp] == [(0, 3, 10), (3, 5, 30), (5, 6, 5)]

@@ -7,9 +7,9 @@ uses it, and so does the CUDA decode path (CUDA graphs need one fixed shape per 
 
 `attend_spans` is the decode path on the CPU, where attention is memory-bound (it reads
 every attended K/V cell once) and a call costs only tens of microseconds: the batch is cut
-into spans of consecutive rows in consecutive slots, and each span reads its slots only up
-to its own longest row, as a view of the cache (a gather would copy what it then reads).
-The model runner chooses the spans (model_runner.plan_spans); a span may also read a shared
+into spans of rows in a range of slots, and each span reads its slots only up to its own
+longest row, as a view of the cache (a gather would copy what it then reads).
+`plan_spans` chooses them; a span may also read a shared
 prefix from another slot (a parent's cache, see scheduler.py): its rows then attend
 `[prefix slot, 0:P)` followed by `[own slot, P:t)`, the prefix read once for all of them.
 """
@@ -24,8 +24,9 @@ from torch import Tensor
 
 
 class Span(NamedTuple):
-    """Batch rows lo..hi-1 are cache slots slot..slot+hi-lo-1; they attend positions [0, t) of
-    their slots, or [p_len, t) of their slots after [0, p_len) of slot p_slot (p_slot >= 0)."""
+    """Batch rows lo..hi-1 live in cache slots slot..slot+n-1 (n >= hi - lo: a span may cover
+    idle slots, "holes"); they attend positions [0, t) of their slots, or [p_len, t) of their
+    slots after [0, p_len) of slot p_slot (p_slot >= 0)."""
 
     lo: int
     hi: int
@@ -34,6 +35,48 @@ class Span(NamedTuple):
     p_slot: int = -1
     p_len: int = 0
     ragged: bool = True  # rows of different lengths (masked); False: all rows have length t
+    qidx: Tensor | None = None  # with holes: the batch row of each slot (B = a hole: zero query)
+    keep: Tensor | None = None  # with holes: which of the n slots are live rows
+
+
+def plan_spans(slots: list[int], lens: list[int], cost: int,
+               prefixes: list[tuple[int, int]] | None = None) -> list[Span]:
+    """Cut decode rows (slot order; `lens` = positions each row attends; `prefixes` = each
+    row's shared prefix (slot, length), (-1, 0) for none) into spans. A span reads each of its
+    slots up to its longest row, idle slots between its rows included; a new span starts when
+    the rows' prefixes differ or when staying would waste more than `cost` row-positions in
+    this span (about what one more attention call costs, in cache reads)."""
+    B = len(lens)
+    spans: list[Span] = []
+    lo, top, low, waste = 0, lens[0], lens[0], 0
+    for i in range(1, B + 1):  # plain comparisons, not max/min: this runs per row when rows change
+        if i < B:
+            t, prev = lens[i], slots[i - 1]
+            extra = top - t if t <= top else (prev - slots[lo] + 1) * (t - top)
+            if slots[i] != prev + 1:  # idle slots in between, read up to the span's length
+                extra += (slots[i] - prev - 1) * (t if t > top else top)
+            if waste + extra <= cost and (prefixes is None or prefixes[i] == prefixes[lo]):
+                waste += extra
+                if t > top:
+                    top = t
+                elif t < low:
+                    low = t
+                continue
+        spans.append(_span(slots, lo, i, top, low < top, prefixes[lo] if prefixes else (-1, 0), B))
+        if i < B:
+            lo, top, low, waste = i, t, t, 0
+    return spans
+
+
+def _span(slots: list[int], lo: int, hi: int, t: int, ragged: bool, pre: tuple[int, int], B: int) -> Span:
+    n = slots[hi - 1] - slots[lo] + 1
+    if n == hi - lo:
+        return Span(lo, hi, slots[lo], t, pre[0], pre[1], ragged)
+    qidx = [B] * n
+    for i in range(lo, hi):
+        qidx[slots[i] - slots[lo]] = i
+    keep = [slots[i] - slots[lo] for i in range(lo, hi)]
+    return Span(lo, hi, slots[lo], t, pre[0], pre[1], ragged, torch.tensor(qidx), torch.tensor(keep))
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, n_kv: int) -> Tensor:
@@ -61,15 +104,24 @@ def attend_spans(q: Tensor, kc: Tensor, vc: Tensor, spans: list[Span], mask: Ten
     B, nq, _, hd = q.shape
     n_kv = kc.shape[1]
     qg = q.reshape(B, n_kv, nq // n_kv, hd)
+    qpad = mpad = None
     out = []
     for s in spans:
-        n = s.hi - s.lo
+        if s.qidx is None:
+            qs, ms = qg[s.lo:s.hi], mask[s.lo:s.hi]
+        else:  # holes: their rows get a zero query, attend everything, and are dropped
+            if qpad is None:
+                qpad = torch.cat([qg, qg.new_zeros(1, *qg.shape[1:])])
+                mpad = torch.cat([mask, mask.new_ones(1, *mask.shape[1:])])
+            qs, ms = qpad[s.qidx], mpad[s.qidx]
+        n = qs.shape[0]
         k, v = kc[s.slot:s.slot + n, :, s.p_len:s.t], vc[s.slot:s.slot + n, :, s.p_len:s.t]
-        m = mask[s.lo:s.hi, :, s.p_len:s.t][:, None] if s.ragged else None
+        m = ms[:, :, s.p_len:s.t][:, None] if s.ragged else None
         if s.p_slot < 0:
-            out.append(F.scaled_dot_product_attention(qg[s.lo:s.hi], k, v, attn_mask=m))
+            y = F.scaled_dot_product_attention(qs, k, v, attn_mask=m)
         else:
-            out.append(_with_prefix(qg[s.lo:s.hi], k, v, m, kc[s.p_slot, :, :s.p_len], vc[s.p_slot, :, :s.p_len]))
+            y = _with_prefix(qs, k, v, m, kc[s.p_slot, :, :s.p_len], vc[s.p_slot, :, :s.p_len])
+        out.append(y if s.keep is None else y[s.keep])
     y = out[0] if len(out) == 1 else torch.cat(out)
     return y.reshape(B, 1, nq * hd)
 

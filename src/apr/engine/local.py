@@ -5,10 +5,13 @@ Each `poll()` is one scheduling step:
      request's `cache_key` has one: only the part past the common prefix is prefilled);
   2. the model runner prefills the admitted requests and we sample their first token;
   3. one batched decode forward for every live sequence, sample, check EOS / stop strings /
-     length, and return the requests that finished.
+     length, and return the requests that finished. The per-row work of this step is tensor
+     work (batch.py): inputs and sampling parameters come from per-slot state, and only rows
+     whose new token may have ended them are checked in Python.
 
 The pieces: scheduler.py (queue, slots, kept caches), model_runner.py (weights, KV cache,
-forwards), sampler.py (seeded sampling). The engine is not thread-safe: one thread drives
+forwards), batch.py (per-row decode state), finish.py (EOS, length and stop-string checks),
+sampler.py (seeded sampling). The engine is not thread-safe: one thread drives
 it (`apr serve` has a dedicated engine thread).
 """
 
@@ -22,9 +25,11 @@ from torch import Tensor
 
 from safetensors import SafetensorError
 
-from apr.engine.base import Completion, Engine, Request, stop_match
+from apr.engine.base import Completion, Engine, Request
 from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_device, resolve_dtype
-from apr.engine.sampler import next_tokens, vocab_hash
+from apr.engine.batch import DecodeBatch
+from apr.engine.finish import FinishTable
+from apr.engine.sampler import next_tokens, sample, vocab_hash
 from apr.engine.scheduler import Scheduler, Seq
 from apr.errors import UserError
 
@@ -68,8 +73,8 @@ class LocalEngine(Engine):
                 eos.add(e)
             elif isinstance(e, (list, tuple)):
                 eos.update(e)
-        self.eos_ids = eos
-        self._tok_text: dict[int, str] = {}
+        self.finish = FinishTable(tokenizer, self.model.args.vocab_size, eos, self.device)
+        self._batch: DecodeBatch | None = None  # the decode rows of the last step
 
         self.done: list[Completion] = []
         self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "decode_steps": 0, "generated": 0}
@@ -81,6 +86,14 @@ class LocalEngine(Engine):
         return self.runner.model
 
     @property
+    def eos_ids(self) -> set[int]:
+        return self.finish.eos_ids
+
+    @eos_ids.setter
+    def eos_ids(self, ids: set[int]) -> None:
+        self.finish.set_eos(ids)
+
+    @property
     def kept(self):
         """cache_key -> slot of every kept cache, least recently kept first."""
         return self.scheduler.kept
@@ -90,6 +103,10 @@ class LocalEngine(Engine):
         ids = self.tokenizer(req.prompt, add_special_tokens=True)["input_ids"]
         seq = Seq(req=req, ids=list(ids))
         seq.budget = min(req.max_tokens, self.max_len - len(ids))
+        seq.end_pos = len(ids) + seq.budget - 1
+        seq.stop_group = self.finish.group(req.stop)
+        sp = req.sampling
+        seq.sampling = 0 if sp.temperature <= 0 else 2 if sp.top_k > 0 or sp.top_p < 1.0 else 1
         stops = [st for st in req.stop if st]
         seq.stop_last = frozenset(st[-1] for st in stops)
         seq.stop_window = max((len(st) for st in stops), default=0) + 8  # a token is >= 1 char, mostly
@@ -113,9 +130,12 @@ class LocalEngine(Engine):
                         self._sample_and_advance(group.ready, group.logits)
             live = self.scheduler.decoding()
             if live:
-                logits = self.runner.decode(live)
+                b = self._batch
+                if b is None or not b.same_rows(live):  # rows came or went: new row tensors
+                    b = self._batch = DecodeBatch(live, self.device, self.runner.span_cost)
+                logits, x = self.runner.decode(b)
                 self.stats["decode_steps"] += 1
-                self._sample_and_advance(live, logits)
+                self._decode_advance(b, logits, x)
         out, self.done = self.done, []
         return out
 
@@ -134,6 +154,7 @@ class LocalEngine(Engine):
     def abort(self) -> None:
         self.scheduler.abort()
         self.done = []
+        self._batch = None
 
     def close(self) -> None:
         self.runner.free()
@@ -164,61 +185,52 @@ class LocalEngine(Engine):
 
     # ---- sampling and finishing ----------------------------------------------------
     def _sample_and_advance(self, seqs: list[Seq], logits: Tensor) -> None:
-        """Sample one token per sequence (one host sync), then check whether each finished."""
+        """First tokens after prefill: sample one per sequence (one host sync), check each."""
         if self.first_logits is not None:
             for s, l in zip(seqs, logits):
-                if not s.gen:
-                    self.first_logits[s.req.id] = l.detach().cpu()
-        positions = [len(s.ids) + len(s.gen) for s in seqs]
-        toks = next_tokens(logits, [s.req.sampling for s in seqs], positions, self.vhash)
+                self.first_logits[s.req.id] = l.detach().cpu()
+        toks = next_tokens(logits, [s.req.sampling for s in seqs], [len(s.ids) for s in seqs], self.vhash)
+        self.runner.state.begin(seqs, toks)
+        toks_l = toks.tolist()
         now = time.perf_counter()
         self.stats["generated"] += len(seqs)
-        ended = []
-        for s, t in zip(seqs, toks):
-            if not s.gen:
-                s.first_time = now
+        for s, t in zip(seqs, toks_l):
+            s.first_time = now
             s.gen.append(t)
-            reason, text = self._finished(s, t)
+        self._end(list(zip(seqs, toks_l)), now)
+
+    def _decode_advance(self, b: DecodeBatch, logits: Tensor, x: Tensor) -> None:
+        """A decode step's tokens, sampled and screened for finishing on the device (x: the
+        rows' SlotState before the step); one host sync; only rows whose token may have ended
+        them (FinishTable) are checked in Python."""
+        pos = x[:, 1] + 1  # the sampled tokens' position
+        if b.sampled:
+            f = self.runner.state.floats[b.idx]
+            toks = sample(logits, f[:, 0], x[:, 4], f[:, 1], x[:, 5], pos, self.vhash, b.filtered)
+        else:
+            toks = logits.argmax(-1)
+        maybe = self.finish.may_end(toks, pos, x)
+        self.runner.state.ints[b.idx, :2] = torch.stack([toks, pos], dim=1)
+        b.advance()
+        toks_l, maybe_l = torch.stack([toks, maybe.long()]).tolist()
+        now = time.perf_counter()
+        self.stats["generated"] += len(toks_l)
+        for s, t in zip(b.seqs, toks_l):
+            s.gen.append(t)
+        self._end([(b.seqs[i], toks_l[i]) for i, m in enumerate(maybe_l) if m], now)
+
+    def _end(self, cands: list[tuple[Seq, int]], now: float) -> None:
+        ended = []
+        for s, t in cands:
+            reason, text = self.finish.check(s, t)
             if reason:
                 ended.append((s.order, s, reason, text))
         for _, s, reason, text in sorted(ended, key=lambda e: e[0]):  # submission order, not slot order
             self._finish(s, reason, text, now)
 
-    def _text(self, tok: int) -> str:
-        t = self._tok_text.get(tok)
-        if t is None:
-            t = self._tok_text[tok] = self.tokenizer.decode([tok], skip_special_tokens=True)
-        return t
-
-    def _detok(self, prefix: list[int], ids: list[int]) -> str:
-        # Decode with a few tokens of left context, so leading spaces (SentencePiece) survive.
-        head = self.tokenizer.decode(prefix, skip_special_tokens=True)
-        return self.tokenizer.decode(prefix + ids, skip_special_tokens=True)[len(head):]
-
-    def _finished(self, s: Seq, tok: int) -> tuple[str | None, str | None]:
-        if tok in self.eos_ids:
-            return "eos", None
-        if s.stop_last:
-            stops = s.req.stop
-            t = self._text(tok)
-            # Only decode the tail when the newest token could end a stop string.
-            if not t or "\ufffd" in t or not s.stop_last.isdisjoint(t):
-                tail = s.gen[-s.stop_window:]
-                cut = len(s.ids) + len(s.gen) - len(tail)
-                ctx = (s.ids + s.gen)[max(cut - 4, 0):cut]
-                if stop_match(self._detok(ctx, tail), stops):
-                    full = self._detok(s.ids[-4:], s.gen)
-                    m = stop_match(full, stops)
-                    if m:
-                        return "stop", full[:m[0]]
-        if len(s.gen) >= s.budget:
-            return "length", None
-        return None, None
-
     def _finish(self, s: Seq, reason: str, text: str | None, now: float) -> None:
-        gen_text = [t for t in s.gen if t not in self.eos_ids] if reason == "eos" else s.gen
         if text is None:
-            text = self._detok(s.ids[-4:], gen_text)
+            text = self.finish.completion_text(s, reason)
         self.done.append(Completion(
             id=s.req.id, text=text, token_ids=list(s.gen), n_tokens=len(s.gen), finish_reason=reason,
             prompt_tokens=len(s.ids), cached_tokens=s.cached, first_token_time=s.first_time, end_time=now))

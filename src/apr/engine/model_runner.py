@@ -6,7 +6,7 @@ forward for every sequence past prefill. Both return logits; sampling is the cal
 
 Prefill attention reads each layer's cache only up to the group's longest live length (see
 llama.py): no padded full-capacity masks. On the CPU a decode step runs the live rows only
-and cuts them into spans of consecutive slots (`plan_spans`), each reading the cache only up
+and cuts them into spans of consecutive slots (attention.plan_spans), each reading the cache only up
 to its own longest row; admission puts longer prompts in lower slots (scheduler.py), so
 neighbours have similar lengths. On CUDA decode rows are slots `0..hi` as a *view* of the
 cache when most of those slots are live, else the live slots are gathered, and every row
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from safetensors import SafetensorError
 
-from apr.engine.attention import Span
+from apr.engine.batch import DecodeBatch, SlotState
 from apr.engine.cuda_graphs import DecodeGraphs
 from apr.engine.llama import Transformer
 from apr.engine.scheduler import Seq
@@ -76,26 +76,6 @@ def load_hf_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32)
     return model, tok
 
 
-def plan_spans(slots: list[int], lens: list[int], cost: int) -> list[Span]:
-    """Cut decode rows (slot order, `lens` = positions each row attends) into spans of
-    consecutive slots. A span reads every row up to its longest; a new span starts at a gap
-    in the slots or when staying would waste more than `cost` row-positions in this span
-    (about what one more attention call costs, in cache reads)."""
-    spans: list[Span] = []
-    lo, top, low, waste = 0, lens[0], lens[0], 0
-    for i in range(1, len(lens) + 1):
-        if i < len(lens):
-            t = lens[i]
-            extra = top - t if t <= top else (i - lo) * (t - top)
-            if slots[i] == slots[i - 1] + 1 and waste + extra <= cost:
-                waste, top, low = waste + extra, max(top, t), min(low, t)
-                continue
-        spans.append(Span(lo, i, slots[lo], top, ragged=low < top))
-        if i < len(lens):
-            lo, top, low, waste = i, t, t, 0
-    return spans
-
-
 @dataclass
 class PrefillGroup:
     """One prefill forward: the sequences whose prompt it completed and their logits."""
@@ -126,10 +106,13 @@ class ModelRunner:
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
         self.graphs = DecodeGraphs(self.model, max_slots) if cuda_graphs else None
+        self.state = SlotState(max_slots, device)
+        self._ones = torch.ones(max_slots, dtype=torch.int64, device=device)
+        self._idle = torch.tensor([[0, max_len]], dtype=torch.int64, device=device).repeat(max_slots, 1)
         self.spans = (device.type == "cpu") if spans is None else spans
         a = self.model.args
         # One more span costs about a call's overhead (~20 us): ~128 kB of K/V reads.
-        self.span_cost = max(8, 2 ** 17 // (2 * a.n_kv_heads * a.head_dim * self.model.k_cache[0].element_size()))
+        self._span_cost = max(8, 2 ** 17 // (2 * a.n_kv_heads * a.head_dim * self.model.k_cache[0].element_size()))
 
     def load_hf_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         self.model.load_hf_state_dict(state_dict)  # in place: captured graphs stay valid
@@ -167,36 +150,29 @@ class ModelRunner:
                 logits = logits[torch.tensor(idx, device=dev)]
             yield PrefillGroup([group[i] for i in idx], logits if idx else logits[:0], sum(n for _, _, n in meta))
 
-    def decode(self, live: list[Seq]) -> Tensor:
-        """One decode forward feeding each sequence's newest token (`live` in slot order);
-        logits [len(live), V] fp32."""
-        dev = self.device
-        lens = [s.cache_len + 1 for s in live]
-        t_max = max(lens)
-        if self.spans and self.graphs is None:
-            slots = [s.slot for s in live]
-            d = torch.tensor([[s.gen[-1], s.cache_len, s.slot] for s in live], dtype=torch.int64).to(dev)
-            ones = torch.ones(len(live), dtype=torch.int64, device=dev)
-            return self.model(d[:, :1], d[:, 2], d[:, 1], ones, t_max, spans=plan_spans(slots, lens, self.span_cost))
-        hi = live[-1].slot + 1
+    @property
+    def span_cost(self) -> int | None:
+        """Decode by spans (attention.plan_spans) at this cost, or None: every row reads up to
+        the longest row (CUDA: graphs need one shape per step)."""
+        return self._span_cost if self.spans and self.graphs is None else None
+
+    def decode(self, b: DecodeBatch) -> tuple[Tensor, Tensor]:
+        """One decode forward feeding each row's newest token: logits [B, V] fp32 and the rows'
+        state (SlotState.ints rows, gathered before the step)."""
+        x = self.state.ints[b.idx]
+        n = len(b.slots)
+        if b.spans is not None:
+            return self.model(x[:, :1], b.idx, x[:, 1], self._ones[:n], b.t_max, spans=b.spans), x
+        hi = b.slots[-1] + 1
         if self.graphs is not None:
             hi = self.graphs.rows_bucket(hi)  # graphs run a fixed row count: pad with idle rows
-        if self.graphs is not None or 2 * len(live) >= hi:
-            # Rows are slots 0..hi-1 (cache views); idle rows feed token 0 at the scratch cell.
-            rows: slice | Tensor = slice(0, hi)
-            seqs: list[Seq | None] = [None] * hi
-            for s in live:
-                seqs[s.slot] = s
-        else:
-            seqs = list(live)
-            rows = torch.tensor([s.slot for s in live], device=dev)
-        data = [[s.gen[-1], s.cache_len] if s is not None else [0, self.max_len] for s in seqs]
-        d = torch.tensor(data, dtype=torch.int64).to(dev)
+        if self.graphs is None and 2 * n < hi:  # few live rows: gather their slots
+            return self.model(x[:, :1], b.idx, x[:, 1], self._ones[:n], b.t_max), x
+        # Rows are slots 0..hi-1 (cache views); idle rows feed token 0 at the scratch cell.
+        d = self._idle[:hi].clone()
+        d[b.idx] = x[:, :2]
         if self.graphs is not None:
-            logits = self.graphs.run(d, t_max)
+            logits = self.graphs.run(d, b.t_max)
         else:
-            ones = torch.ones(len(seqs), dtype=torch.int64, device=dev)
-            logits = self.model(d[:, :1], rows, d[:, 1], ones, t_max)
-        if isinstance(rows, slice) and len(live) < hi:
-            logits = logits[torch.tensor([s.slot for s in live], device=dev)]
-        return logits
+            logits = self.model(d[:, :1], slice(0, hi), d[:, 1], self._ones[:hi], b.t_max)
+        return (logits[b.idx] if n < hi else logits), x

@@ -63,14 +63,14 @@ def sample(
     return torch.where(temperature > 0, drawn, greedy)
 
 
-def next_tokens(logits: Tensor, params: list[SamplingParams], positions: list[int], vhash: Tensor) -> list[int]:
-    """One token per row of logits [B, V], row b drawn with params[b] at positions[b] (the
-    position of the token being sampled). One host sync; all-greedy batches skip `sample`."""
+def next_tokens(logits: Tensor, params: list[SamplingParams], positions: list[int], vhash: Tensor) -> Tensor:
+    """One token per row of logits [B, V] (a tensor: the caller syncs once), row b drawn with
+    params[b] at positions[b] (the position of the token being sampled)."""
     if all(p.temperature <= 0 for p in params):
-        return logits.argmax(-1).tolist()
+        return logits.argmax(-1)
     dev = logits.device
     f = torch.tensor([[p.temperature, p.top_p] for p in params], dtype=torch.float32).to(dev)
     i = torch.tensor([[p.top_k, (p.seed ^ (p.seed >> 32)) & _M32, pos] for p, pos in zip(params, positions)],
                      dtype=torch.int64).to(dev)
     filtered = any(p.top_k > 0 or p.top_p < 1.0 for p in params if p.temperature > 0)
-    return sample(logits, f[:, 0], i[:, 0], f[:, 1], i[:, 1], i[:, 2], vhash, filtered).tolist()
+    return sample(logits, f[:, 0], i[:, 0], f[:, 1], i[:, 1], i[:, 2], vhash, filtered)

@@ -33,6 +33,9 @@ class Seq:
     stop_last: frozenset = frozenset()  # last characters of the stop strings
     stop_window: int = 0  # tokens decoded to look for a stop string
     order: int = 0  # submission number: requests finishing in one step complete in this order
+    end_pos: int = 0  # position of the last token the length limit allows
+    stop_group: int = 0  # its stop strings' row in the engine's FinishTable
+    sampling: int = 0  # 0 greedy, 1 sampled, 2 sampled with top-k / top-p
 
     @property
     def cache_len(self) -> int:
@@ -51,7 +54,7 @@ class Scheduler:
 
     # ---- counts ------------------------------------------------------------------
     def n_live(self) -> int:
-        return sum(s is not None for s in self.live)
+        return self.max_slots - self.live.count(None)
 
     def free_slots(self) -> int:
         # Kept caches count as free: they are evicted (LRU) when a slot is needed.
@@ -76,6 +79,8 @@ class Scheduler:
         Sequences with a kept cache take its slot first; the others take free slots longest
         prompt first, so rows admitted together lie in slots by decreasing length and decode
         attention reads them in few spans (model_runner.plan_spans)."""
+        if not self.queue:
+            return []
         room = self.max_slots - self.n_live()
         admitted, fresh = [], []
         while self.queue and room > 0:
@@ -86,8 +91,12 @@ class Scheduler:
                 continue
             toks, self.slot_tokens[slot] = self.slot_tokens[slot], []
             admitted.append(self._place(seq, slot, toks))
-        for seq in sorted(fresh, key=lambda s: -len(s.ids)):  # stable: FIFO among equals
-            admitted.append(self._place(seq, self._free_slot(), []))
+        if fresh:
+            kept_slots = set(self.kept.values())
+            free = [i for i in range(self.max_slots) if self.live[i] is None and i not in kept_slots]
+            free.reverse()  # pop() gives the lowest free slot: it keeps decode rows packed
+            for seq in sorted(fresh, key=lambda s: -len(s.ids)):  # stable: FIFO among equals
+                admitted.append(self._place(seq, free.pop() if free else self._evict(), []))
         return admitted
 
     def _place(self, seq: Seq, slot: int, toks: list[int]) -> Seq:
@@ -98,13 +107,8 @@ class Scheduler:
         self.live[slot] = seq
         return seq
 
-    def _free_slot(self) -> int:
-        """The lowest slot neither live nor kept, else the least recently kept one (evicted);
-        the caller checked that one exists."""
-        kept_slots = set(self.kept.values())
-        for slot in range(self.max_slots):  # lowest free slot keeps decode rows packed
-            if self.live[slot] is None and slot not in kept_slots:
-                return slot
+    def _evict(self) -> int:
+        """The slot of the least recently kept cache, dropped (the caller checked one exists)."""
         _, slot = self.kept.popitem(last=False)
         self.slot_tokens[slot] = []
         return slot
