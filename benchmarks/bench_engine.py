@@ -2,13 +2,15 @@
 
 Workload: `--prompts` Countdown-style prompts of varying length, `--new-tokens` greedy
 tokens each (EOS ignored on both sides so every sequence runs the full length), all in one
-batch (`--slots` >= `--prompts`). Reports the median over `--repeats` runs, the machine,
+batch (`--slots` >= `--prompts`). Engine and HF runs alternate (both see the same machine
+load). Reports the median over `--repeats` runs, the machine,
 and on CUDA the median decode-step time and a memory-bandwidth floor for it
 (bytes of weights + KV read per step / bandwidth).
 
     .venv/bin/python benchmarks/bench_engine.py                      # random small Llama, CPU
     .venv/bin/python benchmarks/bench_engine.py --preset paper --device cuda --new-tokens 512
     .venv/bin/python benchmarks/bench_engine.py --model runs/sft/final
+    .venv/bin/python benchmarks/bench_engine.py --fork 16 --new-tokens 128   # children sharing a parent's cache
 """
 
 from __future__ import annotations
@@ -117,6 +119,58 @@ def run_hf(model, tok, ps: list[str], n: int, device) -> tuple[float, int]:
     return time.perf_counter() - t0, (out.shape[1] - enc["input_ids"].shape[1]) * len(ps)
 
 
+def run_fork(hf, tok, args, device, dtype) -> dict:
+    """A parent of ~fork_prefix tokens (kept), then K children whose prompts extend its context:
+    without prefix_key (prefilled), with it copied (share_prefix=False), with it shared."""
+    parent = "".join(prompts(64, seed=1))[: args.fork_prefix - 1]
+    out = {"machine": machine(device), "children": args.fork, "new_tokens": args.new_tokens}
+    ref = None
+    for mode in ("prefill", "copy", "share"):
+        eng = LocalEngine(hf, tok, max_slots=args.fork + 1, max_len=args.fork_prefix + args.new_tokens + 64,
+                          device=device, dtype=dtype, share_prefix=mode == "share")
+        eng.eos_ids = set()
+        a = eng.model.args
+        cell = 2 * a.n_layers * a.n_kv_heads * a.head_dim * torch.finfo(dtype).bits // 8  # K and V, every layer
+        (p,) = eng.run([Request("p", parent, 8, [], cache_key="p")])
+        ctx = parent + p.text
+        kids = [Request(f"c{i}", ctx + f"\nMoving to Node #0,{i}\n", args.new_tokens, [],
+                        prefix_key=None if mode == "prefill" else "p") for i in range(args.fork)]
+        before = dict(eng.stats)
+        res = []
+        for _ in range(args.repeats):
+            res.append(_run_reqs(eng, kids))
+        st = {k: (eng.stats[k] - before[k]) // args.repeats for k in eng.stats}
+        outs = eng.run(kids)
+        toks = [c.token_ids for c in outs]
+        ref = ref or toks
+        prompt = outs[0].prompt_tokens
+        own = prompt - (st["prefix_shared"] // args.fork if mode == "share" else 0) + args.new_tokens
+        out[mode] = {
+            "prefill_tokens_per_child": st["prefill_tokens"] / args.fork,
+            "prefix_tokens_shared_per_child": st["prefix_shared"] / args.fork,
+            "prefix_tokens_copied_per_child": st["prefix_copied"] / args.fork,
+            "kv_cells_per_child": own, "kv_MB_per_child": round(own * cell / 1e6, 3),
+            "slot_MB_allocated_per_child": round((eng.max_len + 1) * cell / 1e6, 3),
+            "children_tok_s": round(statistics.median(n / t for t, n, _ in res), 1),
+            "decode_step_ms_median": round(statistics.median(x for _, _, st_ in res for x in st_[2:]) * 1e3, 3),
+            "tokens_identical_to_prefill": toks == ref,
+        }
+        out["prompt_tokens_per_child"] = prompt
+    return out
+
+
+def _run_reqs(eng: LocalEngine, reqs: list) -> tuple[float, int, list[float]]:
+    t0 = time.perf_counter()
+    for r in reqs:
+        eng.submit(r)
+    steps, total = [], 0
+    while eng.pending():
+        s = time.perf_counter()
+        total += sum(c.n_tokens for c in eng.poll())
+        steps.append(time.perf_counter() - s)
+    return time.perf_counter() - t0, total, steps
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="HF Llama folder (default: a random model of --preset)")
@@ -134,6 +188,10 @@ def main() -> int:
                     help="also compare greedy tokens with HF generate on N prompts")
     ap.add_argument("--bandwidth", type=float, default=0, help="GB/s for the floor estimate (default: by GPU name)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--fork", type=int, default=0, metavar="K",
+                    help="instead: a parent of --fork-prefix tokens and K children forked from it (prefix_key), "
+                         "children's prefix prefilled vs copied vs shared")
+    ap.add_argument("--fork-prefix", type=int, default=1024)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,8 +219,17 @@ def main() -> int:
     eos_ids, eng.eos_ids = eng.eos_ids, set()  # run every sequence to --new-tokens, like min_new_tokens on the HF side
     hf = hf.to(device)
 
+    if args.fork:
+        print(json.dumps(run_fork(hf, tok, args, device, dtype), indent=1))
+        return 0
     run_engine(eng, ps[: min(4, len(ps))], 8)  # warm-up
-    res_e = [run_engine(eng, ps, args.new_tokens) for _ in range(args.repeats)]
+    res_e, res_h = [], []
+    if not args.skip_hf:
+        run_hf(hf, tok, ps[:4], 4, device)  # warm-up
+    for _ in range(args.repeats):  # engine and HF alternate: both see the same machine load
+        res_e.append(run_engine(eng, ps, args.new_tokens))
+        if not args.skip_hf:
+            res_h.append(run_hf(hf, tok, ps, args.new_tokens, device))
     tps_e = statistics.median(t / s for s, t, _ in res_e)
     result = {
         "date": datetime.date.today().isoformat(), "machine": machine(device), "model": what,
@@ -206,12 +273,11 @@ def main() -> int:
         result["check_common_prefix_mean"] = round(statistics.mean(prefix), 1)
         result["check_len_mean"] = round(statistics.mean(len(c.token_ids) for c in outs), 1)
     if not args.skip_hf:
-        run_hf(hf, tok, ps[:4], 4, device)  # warm-up
-        res_h = [run_hf(hf, tok, ps, args.new_tokens, device) for _ in range(args.repeats)]
         tps_h = statistics.median(t / s for s, t in res_h)
         result["hf_generate_tok_s"] = round(tps_h, 1)
         result["hf_runs_s"] = [round(s, 3) for s, _ in res_h]
         result["speedup"] = round(tps_e / tps_h, 2)
+        result["speedup_per_repeat"] = [round(h / e, 2) for (e, _, _), (h, _) in zip(res_e, res_h)]
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -30,6 +30,9 @@ class Request:
     # Keep this KV cache after completion; a later request with the same key reuses the
     # longest common token prefix (only the rest is prefilled).
     cache_key: str | None = None
+    # A kept cache (another request's cache_key, e.g. the parent's) whose longest common token
+    # prefix with this prompt is read in place, not prefilled (engines may ignore it).
+    prefix_key: str | None = None
 
 
 @dataclass

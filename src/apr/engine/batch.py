@@ -52,7 +52,12 @@ class DecodeBatch:
         self.sampled, self.filtered = max(kinds) > 0, 2 in kinds
         lens = [len(s.ids) + len(s.gen) for s in seqs]  # positions each row attends, the new token's included
         self.t_max = max(lens)
-        self.spans: list[Span] | None = plan_spans(self.slots, lens, span_cost) if span_cost is not None else None
+        pre = [(s.p_slot, s.p_len) for s in seqs] if any(s.p_slot >= 0 for s in seqs) else None
+        self.spans: list[Span] | None = plan_spans(self.slots, lens, span_cost, pre) if span_cost is not None else None
+        self.prefix: Tensor | None = None  # [B, 2] shared prefixes (slot, length), for decode without spans
+        if pre is not None and self.spans is None:
+            self.prefix = torch.tensor([(p if p >= 0 else s, n) for (p, n), s in zip(pre, self.slots)],
+                                       dtype=torch.int64).to(device)
 
     def same_rows(self, seqs: list[Seq]) -> bool:
         return len(seqs) == len(self.seqs) and all(a is b for a, b in zip(seqs, self.seqs))

@@ -15,6 +15,8 @@ tokens (the rest is padding). Attention reads only `cache[:, :, :T]` with
 `T = max(start + n_valid)` (the batch's longest live length), masked per row by position,
 so cost grows with the live lengths, not with `max_len`. A decode step may instead pass
 `spans` (attention.py): groups of rows that each read only up to their own longest row.
+Rows may read their first positions from another slot (`prefix`, or a span's `p_slot`): a
+shared prefix, e.g. a parent's cache its children were forked from (scheduler.py).
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ class Transformer(nn.Module):
         t_max: int,  # max(start + n_valid) over rows that matter: the attended length
         all_logits: bool = False,
         spans: list[Span] | None = None,  # decode (S = 1) only: attention span by span
+        prefix: Tensor | None = None,  # [B, 2]: row b reads positions [0, prefix[b, 1]) from slot prefix[b, 0]
     ) -> Tensor:
         """Logits at each row's last valid token ([B, V], fp32), or at every position."""
         a = self.args
@@ -205,6 +208,9 @@ class Transformer(nn.Module):
         # which keeps softmax finite; their output is ignored.
         mask = torch.arange(t_max, device=tokens.device)[None, None, :] <= rpos[:, :, None]  # [B, S, T]
         slot_idx = rows if isinstance(rows, Tensor) else torch.arange(rows.start, rows.stop, device=tokens.device)
+        if prefix is not None and spans is None:
+            tpos = torch.arange(t_max, device=tokens.device)[None, :]
+            phys = torch.where(tpos < prefix[:, 1:], prefix[:, :1], slot_idx[:, None])  # [B, T] slot of each cell
 
         x = self.embed(tokens)
         nq, nkv, hd = a.n_heads, a.n_kv_heads, a.head_dim
@@ -223,6 +229,11 @@ class Transformer(nn.Module):
             vc[slot_idx[:, None], :, wpos] = v
             if spans is not None:
                 y = attend_spans(q, kc, vc, spans, mask)
+            elif prefix is not None:
+                # Rows read a shared prefix from another slot: gather [B, T] cells (a copy;
+                # prefill, or decode without spans).
+                ks, vs = kc[phys, :, tpos], vc[phys, :, tpos]  # [B, T, nkv, hd]
+                y = attend(q, ks.transpose(1, 2), vs.transpose(1, 2), mask, nkv)
             else:
                 # A slice gives views of the cache (no copy); an index tensor gathers.
                 y = attend(q, kc[rows, :, :t_max], vc[rows, :, :t_max], mask, nkv)  # [B, S, nq * hd]

@@ -47,6 +47,7 @@ class LocalEngine(Engine):
         prefill_budget: int | None = None,  # padded tokens per prefill forward
         record_logits: bool = False,  # keep each request's first-token logits (tests)
         cuda_graphs: bool | None = None,  # default: on for CUDA
+        share_prefix: bool | None = None,  # prefix_key: read the parent's cache (default), or copy it
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -64,7 +65,15 @@ class LocalEngine(Engine):
         self.runner = ModelRunner(hf, self.device, self.dtype, max_slots, max_len,
                                   prefill_chunk=prefill_chunk, prefill_budget=prefill_budget, cuda_graphs=cuda_graphs)
         del hf
-        self.scheduler = Scheduler(max_slots)
+        # prefix_shared / prefix_copied: prompt tokens read in place from / copied from another
+        # request's kept cache (prefix_key); cow_copied: copied because readers pinned a cache
+        # its own key wanted to overwrite. All are in cached_tokens, none in prefill_tokens.
+        self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "decode_steps": 0, "generated": 0,
+                      "prefix_shared": 0, "prefix_copied": 0, "cow_copied": 0}
+        # Children read a shared prefix in place where decode runs by spans (the CPU); CUDA graphs
+        # decode every row from its own slot, so there children copy it (prefill still saved).
+        share = (self.runner.span_cost is not None) if share_prefix is None else share_prefix and self.runner.graphs is None
+        self.scheduler = Scheduler(max_slots, share=share, stats=self.stats)
         self.vhash = vocab_hash(self.model.args.vocab_size, self.device)
 
         eos = set()
@@ -77,7 +86,6 @@ class LocalEngine(Engine):
         self._batch: DecodeBatch | None = None  # the decode rows of the last step
 
         self.done: list[Completion] = []
-        self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "decode_steps": 0, "generated": 0}
         self.first_logits: dict[str, Tensor] | None = {} if record_logits else None
 
     @property
@@ -123,6 +131,11 @@ class LocalEngine(Engine):
     def poll(self) -> list[Completion]:
         with torch.inference_mode():
             admitted = self.scheduler.admit()
+            for s in admitted:  # every copy before any forward writes a slot
+                if s.copy_from is not None:
+                    src, n = s.copy_from
+                    self.runner.copy_prefix(src, s.slot, n)
+                    s.copy_from = None
             if admitted:
                 for group in self.runner.prefill(admitted):
                     self.stats["prefill_tokens"] += group.n_tokens

@@ -117,6 +117,13 @@ class ModelRunner:
     def load_hf_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         self.model.load_hf_state_dict(state_dict)  # in place: captured graphs stay valid
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Copy the first n cache positions of slot src into slot dst (every layer)."""
+        if src != dst:
+            for kc, vc in zip(self.model.k_cache, self.model.v_cache):
+                kc[dst, :, :n] = kc[src, :, :n]
+                vc[dst, :, :n] = vc[src, :, :n]
+
     def free(self) -> None:
         self.model.k_cache, self.model.v_cache = [], []
 
@@ -135,12 +142,13 @@ class ModelRunner:
             for i, s in enumerate(group):
                 n = min(S, len(s.ids) - s.pos)
                 tokens[i, :n] = torch.tensor(s.ids[s.pos:s.pos + n])
-                meta.append((s.slot, s.pos, n))
+                meta.append((s.slot, s.pos, n, s.p_slot if s.p_slot >= 0 else s.slot, s.p_len))
             m = torch.tensor(meta, dtype=torch.int64).to(dev)
-            t_max = max(p + n for _, p, n in meta)
-            logits = self.model(tokens.to(dev), m[:, 0], m[:, 1], m[:, 2], t_max)
+            t_max = max(p + n for _, p, n, _, _ in meta)
+            prefix = m[:, 3:] if any(s.p_slot >= 0 for s in group) else None
+            logits = self.model(tokens.to(dev), m[:, 0], m[:, 1], m[:, 2], t_max, prefix=prefix)
             idx = []
-            for i, (s, (_, p, n)) in enumerate(zip(group, meta)):
+            for i, (s, (_, p, n, _, _)) in enumerate(zip(group, meta)):
                 s.pos = p + n
                 if s.pos == len(s.ids):
                     idx.append(i)
@@ -148,7 +156,7 @@ class ModelRunner:
                     todo.append(s)  # a long prompt: next chunk in a later forward
             if idx:
                 logits = logits[torch.tensor(idx, device=dev)]
-            yield PrefillGroup([group[i] for i in idx], logits if idx else logits[:0], sum(n for _, _, n in meta))
+            yield PrefillGroup([group[i] for i in idx], logits if idx else logits[:0], sum(m[2] for m in meta))
 
     @property
     def span_cost(self) -> int | None:
@@ -163,6 +171,8 @@ class ModelRunner:
         n = len(b.slots)
         if b.spans is not None:
             return self.model(x[:, :1], b.idx, x[:, 1], self._ones[:n], b.t_max, spans=b.spans), x
+        if b.prefix is not None:  # shared prefixes without spans: gather every row's cells
+            return self.model(x[:, :1], b.idx, x[:, 1], self._ones[:n], b.t_max, prefix=b.prefix), x
         hi = b.slots[-1] + 1
         if self.graphs is not None:
             hi = self.graphs.rows_bucket(hi)  # graphs run a fixed row count: pad with idle rows
