@@ -63,12 +63,13 @@ def demonstrations(problems: Iterator[Problem], seed: int, cfg, workers: int = 1
 def write_problems(splits: list[tuple[Path, int]], seed: int, task: TaskConfig, exclude: set,
                    workers: int = 1, progress: bool = False) -> None:
     """Draw sum(n) solvable problems from one seeded stream into the files of `splits`
-    ((path, n) in order), none of them in `exclude` (problem keys) or in two files."""
+    ((path, n) in order), none of them in `exclude` (problem keys) or in two files. A
+    progress bar when `progress` and stderr is a terminal."""
     from tqdm import tqdm
 
     total = sum(n for _, n in splits)
     stream = generate(total, seed, task, exclude, workers=workers)
-    with tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=not progress) as bar:
+    with tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=None if progress else True) as bar:
         for path, n in splits:
             with atomic_write(path) as f:
                 for _ in range(n):
@@ -79,7 +80,8 @@ def write_problems(splits: list[tuple[Path, int]], seed: int, task: TaskConfig, 
 def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: int, workers: int = 1,
                  progress: bool = False) -> tuple[int, int]:
     """A solver's demonstrations of every problem of a file into `out` (atomically);
-    returns (demonstrations, solved). The whole problem file is validated first."""
+    returns (demonstrations, solved). The whole problem file is validated first. A progress
+    bar when `progress` and stderr is a terminal."""
     from tqdm import tqdm
 
     count = sum(1 for _ in iter_problems(problems))
@@ -87,7 +89,8 @@ def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: in
     with atomic_write(out) as f:
         lines = demonstrations((p for _, p in iter_problems(problems)), seed, cfg, workers)
         desc = "apr traces" if isinstance(cfg, AprConfig) else "sos traces"
-        for line in tqdm(lines, total=count, desc=desc, unit="trace", file=sys.stderr, disable=not progress):
+        for line in tqdm(lines, total=count, desc=desc, unit="trace", file=sys.stderr,
+                         disable=None if progress else True):
             solved += '"solved": true' in line
             f.write(line + "\n")
     return count, solved

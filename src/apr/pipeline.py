@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,8 @@ from apr.runtime import RuntimeOptions
 from apr.search import AprConfig, SosConfig
 
 STAGES = ("data", "train", "eval", "report", "export")
+log = logging.getLogger(__name__)
+
 @dataclass
 class Preset:
     num_count: int
@@ -68,8 +70,8 @@ PRESETS = {
     # Countdown-4 as published, on one H100/H200. 12,000 problems are ~105M APR demonstration
     # tokens (8.8k per problem) and ~16M SoS+ tokens. The APR model trains for 220 s (on an
     # H200 with flex attention, ~1.15M tokens/s: ~250M tokens, ~2.4 epochs), the SoS+ model
-    # for as many steps. Measured on 2026-11-28 (docs/reports/gpu): 130 s planned from slow
-    # early steps gave 334 steps (44M tokens) and models that solved nothing.
+    # for as many steps. Fewer tokens do not teach the task: 44M tokens (334 steps) gave models
+    # that solved nothing (docs/reports/gpu).
     "gpu": Preset(num_count=4, train_problems=12000, model="gpu-10m", steps=5000, batch_size=32, context=4096, lr=1e-3,
                   warmup=30, eval_limit=1000, cons_n=4, cons_limit=300, budgets=[2, 6], workers=16,
                   max_in_flight=256, dtype="bfloat16", train_seconds=220, attn="flex_attention"),
@@ -82,7 +84,7 @@ def val_file(out: Path, p: Preset) -> Path:
 
 # ---------------------------------------------------------------------------- stages
 
-def stage_data(out: Path, p: Preset, seed: int) -> None:
+def stage_data(out: Path, p: Preset, seed: int, progress: bool = False) -> None:
     d = out / "data"
     if (d / "done.json").exists():
         old = json.loads((d / "done.json").read_text())
@@ -91,17 +93,19 @@ def stage_data(out: Path, p: Preset, seed: int) -> None:
             if old["preset"].get(key) != now["preset"][key]:
                 raise UserError(f"data/ was made with {key} {old['preset'].get(key)}, not {now['preset'][key]}; "
                                 "delete it or use another --out", str(out))
-        return print(f"data: exists ({d})", file=sys.stderr)
+        log.info(f"data: exists ({d})")
+        return
     task = TaskConfig(num_count=p.num_count)
     shared_val = val_file(out, dataclasses.replace(p, val_problems=0))
     if p.val_problems:  # a validation set of this task, disjoint from the shared one too
-        write_problems([(d / "val.jsonl", p.val_problems)], seed + 1, task, problem_keys([shared_val]), p.workers)
+        write_problems([(d / "val.jsonl", p.val_problems)], seed + 1, task, problem_keys([shared_val]), p.workers,
+                       progress)
     write_problems([(d / "train.jsonl", p.train_problems)], seed, task, problem_keys([shared_val, val_file(out, p)]),
-                   p.workers)
+                   p.workers, progress)
     solvers = {"apr": AprConfig(sub_call_budget=bool(p.budgets)), "sos": SosConfig()}
     for solver, solver_cfg in solvers.items():
         raw = d / f"{solver}.raw.jsonl"
-        write_traces(d / "train.jsonl", raw, solver_cfg, seed, p.workers)
+        write_traces(d / "train.jsonl", raw, solver_cfg, seed, p.workers, progress)
         # Tag every demonstration with its task, so the trained model's apr.json records it.
         with atomic_write(d / f"{solver}.jsonl") as f, open(raw) as src:
             for line in src:
@@ -111,7 +115,7 @@ def stage_data(out: Path, p: Preset, seed: int) -> None:
         json.dump({"preset": dataclasses.asdict(p), "task": task.as_dict(), "seed": seed}, f, indent=2)
 
 
-def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]:
+def stage_train(out: Path, p: Preset, seed: int, device: str, progress: bool = True) -> dict[str, Path]:
     import yaml
 
     from apr.train.config import load_config
@@ -142,9 +146,9 @@ def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]
             cfg = load_config(None, sets)
             t0 = time.perf_counter()
             resume = (run / "checkpoints" / "latest").exists()
-            print(f"train {method}: {p.model}, {steps} steps x {p.batch_size} x {p.context} tokens"
-                  + (f", at most {budget:.0f} s" if budget else ""), file=sys.stderr)
-            train_sft(cfg, resume=resume)
+            log.info(f"train {method}: {p.model}, {steps} steps x {p.batch_size} x {p.context} tokens"
+                     + (f", at most {budget:.0f} s" if budget else ""))
+            train_sft(cfg, resume=resume, progress=progress)
             with atomic_write(run / "time.json") as f:
                 json.dump({"train_seconds": time.perf_counter() - t0, "resumed": resume}, f)
         if method == "apr":
@@ -155,7 +159,7 @@ def stage_train(out: Path, p: Preset, seed: int, device: str) -> dict[str, Path]
     return finals
 
 
-def eval_runs(out: Path, p: Preset, device: str = "auto") -> list[tuple[str, EvalSpec]]:
+def eval_runs(out: Path, p: Preset, device: str = "auto", progress: bool = False) -> list[tuple[str, EvalSpec]]:
     """(run folder name, evaluation) of the evaluation stage, most important first: a stage
     cut short by a time limit loses the least."""
     apr_m, sos_m, val = out / "train" / "apr" / "final", out / "train" / "sos" / "final", val_file(out, p)
@@ -166,7 +170,7 @@ def eval_runs(out: Path, p: Preset, device: str = "auto") -> list[tuple[str, Eva
             if model else EngineSpec(context=runtime.context)
         return name, EvalSpec(method=method, out=out / "eval" / name, engine=engine,
                               runtime=dataclasses.replace(runtime, **changes), problems=str(val), limit=limit,
-                              progress=False)
+                              progress=progress)
 
     runs = [spec("apr", "apr", apr_m, p.eval_limit), spec("sos", "sos", sos_m, p.eval_limit),
             spec("solver_apr", "solver-apr", None, p.eval_limit), spec("solver_sos", "solver-sos", None, p.eval_limit)]
@@ -177,12 +181,12 @@ def eval_runs(out: Path, p: Preset, device: str = "auto") -> list[tuple[str, Eva
     return runs
 
 
-def stage_eval(out: Path, p: Preset, device: str) -> list[Path]:
+def stage_eval(out: Path, p: Preset, device: str, progress: bool = False) -> list[Path]:
     dirs = []
-    for name, spec in eval_runs(out, p, device):
+    for name, spec in eval_runs(out, p, device, progress):
         t0 = time.perf_counter()
         evaluate(spec)  # resumes by itself: finished records are kept
-        print(f"eval {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        log.info(f"eval {name}: {time.perf_counter() - t0:.0f} s")
         dirs.append(spec.out)
     return dirs
 
@@ -201,7 +205,7 @@ def stage_export(out: Path, export: Path, command: str) -> None:
         if src_val.exists():
             shutil.copyfile(src_val, dest / "val_problems.jsonl")
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
-        print(f"export {method}: {dest} ({size:.1f} MB)", file=sys.stderr)
+        log.info(f"export {method}: {dest} ({size:.1f} MB)")
     readme = export.parent / "README.md"
     with atomic_write(readme) as f:
         f.write(f"# Default models\n\n`{export.name}/` (APR) and `{export.name}-sos/` (SoS+) were made by:\n\n"
@@ -212,8 +216,10 @@ def stage_export(out: Path, export: Path, command: str) -> None:
 # ---------------------------------------------------------------------------- the run
 
 def run_pipeline(preset: str, p: Preset, out: Path, stages: list[str], seed: int = 0, device: str = "auto",
-                 export: Path | None = None, command: str = "apr pipeline (from Python)") -> dict[str, float]:
-    """Run the named stages in pipeline order; returns seconds per stage (also timings.json)."""
+                 export: Path | None = None, command: str = "apr pipeline (from Python)",
+                 progress: bool = False) -> dict[str, float]:
+    """Run the named stages in pipeline order; returns seconds per stage (also timings.json).
+    `progress`: progress bars (on a terminal) for demonstrations, training and evaluation."""
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
@@ -228,18 +234,18 @@ def run_pipeline(preset: str, p: Preset, out: Path, stages: list[str], seed: int
             continue
         t0 = time.perf_counter()
         if stage == "data":
-            stage_data(out, p, seed)
+            stage_data(out, p, seed, progress)
         elif stage == "train":
-            stage_train(out, p, seed, device)
+            stage_train(out, p, seed, device, progress)
         elif stage == "eval":
-            stage_eval(out, p, device)
+            stage_eval(out, p, device, progress)
         elif stage == "report":
             dirs = [str(s.out) for _, s in eval_runs(out, p) if (s.out / "run.json").exists()]
-            print(f"report: {write_report(dirs, out / 'report')}", file=sys.stderr)
+            log.info(f"report: {write_report(dirs, out / 'report')}")
         elif stage == "export":
             stage_export(out, export, command)
         timings[stage] = round(time.perf_counter() - t0, 1)
-        print(f"stage {stage}: {timings[stage]} s", file=sys.stderr)
+        log.info(f"stage {stage}: {timings[stage]} s")
     with atomic_write(out / "timings.json") as f:
         json.dump(timings, f, indent=2)
     return timings

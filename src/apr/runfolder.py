@@ -28,12 +28,14 @@ def read_records(path: Path) -> list[tuple[int, Record]]:
 def append_records(path: Path, records: Iterable[Record], total: int, finished: int, desc: str,
                    progress: bool = True) -> Iterator[Record]:
     """Append each record to `path` as it comes (flushed), with a progress bar over `total`
-    of which `finished` were done before; yields the records. An engine failure stops the
+    of which `finished` were done before (when `progress` and stderr is a terminal); yields
+    the records. An engine failure stops the
     run with a one-line error that says the finished records were kept."""
     from tqdm import tqdm
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total, initial=finished, desc=desc, unit="sample", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=total, initial=finished, desc=desc, unit="sample", file=sys.stderr,
+               disable=None if progress else True)
     correct = 0
     with open(path, "a") as f:
         try:
@@ -108,6 +110,24 @@ class RunFolder:
             json.dump(summary, f, indent=2)
 
 
+def records_to_resume(path: Path, model: str, method: str) -> dict[int, Record]:
+    """The records an `apr run` into `path` resumes from, by problem index: none when the
+    file does not exist. A file that is not a records file, or holds records of another
+    model or method, is refused untouched (check it before loading a model)."""
+    done: dict[int, Record] = {}
+    try:
+        found = read_records(path)
+    except UserError as e:
+        raise UserError(f"--out is not an `apr run` records file: {e}") from None
+    for k, rec in found:
+        for key, want in (("model", model), ("method", method)):
+            if getattr(rec, key) != want:
+                raise UserError(f"holds records of another run ({key} {getattr(rec, key)!r}, not {want!r}); "
+                                "use another --out", str(path), k)
+        done[rec.index] = rec
+    return done
+
+
 def run_to_file(engine, cfg, problems: list[tuple[int, Problem]], path: Path, model: str,
                 progress: bool = True) -> dict[int, Record]:
     """`apr run`: run the problems not yet in the records file `path` (one sample each),
@@ -115,13 +135,7 @@ def run_to_file(engine, cfg, problems: list[tuple[int, Problem]], path: Path, mo
     holding records of another model or method is refused untouched."""
     from apr.runtime import Runtime
 
-    done: dict[int, Record] = {}
-    for k, rec in read_records(path):
-        for key, want in (("model", model), ("method", cfg.method)):
-            if getattr(rec, key) != want:
-                raise UserError(f"holds records of another run ({key} {getattr(rec, key)!r}, not {want!r}); "
-                                "use another --out", str(path), k)
-        done[rec.index] = rec
+    done = records_to_resume(path, model, cfg.method)
     todo = [(i, p) for i, p in problems if i not in done]
 
     def labelled():

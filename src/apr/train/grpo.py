@@ -21,6 +21,7 @@ so ranks may run different numbers of micro-batches.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import sys
 import time
@@ -55,13 +56,16 @@ from apr.train.data import default_eval_problems
 from apr.train.metrics import MetricsLog
 from apr.train.rewards import RewardFn, resolve_reward
 
+log = logging.getLogger(__name__)
+
 
 def step_seed(seed: int, step: int) -> int:
     return derive_seed(seed, step) & 0x7FFFFFFF
 
 
 class RLTrainer:
-    def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None):
+    def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True):
+        self.progress = progress
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.metrics = MetricsLog(self.out)
@@ -308,37 +312,41 @@ class RLTrainer:
     # ------------------------------------------------------------------ loop
 
     def train(self) -> Path:
+        from tqdm import tqdm
+
         cfg, main = self.cfg, self.rank == 0
         if main:
             start_run(self.out, cfg, self.metrics, self.step)
-            print(
-                f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
-                f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on {self.device.type}",
-                file=sys.stderr,
-            )
+            log.info(f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
+                     f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on "
+                     f"{self.device.type}")
         if cfg.eval_at_start and self.step == 0 and cfg.eval_every:
             self._validate_and_log()
+        # A bar on a terminal; elsewhere (a log file) one status line per step.
+        bar = tqdm(total=cfg.max_steps, initial=self.step, file=sys.stderr, unit="step", desc="rl",
+                   disable=None if main and self.progress else True)
+        step_line = log.debug if not bar.disable else log.info
         skipped_in_row = 0
         while self.step < cfg.max_steps:
             rec = self.train_step()
             skipped_in_row = skipped_in_row + 1 if "skipped" in rec else 0
             done = self.step == cfg.max_steps
+            bar.update(1)
             if main:
                 self.metrics.log(rec)
                 if "skipped" in rec:
-                    print(f"rl: step {rec['step']} skipped: {rec['skipped']}", file=sys.stderr)
+                    log.warning(f"rl: step {rec['step']} skipped: {rec['skipped']}")
                 else:
-                    print(
-                        f"rl: step {rec['step']}/{cfg.max_steps} reward {rec['reward']:.3f} kl {rec['kl']:.4f} "
-                        f"children {rec['children']:.1f} rollout {rec['rollout_s']:.1f}s learn {rec['learn_s']:.1f}s",
-                        file=sys.stderr,
-                    )
+                    bar.set_postfix(reward=f"{rec['reward']:.3f}", kl=f"{rec['kl']:.4f}", children=f"{rec['children']:.1f}")
+                    step_line(f"rl: step {rec['step']}/{cfg.max_steps} reward {rec['reward']:.3f} kl {rec['kl']:.4f} "
+                              f"children {rec['children']:.1f} rollout {rec['rollout_s']:.1f}s learn {rec['learn_s']:.1f}s")
             if skipped_in_row >= 3:
                 raise UserError(f"3 steps in a row skipped; last reason: {rec['skipped']}")
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
                 self._validate_and_log()
             if cfg.save_every and self.step % cfg.save_every == 0 and not done:
                 self.save_checkpoint()
+        bar.close()
         final = self.out / "final"
         if main:
             save_model(self.policy, self.tok, self.info, final)  # apr.json preserved from `init`
@@ -379,9 +387,10 @@ class RLTrainer:
         self.step = state["step"]
 
 
-def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None) -> Path:
-    """Run GRPO from `config.init`; returns OUT_DIR/final."""
-    trainer = RLTrainer(config, resume=resume, reward_fn=reward_fn)
+def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True) -> Path:
+    """Run GRPO from `config.init`; returns OUT_DIR/final. `progress`: a progress bar when
+    stderr is a terminal (else a status line per step, at INFO)."""
+    trainer = RLTrainer(config, resume=resume, reward_fn=reward_fn, progress=progress)
     try:
         return trainer.train()
     finally:

@@ -1,16 +1,35 @@
-"""Per-step metrics of a training run: OUT_DIR/metrics.jsonl and, when installed, TensorBoard."""
+"""Per-step metrics of a training run: OUT_DIR/metrics.jsonl and, when installed (the `tb`
+extra: `pip install 'apr[tb]'`), TensorBoard."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from apr.io import atomic_write
 
+log = logging.getLogger(__name__)
+_told_tb_off = False  # the hint is shown once per process
+
+
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter for `log_dir`, or None when the optional tensorboard
+    package is missing (said once: which extra installs it)."""
+    global _told_tb_off
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
+    except ImportError:
+        if not _told_tb_off:
+            _told_tb_off = True
+            log.info("TensorBoard logging off: pip install 'apr[tb]'")
+        return None
+    return SummaryWriter(str(log_dir))
+
 
 class MetricsLog:
     """Appends one JSON line per logged step; mirrors numeric values to TensorBoard
-    (OUT_DIR/tb) when the `tensorboard` package is installed."""
+    (OUT_DIR/tb) when the `tensorboard` package is installed (`pip install 'apr[tb]'`)."""
 
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / "metrics.jsonl"
@@ -20,12 +39,7 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard package
-
-                self._tb = SummaryWriter(str(self.path.parent / "tb"))
-            except ImportError:
-                self._tb = False
+            self._tb = tensorboard_writer(self.path.parent / "tb") or False
         if self._tb:
             for key, value in rec.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -13,7 +13,9 @@ not depend on how the batch is split into processes or micro-batches.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import logging
 import random
 import sys
 import time
@@ -46,12 +48,16 @@ from apr.train.common import (
 from apr.train.config import SFTConfig
 from apr.train.metrics import MetricsLog
 
+log = logging.getLogger(__name__)
+
 
 class SFTTrainer:
     """Builds data, model and optimizer from a config; `train()` runs to max_steps."""
 
-    def __init__(self, config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None):
+    def __init__(self, config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None,
+                 progress: bool = True):
         self.cfg = cfg = config
+        self.progress = progress
         self.out = Path(cfg.out_dir)
         self.metrics = MetricsLog(self.out)
         self.evaluate_accuracy = evaluate_accuracy
@@ -80,6 +86,9 @@ class SFTTrainer:
         self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
         self.sampler = EpochSampler(len(self.train_data), cfg.batch_size, cfg.seed)
 
+        if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise UserError("config: attn_implementation flash_attention_2 needs the flash-attn package (CUDA only: "
+                            "pip install flash-attn --no-build-isolation); or use flex_attention or sdpa")
         torch.manual_seed(cfg.seed)
         self.raw_model = make_model(cfg.model, self.tokenizer, cfg.attn_implementation).to(self.device)
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
@@ -141,8 +150,8 @@ class SFTTrainer:
             try:
                 val_data = D.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, val_stats)
             except UserError:  # a small held-out set whose documents are all longer than the context
-                print(f"validation: none of {docs} held-out documents fits {cfg.context} tokens; no validation loss",
-                      file=sys.stderr)
+                log.warning(f"validation: none of {docs} held-out documents fits {cfg.context} tokens; "
+                            "no validation loss")
         task = records[0][2].get("task") or dict(DEFAULT_TASK)
         return stats, train_data, val_data, method, task
 
@@ -217,8 +226,8 @@ class SFTTrainer:
             dist.broadcast(want, 0)  # every rank must stop at the same step
         new = min(cap, int(want.item()))
         if new != cfg.max_steps and self.rank == 0:
-            print(f"time budget {cfg.time_budget_s:.0f} s at {per_step * 1000:.0f} ms/step: "
-                  f"max_steps {cfg.max_steps} -> {new}", file=sys.stderr)
+            log.info(f"time budget {cfg.time_budget_s:.0f} s at {per_step * 1000:.0f} ms/step: "
+                     f"max_steps {cfg.max_steps} -> {new}")
         cfg.max_steps = new  # the scheduler reads cfg.max_steps: the cosine ends at `new`
         if self.rank == 0:
             write_config(self.out, cfg)
@@ -230,15 +239,17 @@ class SFTTrainer:
             with atomic_write(self.out / "data_stats.json") as f:
                 json.dump(vars(self.stats), f, indent=2)
             s = self.stats
-            print(
+            log.info(
                 f"data: {s.records} records -> {s.documents} documents, {s.rows} rows of {cfg.context} tokens "
                 f"({s.dropped_long} documents longer than the context dropped); model {cfg.model}: "
                 f"{count_params(self.raw_model) / 1e6:.1f}M non-embedding params; {self.world} process(es) on "
-                f"{self.device.type}",
-                file=sys.stderr,
+                f"{self.device.type}"
             )
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, file=sys.stderr, unit="step")
+        # A bar on a terminal; elsewhere (a log file, --quiet off) one status line per logged step.
+        bar = tqdm(total=cfg.max_steps, initial=self.step, file=sys.stderr, unit="step",
+                   disable=None if main and self.progress else True)
+        step_line = log.debug if not bar.disable else log.info
         tokens_per_step = cfg.batch_size * cfg.context
         loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
         t_start, first, cap = t0, self.step, cfg.max_steps
@@ -269,6 +280,9 @@ class SFTTrainer:
                 if main:
                     self.metrics.log(rec)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                    step_line(f"sft: step {self.step}/{cfg.max_steps} loss {loss:.4f}"
+                              + (f" val_loss {rec['val_loss']:.4f}" if "val_loss" in rec else "")
+                              + f" {rec['tokens_per_s']:.0f} tokens/s")
                 loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
             if cfg.save_every and self.step % cfg.save_every == 0 and not done:
                 self.save_checkpoint()
@@ -307,14 +321,16 @@ class SFTTrainer:
 
 
 def train_sft(
-    config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None
+    config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None,
+    progress: bool = True,
 ) -> Path:
     """Train a model from demonstrations; returns the final model folder (OUT_DIR/final).
 
     `evaluate_accuracy(model_dir) -> float`, when given, is called on the final model and
-    its result logged as `val_accuracy` (a hook for the runtime's evaluation).
+    its result logged as `val_accuracy` (a hook for the runtime's evaluation). `progress`:
+    a progress bar when stderr is a terminal (else a status line per logged step, at INFO).
     """
-    trainer = SFTTrainer(config, resume=resume, evaluate_accuracy=evaluate_accuracy)
+    trainer = SFTTrainer(config, resume=resume, evaluate_accuracy=evaluate_accuracy, progress=progress)
     try:
         return trainer.train()
     finally:
