@@ -15,13 +15,13 @@ def run(*args):
 
 def test_problems_traces_verify_round_trip(tmp_path):
     probs = tmp_path / "p.jsonl"
-    assert run("data", "problems", "--n", 40, "--seed", 3, "--out", probs, "--exclude", VAL, "--no-progress") == 0
+    assert run("data", "problems", "--n", 40, "--seed", 3, "--out", probs, "--exclude", VAL, "--quiet") == 0
     val_keys = {(tuple(sorted(json.loads(l)["nums"])), json.loads(l)["target"]) for l in open(VAL)}
     rows = [json.loads(l) for l in open(probs)]
     assert len(rows) == 40 and not val_keys & {(tuple(sorted(r["nums"])), r["target"]) for r in rows}
     for solver in ("apr", "sos"):
         out = tmp_path / f"{solver}.jsonl"
-        assert run("data", "traces", "--solver", solver, "--problems", probs, "--out", out, "--no-progress") == 0
+        assert run("data", "traces", "--solver", solver, "--problems", probs, "--out", out, "--quiet") == 0
         recs = [json.loads(l) for l in open(out)]
         assert len(recs) == 40
         assert {"nums", "target", "search_path", "trace_dict", "solved", "solver"} <= set(recs[0])
@@ -37,13 +37,13 @@ def test_problems_traces_verify_round_trip(tmp_path):
 
 def test_traces_same_for_any_worker_count(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", a, "--no-progress")
-    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", b, "--workers", 2, "--no-progress")
+    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", a, "--quiet")
+    run("data", "traces", "--solver", "apr", "--problems", VAL, "--out", b, "--workers", 2, "--quiet")
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_splits_are_disjoint(tmp_path):
-    assert run("data", "problems", "--splits", "train=60,val=20,test=20", "--out", tmp_path / "s", "--num-count", 3, "--no-progress") == 0
+    assert run("data", "problems", "--splits", "train=60,val=20,test=20", "--out", tmp_path / "s", "--num-count", 3, "--quiet") == 0
     keys = {}
     for name in ("train", "val", "test"):
         keys[name] = {(tuple(sorted(json.loads(l)["nums"])), json.loads(l)["target"]) for l in open(tmp_path / "s" / f"{name}.jsonl")}
@@ -73,7 +73,7 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, content, msg):
     if content is not None:
         src.write_text(content)
     out = tmp_path / "out.jsonl"
-    assert run("data", "traces", "--solver", "apr", "--problems", src, "--out", out, "--no-progress") == 2
+    assert run("data", "traces", "--solver", "apr", "--problems", src, "--out", out, "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and "in.jsonl" in err and len(err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
@@ -89,9 +89,10 @@ def test_bad_verify_line(tmp_path, capsys):
 
 
 def test_bad_options(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        run("data", "traces", "--solver", "nope", "--problems", VAL, "--out", tmp_path / "x")
-    assert e.value.code == 2
+    assert run("data", "traces", "--solver", "nope", "--problems", VAL, "--out", tmp_path / "x") == 2
+    assert "argument --solver: invalid choice" in capsys.readouterr().err
     assert run("data", "problems", "--n", 5, "--out", tmp_path / "x", "--target-min", 50, "--target-max", 10) == 2
     assert "bad target range" in capsys.readouterr().err
     assert run("data", "problems", "--n", 5, "--out", tmp_path / "x", "--num-count", 9) == 2
+    assert "--num-count" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

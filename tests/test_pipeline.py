@@ -10,7 +10,7 @@ def test_pipeline_smoke_and_resume(tmp_path, capsys):
     out, export = tmp_path / "p", tmp_path / "models" / "default"
     argv = ["pipeline", "--preset", "cpu", "--out", str(out), "--train-problems", "12", "--steps", "1",
             "--batch-size", "1", "--context", "1024", "--eval-context", "24", "--eval-limit", "1", "--cons-n", "2",
-            "--cons-limit", "1", "--budgets", "2", "--workers", "1", "--model", "cpu-mini"]
+            "--cons-limit", "1", "--budgets", "2", "--workers", "1", "--model-preset", "cpu-mini"]
     assert main([*argv, "--export", str(export)]) == 0
     for name in ("apr", "sos", "solver_apr", "solver_sos", "sos_cons2", "apr_budget2"):
         assert (out / "eval" / name / "summary.json").is_file(), name

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Iterator
 
 from apr.checker import check
+from apr.commands.options import (
+    add_deprecated_alias,
+    add_quiet,
+    int_in,
+    non_negative_int,
+    positive_int,
+    probability,
+    refuse_output_over_input,
+    splits,
+)
 from apr.countdown import TaskConfig, problem_keys
 from apr.data import write_problems, write_traces
 from apr.errors import UserError
@@ -23,32 +33,24 @@ def _task_from_args(args) -> TaskConfig:
     return task
 
 
-def _parse_splits(text: str) -> list[tuple[str, int]]:
-    out = []
-    for part in text.split(","):
-        name, _, n = part.partition("=")
-        if not name.strip() or not n.strip().isdigit():
-            raise UserError(f"--splits wants name=N[,name=N...], got {text!r}")
-        out.append((name.strip(), int(n)))
-    return out
-
-
 def cmd_problems(args) -> int:
     task = _task_from_args(args)
-    exclude = problem_keys(args.exclude or [])
     if args.splits:
-        splits = _parse_splits(args.splits)
+        if args.n is not None:
+            raise UserError("give --n or --splits, not both")
         out_dir = Path(args.out)
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError("with --splits, --out must be a directory", str(out_dir))
+        parts = args.splits
     else:
         if args.n is None:
             raise UserError("give --n N (or --splits name=N,...)")
-        if args.n < 0:
-            raise UserError(f"--n must be >= 0, got {args.n}")
-        splits = [(None, args.n)]
-    paths = [(Path(args.out) / f"{name}.jsonl" if name else Path(args.out), n) for name, n in splits]
-    write_problems(paths, args.seed, task, exclude, args.workers, args.progress)
+        parts = [(None, args.n)]
+    paths = [(Path(args.out) / f"{name}.jsonl" if name else Path(args.out), n) for name, n in parts]
+    for path, _ in paths:
+        refuse_output_over_input(path, [("--exclude", x) for x in args.exclude or []])
+    exclude = problem_keys(args.exclude or [])
+    write_problems(paths, args.seed, task, exclude, args.workers, progress=not args.quiet)
     for path, n in paths:
         print(f"wrote {n} problems to {path}", file=sys.stderr)
     return 0
@@ -56,13 +58,8 @@ def cmd_problems(args) -> int:
 
 def _solver_config(args) -> AprConfig | SosConfig:
     lo, hi = args.beam_min or 1, args.beam_max or (10 if args.solver == "apr" else 5)
-    if not 1 <= lo <= hi:
-        raise UserError(f"beam range must satisfy 1 <= --beam-min <= --beam-max, got {lo}..{hi}")
-    for name in ("spawn_prob", "sub_search_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UserError(f"--{name.replace('_', '-')} must be in 0..1")
-    if args.max_depth < 0 or args.child_beam_max < 1:
-        raise UserError("--max-depth must be >= 0 and --child-beam-max >= 1")
+    if lo > hi:
+        raise UserError(f"--beam-min must be <= --beam-max, got {lo}..{hi}")
     if args.solver == "apr":
         return AprConfig(
             beam_min=args.beam_min or 1,
@@ -82,13 +79,17 @@ def _solver_config(args) -> AprConfig | SosConfig:
 
 
 def cmd_traces(args) -> int:
+    refuse_output_over_input(args.out, [("--problems", args.problems)])
     count, solved = write_traces(Path(args.problems), Path(args.out), _solver_config(args), args.seed, args.workers,
-                                 args.progress)
+                                 progress=not args.quiet)
     print(f"wrote {count} {args.solver} demonstrations to {args.out} ({solved} solved)", file=sys.stderr)
     return 0
 
 
 def cmd_verify(args) -> int:
+    if args.out:
+        refuse_output_over_input(args.out, [("--input", args.input)])
+
     def results() -> Iterator[str]:
         for line, rec in read_records(args.input):
             nums, target, text = rec.get("nums"), rec.get("target"), rec.get("text")
@@ -112,46 +113,60 @@ def cmd_verify(args) -> int:
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-count", type=int, default=4, help="numbers per problem (2..6)")
-    p.add_argument("--num-min", type=int, default=1)
-    p.add_argument("--num-max", type=int, default=99)
-    p.add_argument("--target-min", type=int, default=10)
-    p.add_argument("--target-max", type=int, default=100)
+    g = p.add_argument_group("task")
+    g.add_argument("--num-count", type=int_in(2, 6), default=4, help="numbers per problem, 2..6")
+    g.add_argument("--num-min", type=non_negative_int, default=1, help="smallest number")
+    g.add_argument("--num-max", type=non_negative_int, default=99, help="largest number")
+    g.add_argument("--target-min", type=non_negative_int, default=10, help="smallest target")
+    g.add_argument("--target-max", type=non_negative_int, default=100, help="largest target")
 
 
 def register(sub) -> None:
-    data = sub.add_parser("data", help="generate problems and solver demonstrations")
-    dsub = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    data = sub.add_parser("data", help="draw problems and write solver demonstrations",
+                          description="Problem files and solver demonstrations (JSONL).")
+    dsub = data.add_subparsers(dest="data_command", metavar="WHAT", title="what to write", required=True)
 
-    p = dsub.add_parser("problems", help="draw solvable Countdown problems")
-    p.add_argument("--n", type=int, help="how many problems")
-    p.add_argument("--splits", help="several disjoint files, e.g. train=1000,val=100,test=100 (--out is a folder)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--exclude", action="append", help="keep every problem of this file out (repeatable)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p = dsub.add_parser("problems", help="draw solvable Countdown problems",
+                        description="Draw solvable Countdown problems into a JSONL file (or disjoint split files).")
+    p.add_argument("--n", type=non_negative_int, help="how many problems (or --splits)")
+    p.add_argument("--splits", type=splits, metavar="NAME=N,...",
+                   help="several disjoint files, e.g. train=1000,val=100,test=100 (--out is then a folder)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED", help="random seed; same seed, same problems")
+    p.add_argument("--out", required=True, metavar="PATH", help="JSONL file to write (a folder with --splits)")
+    p.add_argument("--exclude", action="append", metavar="FILE",
+                   help="keep every problem of this problem file out (repeatable)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes drawing problems")
+    add_quiet(p, "progress bar")
+    add_deprecated_alias(p, "--no-progress", "--quiet")
     _add_task_options(p)
     p.set_defaults(func=cmd_problems)
 
-    t = dsub.add_parser("traces", help="solver demonstrations in the published trace language (JSONL)")
-    t.add_argument("--solver", choices=["apr", "sos"], required=True)
-    t.add_argument("--problems", required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=1)
-    t.add_argument("--beam-min", type=int, help="smallest beam (default 1)")
-    t.add_argument("--beam-max", type=int, help="largest beam (default 10 for apr, 5 for sos)")
-    t.add_argument("--child-beam-max", type=int, default=15, help="apr: a child's beam is uniform in parent beam..this")
-    t.add_argument("--spawn-prob", type=float, default=0.9, help="apr: chance to spawn when >1 node was kept")
-    t.add_argument("--max-depth", type=int, default=1, help="apr: levels of spawning (children spawn again when >1)")
-    t.add_argument("--sub-search-prob", type=float, default=0.5, help="sos: chance to double down per expansion")
-    t.add_argument("--heuristic", choices=["mult", "sum"], default="mult")
-    t.add_argument("--sub-call-budget", action="store_true", help="apr: prefix `Sub Call Budget: N `")
-    t.add_argument("--no-progress", dest="progress", action="store_false")
+    t = dsub.add_parser("traces", help="solver demonstrations in the published trace language",
+                        description="One solver demonstration per problem (JSONL), in the published trace fields. "
+                        "Output is the same for any --workers.")
+    t.add_argument("--solver", choices=["apr", "sos"], required=True, help="apr (spawn/join) or sos (SoS+, serial)")
+    t.add_argument("--problems", required=True, metavar="FILE", help="problem file (JSONL or a JSON list of {nums, target})")
+    t.add_argument("--out", required=True, metavar="FILE", help="JSONL file to write (not the --problems file)")
+    t.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED", help="solver seed; each problem derives its own")
+    t.add_argument("--workers", type=positive_int, default=1, help="processes running the solver")
+    t.add_argument("--beam-min", type=positive_int, help="smallest beam width (default 1)")
+    t.add_argument("--beam-max", type=positive_int, help="largest beam width (default 10 for apr, 5 for sos)")
+    t.add_argument("--child-beam-max", type=positive_int, default=15,
+                   help="apr: a child's beam width is uniform in parent beam..this")
+    t.add_argument("--spawn-prob", type=probability, default=0.9, help="apr: chance to spawn when >1 node was kept, 0..1")
+    t.add_argument("--max-depth", type=non_negative_int, default=1,
+                   help="apr: levels of spawning (children spawn again when > 1)")
+    t.add_argument("--sub-search-prob", type=probability, default=0.5,
+                   help="sos: chance to double down per expansion, 0..1")
+    t.add_argument("--heuristic", choices=["mult", "sum"], default="mult", help="node ordering heuristic")
+    t.add_argument("--sub-call-budget", action="store_true", help="apr: prefix each prompt `Sub Call Budget: N `")
+    add_quiet(t, "progress bar")
+    add_deprecated_alias(t, "--no-progress", "--quiet")
     t.set_defaults(func=cmd_traces)
 
-    v = sub.add_parser("verify", help="check {nums, target, text} lines; adds `correct` and `reason`")
-    v.add_argument("--input", required=True)
-    v.add_argument("--out")
+    v = sub.add_parser("verify", help="check answers: add `correct` and `reason` to each line",
+                       description="Check {nums, target, text} JSONL lines with the checker; each line gets "
+                       "`correct` and `reason`. All lines are checked before any is written.")
+    v.add_argument("--input", required=True, metavar="FILE", help="JSONL file of {nums, target, text} lines")
+    v.add_argument("--out", metavar="FILE", help="JSONL file to write (default: stdout; not the --input file)")
     v.set_defaults(func=cmd_verify)

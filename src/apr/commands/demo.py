@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from apr.checker import check
+from apr.commands.options import HelpFormatter, non_negative_int, positive_int
 from apr.commands.trees import record_tree, solver_tree
 from apr.countdown import TaskConfig, generate
 from apr.errors import UserError
@@ -73,8 +74,6 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_ca
 
 
 def cmd_demo(args) -> int:
-    if args.n < 1 or args.pool < 1:
-        raise UserError("--n and --pool must be >= 1")
     if args.model and not (Path(args.model) / "config.json").is_file():
         raise UserError("not a model folder (no config.json)", args.model)
     console = Console()
@@ -86,11 +85,13 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="solve a few problems and show the spawn/join threads")
-    p.add_argument("--n", type=int, default=3, help="thread trees to show")
-    p.add_argument("--pool", type=int, default=16, help="validation problems to solve (model demo)")
-    p.add_argument("--sub-call-budget", type=int, help="APR models trained with budgets: children to ask for (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="model folder (default: models/default when it exists)")
+    p = sub.add_parser("demo", help="start here: solve a few problems, show their threads",
+                       description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--n", type=positive_int, default=3, help="thread trees to show")
+    p.add_argument("--pool", type=positive_int, default=16, help="validation problems to solve (model demo)")
+    p.add_argument("--sub-call-budget", type=positive_int,
+                   help="APR models trained with budgets: children to ask for (default 10)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="solver demo: seed of the problems drawn")
+    p.add_argument("--model", metavar="DIR", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")
     p.set_defaults(func=cmd_demo)

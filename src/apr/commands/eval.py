@@ -8,8 +8,25 @@ import sys
 from pathlib import Path
 
 import apr.eval
-from apr.commands.options import add_engine_options, add_runtime_options, engine_spec, runtime_options
+from apr.commands.options import (
+    add_engine_options,
+    add_quiet,
+    add_runtime_options,
+    check_server_has_model,
+    engine_spec,
+    positive_int,
+    refuse_output_over_input,
+    runtime_options,
+)
 from apr.eval import EvalSpec, evaluate
+
+
+def method(text: str) -> str:
+    """An evaluation method (`apr.eval.METHOD_RE`)."""
+    if not apr.eval.METHOD_RE.match(text):
+        raise argparse.ArgumentTypeError(f"must be apr, sos, cons@N, pass@N (N >= 1), solver-apr or solver-sos; "
+                                         f"got {text!r}")
+    return text
 
 
 def eval_spec(args: argparse.Namespace) -> EvalSpec:
@@ -18,6 +35,9 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
 
 
 def cmd_eval(args) -> int:
+    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    if not args.method.startswith("solver-"):
+        check_server_has_model(args)
     s = evaluate(eval_spec(args))
     lo, hi = s["ci95"]
     m = s["metrics"]
@@ -28,18 +48,19 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, help="apr | sos | cons@N | pass@N | solver-apr | solver-sos")
-    p.add_argument("--out", required=True, help="run folder: run.json, records.jsonl, summary.json")
-    p.add_argument("--problems", help="problem file (default: the model's validation set)")
-    p.add_argument("--limit", type=int, help="first N problems only")
-    p.add_argument("--label", help="name in reports (default: family, method and budget)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--method", type=method, required=True, metavar="METHOD",
+                   help="apr | sos | cons@N | pass@N (N samples per problem) | solver-apr | solver-sos")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: run.json, records.jsonl, summary.json (resumed)")
+    p.add_argument("--problems", metavar="FILE", help="problem file (default: the model's validation set)")
+    p.add_argument("--limit", type=positive_int, help="first N problems only (default: all)")
+    p.add_argument("--label", metavar="TEXT", help="name in reports (default: family, method and budget)")
+    add_quiet(p, "progress bar")
     add_engine_options(p)
-    add_runtime_options(p, method=False, temperature_help="default 0 (greedy); 1.0 for cons@N and pass@N")
+    add_runtime_options(p, method=False, temperature_help="sampling temperature, >= 0 (default 0, greedy; 1.0 for cons@N and pass@N)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy, tokens and latency of a model on a problem set (resumable)",
+    p = sub.add_parser("eval", help="accuracy, tokens and latency on a problem set",
                        description=apr.eval.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_options(p)
     p.set_defaults(func=cmd_eval)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from apr.commands.options import dir_pair
 from apr.errors import UserError
 
 
 def cmd_report(args) -> int:
+    if args.paired and not args.rl:
+        raise UserError("--paired needs --rl")
     if args.rl:
         from apr.report_rl import write_rl_report
 
-        pairs = [tuple(x.split(",", 1)) for x in args.paired or []]
-        if any(len(x) != 2 for x in pairs):
-            raise UserError("--paired takes BEFORE_EVAL_DIR,AFTER_EVAL_DIR")
-        path = write_rl_report(args.runs, Path(args.out), pairs)
+        path = write_rl_report(args.runs, Path(args.out), args.paired or [])
         print(f"wrote {path} and rl_curve.png", file=sys.stderr)
         return 0
     from apr.report import write_report
@@ -27,10 +27,12 @@ def cmd_report(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="plots and a markdown report from `apr eval` run folders (or, with --rl, `apr train rl` ones)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("report", help="plots and a markdown report from run folders",
+                       description="Plots and a markdown report from `apr eval` run folders (or, with --rl, from "
+                       "`apr train rl` folders). Reads the folders; writes only under --out.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`apr eval` run folders (with --rl: `apr train rl` ones)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and the plots")
     p.add_argument("--rl", action="store_true", help="the folders are `apr train rl` runs: curve and before/after table")
-    p.add_argument("--paired", action="append", metavar="BEFORE,AFTER",
+    p.add_argument("--paired", action="append", type=dir_pair, metavar="BEFORE,AFTER",
                    help="with --rl: two `apr eval` folders on the same problems (before and after RL); repeatable")
     p.set_defaults(func=cmd_report)

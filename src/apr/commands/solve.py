@@ -9,20 +9,35 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from apr.commands.options import add_engine_options, add_runtime_options, engine_spec, runtime_options
+from apr.commands.options import (
+    add_engine_options,
+    add_quiet,
+    add_runtime_options,
+    check_server_has_model,
+    engine_spec,
+    non_negative_int,
+    positive_int,
+    refuse_output_over_input,
+    runtime_options,
+)
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
 from apr.eval import load_problems, model_info
-from apr.runfolder import run_to_file
+from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
 
 
 def cmd_run(args) -> int:
-    problems = load_problems(args.problems, args.limit)  # validate the file before loading a model
+    # Everything is checked before a model loads: the options, the problem file, the output file.
+    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_server_has_model(args)
     spec = engine_spec(args)
+    problems = load_problems(args.problems, args.limit)
     cfg = runtime_options(args).config(model_info(spec))
+    label = str(args.model or args.server)
+    records_to_resume(Path(args.out), label, cfg.method)
     with make_engine(spec) as engine:
-        done = run_to_file(engine, cfg, problems, Path(args.out), str(args.model or args.server), progress=not args.quiet)
+        done = run_to_file(engine, cfg, problems, Path(args.out), label, progress=not args.quiet)
     acc = sum(r.correct for r in done.values()) / max(len(done), 1)
     print(f"{len(done)} records in {args.out}; accuracy {acc:.3f}", file=sys.stderr)
     return 0
@@ -34,6 +49,7 @@ def cmd_solve(args) -> int:
     from apr.commands.trees import record_tree
 
     problem = problem_from_record({"nums": args.nums, "target": args.target}, "command line")
+    check_server_has_model(args)
     spec = engine_spec(args)
     cfg = runtime_options(args).config(model_info(spec))
     with make_engine(spec) as engine:
@@ -52,19 +68,23 @@ def cmd_solve(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("solve", help="solve one problem and print its thread tree")
-    s.add_argument("nums", type=int, nargs="+")
-    s.add_argument("--target", type=int, required=True)
+    s = sub.add_parser("solve", help="solve one problem with a model, show its thread tree",
+                       description="Solve one problem with a model (or a server) and print its spawn/join thread "
+                       "tree, the checker's verdict and the token counts.")
+    s.add_argument("nums", type=non_negative_int, nargs="+", metavar="N", help="the problem's numbers")
+    s.add_argument("--target", type=non_negative_int, required=True, help="the number to reach")
     s.add_argument("--show-text", action="store_true", help="also print the root thread's text")
     add_engine_options(s)
     add_runtime_options(s)
     s.set_defaults(func=cmd_solve)
 
-    r = sub.add_parser("run", help="run a problem file, one JSONL record per problem (resumable)")
-    r.add_argument("--problems", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--limit", type=int)
-    r.add_argument("--quiet", action="store_true")
+    r = sub.add_parser("run", help="solve a problem file: one JSONL record per problem",
+                       description="Solve a problem file with a model (or a server): one JSONL record per problem, "
+                       "appended as it finishes. A rerun resumes where the last one stopped.")
+    r.add_argument("--problems", required=True, metavar="FILE", help="problem file (JSONL or a JSON list of {nums, target})")
+    r.add_argument("--out", required=True, metavar="FILE", help="records file (JSONL) to append to; an existing one is resumed")
+    r.add_argument("--limit", type=positive_int, help="first N problems only (default: all)")
+    add_quiet(r, "progress bar")
     add_engine_options(r)
     add_runtime_options(r)
     r.set_defaults(func=cmd_run)

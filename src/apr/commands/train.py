@@ -6,25 +6,31 @@ from __future__ import annotations
 
 import argparse
 
+from apr.commands.options import add_quiet, key_value
+
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser("train", help="train models")
-    sub = train.add_subparsers(dest="train_command", metavar="STAGE")
+    train = subparsers.add_parser("train", help="train a model: supervised (sft) or RL (rl)",
+                                  description="Train a model from a YAML or TOML config (configs/); "
+                                  "`--set key=value` overrides its keys. Run under `torchrun` for data parallel.")
+    sub = train.add_subparsers(dest="train_command", metavar="STAGE", title="stages")
     sub.required = True
     sft = sub.add_parser(
         "sft",
         help="supervised training on search demonstrations",
         description="Supervised training on search demonstrations. Run under `torchrun` for data parallel.",
     )
-    sft.add_argument("--config", required=True, help="YAML or TOML config (see configs/)")
+    sft.add_argument("--config", required=True, metavar="FILE", help="YAML or TOML config (see configs/)")
     sft.add_argument(
         "--set",
         action="append",
+        type=key_value,
         default=[],
         metavar="KEY=VALUE",
         help="override a config key (dotted for sections, e.g. optim.lr=1e-4); repeatable",
     )
     sft.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/latest")
+    add_quiet(sft, "progress bar or status lines")
     sft.set_defaults(func=run_sft)
 
     rl = sub.add_parser(
@@ -33,9 +39,11 @@ def register(subparsers) -> None:
         description="GRPO from a supervised model: rollouts through the spawn/join runtime, every thread "
         "segment trained with its rollout's advantage. Run under `torchrun` for data parallel.",
     )
-    rl.add_argument("--config", required=True, help="YAML or TOML config (see configs/rl_*.yaml)")
-    rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
+    rl.add_argument("--config", required=True, metavar="FILE", help="YAML or TOML config (see configs/rl_*.yaml)")
+    rl.add_argument("--set", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                    help="override a config key (dotted for sections); repeatable")
     rl.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoints/latest")
+    add_quiet(rl, "progress bar or status lines")
     rl.set_defaults(func=run_rl)
 
 
@@ -45,7 +53,7 @@ def run_sft(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)  # refuses bad keys before importing torch
     from apr.train.sft import train_sft
 
-    print(train_sft(config, resume=args.resume))
+    print(train_sft(config, resume=args.resume, progress=not args.quiet))
     return 0
 
 
@@ -55,5 +63,5 @@ def run_rl(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set, cls=RLConfig)  # refuses bad keys before importing torch
     from apr.train.grpo import train_rl
 
-    print(train_rl(config, resume=args.resume))
+    print(train_rl(config, resume=args.resume, progress=not args.quiet))
     return 0
