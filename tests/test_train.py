@@ -184,3 +184,49 @@ def test_a_held_out_set_too_long_for_the_context_is_no_error(tmp_path):
                  "val_fraction=0.02", "model=tiny")
     trainer = SFTTrainer(cfg)
     assert trainer.val_data is None and len(trainer.train_data) > 0
+
+
+def test_metrics_name_the_tensorboard_extra_once(tmp_path, monkeypatch, caplog):
+    """Without the optional tensorboard package, metrics.jsonl is still written and the log
+    says once which extra installs it."""
+    import builtins
+    import logging
+
+    import apr.train.metrics as M
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(M, "_told_tb_off", False)
+    caplog.set_level(logging.INFO, logger="apr")
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        log = M.MetricsLog(tmp_path / run)
+        log.log({"step": 1, "loss": 2.0})
+        log.log({"step": 2, "loss": 1.5})
+        assert [json.loads(l)["step"] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+        assert not (tmp_path / run / "tb").exists()
+    hints = [r.getMessage() for r in caplog.records if "TensorBoard" in r.getMessage()]
+    assert hints == ["TensorBoard logging off: pip install 'apr[tb]'"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(demos, tmp_path, capsys):
+    """Through the command, with stderr a file: no bar, one status line per logged step;
+    --quiet: neither."""
+    from apr.commands import main
+
+    cfg = Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"
+    common = ["--set", f"data={demos}", "--set", f"eval_problems={demos.parent / 'val.jsonl'}",
+              "--set", "max_steps=2", "--set", "batch_size=2", "--set", "context=256", "--set", "log_every=1",
+              "--set", "model=tiny", "--set", "device=cpu", "--set", "val_fraction=0", "--set", "save_every=0"]
+    assert main(["train", "sft", "--config", str(cfg), "--set", f"out_dir={tmp_path / 'a'}", *common]) == 0
+    err = capsys.readouterr().err
+    assert "sft: step 1/2 loss" in err and "sft: step 2/2 loss" in err and "it/s" not in err and "\r" not in err
+    assert main(["train", "sft", "--config", str(cfg), "--set", f"out_dir={tmp_path / 'b'}", *common, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "sft:" not in captured.err and "data:" not in captured.err and captured.out.strip().endswith("final")
