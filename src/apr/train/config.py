@@ -58,6 +58,9 @@ class SFTConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
+    # A model folder to start from instead of random weights (same preset, tokenizer and
+    # method): a new run on new data continues what an earlier one learned.
+    init: str = ""
     # How packed rows keep documents apart: sdpa (dense block-diagonal mask), flex_attention
     # (block-sparse: skips blocks across documents; CUDA for training, compiles on first use),
     # flash_attention_2 (varlen; needs the flash-attn package), eager.

@@ -82,6 +82,7 @@ class SFTTrainer:
             token_budget=cfg.token_budget,
             tokenizer=tokenizer_fingerprint(self.tokenizer),
             context=cfg.context,
+            child_budget=self.child_budget,
         )
         self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
         self.sampler = EpochSampler(len(self.train_data), cfg.batch_size, cfg.seed)
@@ -91,6 +92,8 @@ class SFTTrainer:
                             "pip install flash-attn --no-build-isolation); or use flex_attention or sdpa")
         torch.manual_seed(cfg.seed)
         self.raw_model = make_model(cfg.model, self.tokenizer, cfg.attn_implementation).to(self.device)
+        if cfg.init:
+            self._load_init(cfg.init)
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
         o = cfg.optim
@@ -133,6 +136,7 @@ class SFTTrainer:
         opts = dict(token_budget_prefix=cfg.token_budget, sub_call_budget_prefix=cfg.sub_call_budget)
         train = D.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = D.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
+        self.child_budget = D.child_budget(train) if cfg.sub_call_budget else None
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
@@ -310,6 +314,27 @@ class SFTTrainer:
             }
             save_checkpoint(self.out, self.step, state, self._meta(), self.cfg.keep_checkpoints)
         barrier(self.world)
+
+    def _load_init(self, folder: str) -> None:
+        """Start from a model folder's weights (a previous run's model) instead of a random
+        initialisation; it must be the same preset, tokenizer and method."""
+        from apr.model import load_model_info
+        from safetensors.torch import load_file
+
+        info = load_model_info(folder)
+        for key, want in (("preset", self.cfg.model), ("tokenizer", self.info.tokenizer), ("method", self.info.method)):
+            if getattr(info, key) != want:
+                raise UserError(f"config: init model has {key} {getattr(info, key)!r}, this run {want!r}", folder)
+        files = sorted(Path(folder).glob("model*.safetensors"))
+        if not files:
+            raise UserError("config: init folder holds no model*.safetensors", folder)
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        try:
+            self.raw_model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except RuntimeError as e:
+            raise UserError(f"config: init weights do not fit the model: {str(e).splitlines()[0]}", folder) from None
 
     def _resume(self) -> None:
         expect = {"preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
