@@ -96,3 +96,14 @@ def test_bad_options(tmp_path, capsys):
     assert run("data", "problems", "--n", 5, "--out", tmp_path / "x", "--num-count", 9) == 2
     assert "--num-count" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_verify_reads_published_records_with_only_a_search_path(tmp_path, capsys):
+    from apr.commands import main
+
+    text = ("Current State: 24:[4, 6], Operations: []\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
+            "24,24 equal: Goal Reached\n")
+    f = tmp_path / "published.jsonl"
+    f.write_text(json.dumps({"nums": [4, 6], "target": 24, "search_path": text}) + "\n")
+    assert main(["verify", "--input", str(f)]) == 0
+    assert json.loads(capsys.readouterr().out)["correct"] is True

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from apr.checker import check
+from apr.checker import verify_record
 from apr.commands.options import (
     add_deprecated_alias,
     add_quiet,
@@ -92,15 +92,7 @@ def cmd_verify(args) -> int:
 
     def results() -> Iterator[str]:
         for line, rec in read_records(args.input):
-            nums, target, text = rec.get("nums"), rec.get("target"), rec.get("text")
-            if not isinstance(nums, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in nums):
-                raise UserError("`nums` must be a list of integers", args.input, line)
-            if not isinstance(target, int) or isinstance(target, bool):
-                raise UserError("`target` must be an integer", args.input, line)
-            if not isinstance(text, str):
-                raise UserError("`text` must be a string", args.input, line)
-            v = check(nums, target, text)
-            yield json.dumps({**rec, "correct": v.correct, "reason": v.reason})
+            yield json.dumps(verify_record(rec, args.input, line))
 
     if args.out:
         with atomic_write(args.out) as f:

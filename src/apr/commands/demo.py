@@ -90,7 +90,7 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int, default=3, help="thread trees to show")
     p.add_argument("--pool", type=positive_int, default=16, help="validation problems to solve (model demo)")
     p.add_argument("--sub-call-budget", type=positive_int,
-                   help="APR models trained with budgets: children to ask for (default 10)")
+                   help="APR models trained with budgets: children to ask for (default: the model's own, see apr eval --help)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="solver demo: seed of the problems drawn")
     p.add_argument("--model", metavar="DIR", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")

@@ -39,11 +39,7 @@ def cmd_eval(args) -> int:
     if not args.method.startswith("solver-"):
         check_server_has_model(args)
     s = evaluate(eval_spec(args))
-    lo, hi = s["ci95"]
-    m = s["metrics"]
-    print(f"{s['label']}: accuracy {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {s['problems']} problems; "
-          f"total tokens {m['total_tokens']['mean']:.0f}, sequential {m['sequential_tokens']['mean']:.0f}, "
-          f"latency {m['latency_s']['mean']:.2f} s; {args.out}/summary.json", file=sys.stderr)
+    print(apr.eval.describe(s, args.out), file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
-from apr.runtime import RuntimeOptions
+from apr.runtime import JOIN_RULES, RuntimeOptions
 
 # ---------------------------------------------------------------------------- help
 
@@ -255,7 +255,8 @@ def add_runtime_options(p: argparse.ArgumentParser, method: bool = True, tempera
     p.add_argument("--max-total-tokens", metavar="TOKENS", type=positive_int, default=200_000,
                    help="tokens generated over all threads of a problem; more fails it")
     p.add_argument("--sub-call-budget", metavar="N", type=positive_int,
-                   help="APR: children to ask for, `Sub Call Budget: N` (default 10 if the model was trained with it)")
+                   help="APR: children to ask for, `Sub Call Budget: N` (default: the model's apr.json child_budget, "
+                   "else 10 capped at 3 per pair of numbers, if the model was trained with it)")
     p.add_argument("--token-budget", metavar="TOKENS", type=positive_int,
                    help="SoS+: tokens to ask for, `Token Budget: N` (default 4096 if the model was trained with it)")
     p.add_argument("--temperature", metavar="T", type=non_negative_float, default=None if temperature_help else 0.0,
@@ -264,6 +265,11 @@ def add_runtime_options(p: argparse.ArgumentParser, method: bool = True, tempera
     p.add_argument("--top-p", metavar="P", type=top_p, default=1.0, help="nucleus sampling mass, in (0, 1] (1: all)")
     p.add_argument("--seed", metavar="SEED", type=non_negative_int, default=0, help="sampling seed (each problem and thread derives its own)")
     p.add_argument("--max-in-flight", metavar="N", type=positive_int, default=32, help="problems decoding at once")
+    p.add_argument("--join-rule", choices=JOIN_RULES, default="official",
+                   help="what a child passes on at a join: official (the published evaluation: the text after its "
+                   "second-to-last 'Goal Reached'), goal-line (only a clean path ending in a well-formed 'X,X equal' "
+                   "goal line) or verified (official, but a path that does not replay from the child's state is "
+                   "joined as a failed sub search); default official")
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -272,4 +278,4 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         context=args.context, max_children=args.max_children, max_depth=args.max_depth,
         max_total_tokens=args.max_total_tokens, sub_call_budget=args.sub_call_budget, token_budget=args.token_budget,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_in_flight=args.max_in_flight)
+        max_in_flight=args.max_in_flight, join_rule=args.join_rule)
