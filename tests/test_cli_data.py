@@ -101,8 +101,8 @@ def test_bad_options(tmp_path, capsys):
 def test_verify_reads_published_records_with_only_a_search_path(tmp_path, capsys):
     from apr.commands import main
 
-    text = ("Current State: 24:[4, 6], Operations: []\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
-            "24,24 equal: Goal Reached\n")
+    path = "Current State: 24:[4, 6], Operations: []\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
+    text = path + "24,24 equal: Goal Reached\nMoving to Node #0\n" + path + "24,24 equal: Goal Reached\n"
     f = tmp_path / "published.jsonl"
     f.write_text(json.dumps({"nums": [4, 6], "target": 24, "search_path": text}) + "\n")
     assert main(["verify", "--input", str(f)]) == 0
