@@ -226,3 +226,9 @@ def test_result_parsers_never_crash(s):
     P.thread_result(s)
     P.start_state(s)
     P.join_results(s, ["0,0", "0,1"])
+
+
+def test_a_spawn_index_of_thousands_of_digits_is_no_spawn_line():
+    huge = "9" * 5000
+    text = f"<Calling Sub Searches>\n<Start Sub Search {huge} at level 1> Moving to Node #0,0\n<End Calling Sub Searches>"
+    assert P.parse_spawn(text) == []

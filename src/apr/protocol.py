@@ -153,7 +153,9 @@ EXPLORE_RE = re.compile(
 )
 GENERATED_RE = re.compile(rf"^Generated Node #({_NODE}): ({_NUM}):\[([\d, ]*)\] Operation: (.*)$")
 MOVING_RE = re.compile(rf"^(?:Sub Call Budget: \d+ |Token Budget: \d+ )?Moving to Node #({_NODE})$")
-SPAWN_LINE_RE = re.compile(rf"^<Start Sub Search (\d+) at level (\d+)> Moving to Node #({_NODE})$")
+# Indices and levels past 9 digits are no spawn line (no model spawns that many), and
+# bounding them keeps int() cheap and below Python's int-string limit on hostile text.
+SPAWN_LINE_RE = re.compile(rf"^<Start Sub Search (\d{{1,9}}) at level (\d{{1,9}})> Moving to Node #({_NODE})$")
 _OP_RE = re.compile(r"'([^']*)'")
 
 

@@ -81,7 +81,7 @@ class SFTConfig:
     def validate(self) -> None:
         if not self.data:
             raise UserError("config: `data` (the demonstrations file) is required")
-        for name in ("max_steps", "batch_size", "grad_accum", "context"):
+        for name in ("max_steps", "batch_size", "grad_accum", "context", "log_every", "eval_batches", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
         if self.attn_implementation not in ("sdpa", "flex_attention", "flash_attention_2", "eager"):
@@ -189,7 +189,8 @@ class RLConfig:
             raise UserError("config: `init` (the supervised model folder) is required")
         if not self.problems:
             raise UserError("config: `problems` (training problems) is required")
-        for name in ("max_steps", "batch_size", "group_size", "inner_steps", "context", "max_slots", "micro_tokens", "val_limit"):
+        for name in ("max_steps", "batch_size", "group_size", "inner_steps", "context", "max_slots", "micro_tokens", "val_limit",
+                     "max_in_flight", "max_children", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
         if self.group_size < 2:
