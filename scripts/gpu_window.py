@@ -62,7 +62,10 @@ GPU_JOBS = [
     Job("cd3-apr", "apr", 3, "tiny", 1024, 64, 2e-3, 40_000),
     Job("cd3-sos", "sos", 3, "tiny", 1024, 64, 2e-3, 40_000),
 ]
-TOY_JOBS = [dataclasses.replace(j, preset="cpu-mini", context=512, batch_size=4, problems=24, lr=3e-3) for j in GPU_JOBS]
+# Untrained toy models write until the window is full: a short evaluation window keeps the
+# dry run's evaluation to seconds.
+TOY_JOBS = [dataclasses.replace(j, preset="cpu-mini", context=512, batch_size=4, problems=24, lr=3e-3, eval_context=160)
+            for j in GPU_JOBS]
 
 
 class Window:
@@ -239,7 +242,8 @@ class Window:
             argv = ["eval", "--model", model, "--method", j.method, "--out", self.work / "eval" / j.name,
                     "--problems", model / "val_problems.jsonl", "--limit", self.args.eval_limit,
                     "--context", j.eval_context or j.context, "--device", self.args.device, "--quiet",
-                    "--max-slots", self.args.eval_slots, "--max-in-flight", self.args.eval_slots // 2]
+                    "--max-slots", self.args.eval_slots, "--max-in-flight", self.args.eval_slots // 2,
+                    "--max-children", 4 if self.args.toy else 16]
             if j.method == "apr":
                 argv += ["--sub-call-budget", self.args.sub_call_budget]
             procs[j.name] = self.apr(f"eval_{j.name}", argv)
