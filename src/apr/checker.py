@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from apr.errors import UserError
-from apr.protocol import GOAL_REACHED, thread_result
+from apr.protocol import GOAL_REACHED, parse_list, thread_result
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,6 @@ def _digit_cap(nums: list[int]) -> int:
     return sum(len(str(abs(n))) for n in nums) + len(nums) + 1
 
 
-def _int_list(text: str, cap: int) -> list[int] | None:
-    text = text.strip()
-    if not text:
-        return []
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdecimal() or len(part) > cap:
-            return None
-        out.append(int(part))
-    return out
-
-
 def replay(nums: list[int], target: int, path: str) -> Verdict:
     """Replay a final path (the text a thread passed on) from `nums` towards `target`."""
     try:
@@ -95,7 +82,7 @@ def _replay(nums: list[int], target: int, path: str) -> Verdict:
             value = apply_op(int(sa), op, int(sb))
             if value is None or len(sc) > cap or value != int(sc):
                 return Verdict(False, f"wrong arithmetic: {shown}")
-            listed = _int_list(m.group(5), cap)
+            listed = parse_list(m.group(5), cap)
             if listed is None:
                 return Verdict(False, f"malformed resulting numbers after {shown}")
             current = rest + [value]

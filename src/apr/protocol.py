@@ -159,15 +159,16 @@ SPAWN_LINE_RE = re.compile(rf"^<Start Sub Search (\d{{1,9}}) at level (\d{{1,9}}
 _OP_RE = re.compile(r"'([^']*)'")
 
 
-def parse_list(text: str) -> list[int] | None:
-    """`4, 9, 3` -> [4, 9, 3]; None when it is not a list of bounded integers."""
+def parse_list(text: str, max_digits: int = MAX_NUMBER_DIGITS) -> list[int] | None:
+    """`4, 9, 3` -> [4, 9, 3]; None when it is not a list of integers of at most
+    `max_digits` digits (decimal digits only: int() accepts nothing else)."""
     text = text.strip()
     if not text:
         return []
     out = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or len(part) > MAX_NUMBER_DIGITS:
+        if not part.isdecimal() or len(part) > max_digits:
             return None
         out.append(int(part))
     return out
