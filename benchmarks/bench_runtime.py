@@ -74,11 +74,11 @@ def main() -> None:
         t = time.perf_counter()
         recs = rt.run(list(enumerate(problems)))
         wall = time.perf_counter() - t
-    tokens = sum(r["total_tokens"] for r in recs)
+    tokens = sum(r.total_tokens for r in recs)
     # the same completions, without orchestration
     reqs = []
     for r in recs:
-        stack = [r["threads"]]
+        stack = [r.threads]
         while stack:
             th = stack.pop()
             ctx = th["prompt"]
@@ -100,7 +100,7 @@ def main() -> None:
           f"inside engine.poll {rt.engine_seconds:.2f} s; orchestration {wall - rt.engine_seconds:.2f} s "
           f"({(wall - rt.engine_seconds) / rt.engine_seconds:.1%} of engine time)")
     print(f"engine alone, same completions as independent requests: {plain_tokens} tokens in {plain:.2f} s = {plain_tokens / plain:,.0f} tok/s")
-    print(f"children per problem: {sum(r['children'] for r in recs) / len(recs):.2f}; accuracy {sum(r['correct'] for r in recs) / len(recs):.3f}")
+    print(f"children per problem: {sum(r.children for r in recs) / len(recs):.2f}; accuracy {sum(r.correct for r in recs) / len(recs):.3f}")
 
 
 if __name__ == "__main__":
