@@ -23,6 +23,7 @@ from apr.io import atomic_write
 # name -> (layers, hidden, intermediate, heads, max positions)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
     "cpu-mini": (3, 128, 352, 4, 2048),  # ~0.6M: the `cpu` recipe's model, a few k tokens/s on 2 cores
+    "cpu-deep": (6, 128, 352, 4, 2048),  # ~1.2M: cpu-mini twice as deep (more steps for arithmetic)
     "tiny": (4, 192, 512, 6, 4096),  # ~1.8M non-embedding params: fast on one CPU
     "gpu-10m": (6, 384, 1024, 6, 4096),  # ~10.6M, ~21 MB in bf16: the `gpu` recipe's model
     "small": (8, 512, 1376, 8, 4096),  # ~25M
@@ -42,6 +43,7 @@ class ModelInfo:
     sub_call_budget: bool = False  # trained with the `Sub Call Budget: N ` prefix
     token_budget: bool = False  # trained with the `Token Budget: N ` prefix
     tokenizer: str = "unknown"  # apr.tokenizer.tokenizer_fingerprint
+    tokenizer_name: str = ""  # what the training config named: apr | apr-num99 | apr-num999 | a folder
     context: int = 4096
     # Children asked by default (`Sub Call Budget: N`) of a model trained with the prefix: the
     # median child count of its training demonstrations, or the best budget of a validation

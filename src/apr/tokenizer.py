@@ -1,9 +1,18 @@
 """A small tokenizer for the Countdown trace language, built with `tokenizers`.
 
 Design: a character-level base vocabulary (every printable ASCII character and "\\n" is
-one token, so every digit is its own token) plus the fixed words of the trace language as
-added tokens, matched longest-first before the text is split into characters. The
-decoder simply concatenates tokens (`Fuse`), so decode(encode(t)) == t byte for byte.
+one token) plus the fixed words of the trace language as added tokens, matched
+longest-first before the text is split into characters. The decoder simply concatenates
+tokens (`Fuse`), so decode(encode(t)) == t byte for byte.
+
+Numbers come in two representations (`TOKENIZERS`, the names a config's `tokenizer` takes):
+- `apr`: every digit is its own token (the published models' choice, and ours so far);
+- `apr-num99` / `apr-num999`: every run of digits is cut into right-aligned chunks of 2 (3)
+  digits, and every chunk is one token: 0..99 (0..999) are whole tokens, 6264 is `62` `64`,
+  970299 is `970` `299`. Right alignment keeps a chunk's place value fixed (the last chunk is
+  always units), so the same token means the same thing wherever it sits. Every digit string
+  of length 1..w is in the vocabulary (leading zeros too: `05` in 1005), so any text round-trips.
+Only the tokenization changes; the text is the published trace language either way.
 
 The result is an ordinary `PreTrainedTokenizerFast` saved as tokenizer.json; nothing
 downstream may depend on it: every other module takes any Hugging Face tokenizer.
@@ -58,18 +67,28 @@ PHRASES = [
 CHARS = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
 
 
-def build_tokenizer():
-    """Build the trace tokenizer as a `transformers.PreTrainedTokenizerFast`.
+# Our tokenizers by name -> digits per number chunk (1: one token per digit).
+TOKENIZERS = {"apr": 1, "apr-num99": 2, "apr-num999": 3}
+
+
+def build_tokenizer(name: str = "apr"):
+    """Build one of our trace tokenizers (`TOKENIZERS`) as a `PreTrainedTokenizerFast`.
 
     It adds BOS (no EOS) when called with add_special_tokens=True, like Llama-2's.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([UNK, BOS, EOS, PAD] + CHARS)}
+    if name not in TOKENIZERS:
+        raise UserError(f"unknown tokenizer {name!r} (ours: {', '.join(TOKENIZERS)}; or a tokenizer folder)")
+    width = TOKENIZERS[name]
+    chunks = [str(n).zfill(w) for w in range(2, width + 1) for n in range(10**w)]  # "00".."99", ...
+    vocab = {tok: i for i, tok in enumerate([UNK, BOS, EOS, PAD] + CHARS + chunks)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Split everything not matched by an added token into single characters.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Split everything not matched by an added token into single characters, except digit
+    # runs: chunks of `width` digits counted from the right (the first chunk takes the rest).
+    digits = rf"\d{{1,{width}}}(?=(?:\d{{{width}}})*(?!\d))|" if width > 1 else ""
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(digits + r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (UNK, BOS, EOS, PAD)])
     tok.add_tokens([AddedToken(p, normalized=False, single_word=False) for p in PHRASES])
@@ -88,9 +107,9 @@ def build_tokenizer():
 
 
 def load_tokenizer(dir_or_name: str | Path):
-    """Load any Hugging Face tokenizer (a folder or a hub name); `apr` builds ours."""
-    if str(dir_or_name) == "apr":
-        return build_tokenizer()
+    """Load any Hugging Face tokenizer (a folder or a hub name); our names build ours."""
+    if str(dir_or_name) in TOKENIZERS:
+        return build_tokenizer(str(dir_or_name))
     from transformers import AutoTokenizer
 
     try:

@@ -45,12 +45,17 @@ class SFTConfig:
     data: str = ""  # demonstrations JSONL (`apr data traces` output or published SFT records)
     model: str = "tiny"  # preset: tiny | small | paper
     out_dir: str = "runs/sft"
-    tokenizer: str = "apr"  # "apr" builds ours; else a folder or hub name (any HF tokenizer)
+    # apr (a token per digit) | apr-num99 | apr-num999 (numbers in right-aligned chunks of 2 | 3
+    # digits, apr.tokenizer) build ours; else a folder or hub name (any HF tokenizer)
+    tokenizer: str = "apr"
     max_steps: int = 1000  # optimizer steps (the learning-rate schedule ends here)
     # > 0: fit training into this many seconds. After a few timed steps, max_steps is lowered
     # so that the run (and its cosine schedule) ends within the budget; the resolved value is
     # written to config.yaml. Resuming re-plans the rest, so pass that max_steps for exactness.
     time_budget_s: float = 0.0
+    # What `time_budget_s` counts: wall (seconds on the clock) | cpu (this process's CPU
+    # seconds: a budget that other jobs sharing the machine do not eat; probes use it).
+    time_budget_clock: str = "wall"
     batch_size: int = 32  # rows of `context` tokens per optimizer step, over all processes
     grad_accum: int = 1  # micro-batches per process per step
     context: int = 1024  # row length; longer documents are dropped
@@ -68,6 +73,10 @@ class SFTConfig:
     train_on_inserted: bool = False  # also train on join text the runtime inserts (published)
     token_budget: bool = False  # SoS+: prefix `Token Budget: N ` (N from the trace's length)
     sub_call_budget: bool = False  # APR: prefix `Sub Call Budget: N ` (N = child threads)
+    # > 0: add documents of arithmetic facts, `Exploring Operation: a*b=c` lines with results of
+    # 3+ digits drawn from the training demonstrations (where small models err), worth this
+    # share of the demonstrations' characters (apr.train.data.arithmetic_facts).
+    arithmetic_facts: float = 0.0
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -92,6 +101,10 @@ class SFTConfig:
             raise UserError("config: `val_fraction` must be in [0, 1)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise UserError("config: `dtype` must be auto, float32 or bfloat16")
+        if self.time_budget_clock not in ("wall", "cpu"):
+            raise UserError("config: `time_budget_clock` must be wall or cpu")
+        if not 0 <= self.arithmetic_facts <= 10:
+            raise UserError("config: `arithmetic_facts` must be in [0, 10]")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -150,6 +152,33 @@ def demonstrations(
             if not root.startswith("Sub Call Budget:"):
                 strings = [_prefixed(s, prefix) if s.text.startswith(root) else s for s in strings]
         out.append(Demonstration(path, line, method, strings, thread.count_descendants()))
+    return out
+
+
+FACT_LINES_PER_DOC = 16
+FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
+_OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
+
+
+def arithmetic_facts(demos: list[Demonstration], share: float, seed: int) -> list[Demonstration]:
+    """Documents of arithmetic facts in the trace's own syntax, `Exploring Operation: 87*72=6264`
+    one per line, `FACT_LINES_PER_DOC` to a document, worth `share` of the demonstrations'
+    characters. Lines are drawn (with replacement, so frequent operations stay frequent) from
+    the operations the demonstrations themselves write with a result of 3+ digits: the
+    facts a model needs, weighted toward the large results it gets wrong."""
+    pool, chars = [], 0
+    for d in demos:
+        for ts in d.strings:
+            chars += len(ts.text) - ts.new_from
+            pool.extend(m.group(1) for m in _OP_LINE.finditer(ts.text, ts.new_from) if int(m.group(2)) >= FACT_MIN_RESULT)
+    if share <= 0 or not pool:
+        return []
+    rng, out, made = random.Random(seed), [], 0
+    while made < share * chars:
+        text = "".join(f"Exploring Operation: {rng.choice(pool)}\n" for _ in range(FACT_LINES_PER_DOC))
+        out.append(Demonstration("<arithmetic facts>", len(out) + 1, demos[0].method,
+                                 [protocol.TrainingString(text, 0, [], 0)]))
+        made += len(text)
     return out
 
 

@@ -81,6 +81,7 @@ class SFTTrainer:
             sub_call_budget=cfg.sub_call_budget,
             token_budget=cfg.token_budget,
             tokenizer=tokenizer_fingerprint(self.tokenizer),
+            tokenizer_name=cfg.tokenizer,
             context=cfg.context,
             child_budget=self.child_budget,
         )
@@ -137,6 +138,7 @@ class SFTTrainer:
         train = D.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = D.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
         self.child_budget = D.child_budget(train) if cfg.sub_call_budget else None
+        train += D.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed)
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
@@ -219,12 +221,16 @@ class SFTTrainer:
     # slow early steps alone can stop a run at a fraction of its budget.
     PROBE_SKIP, PROBE_STEPS, REPLAN_EVERY = 3, 10, 50
 
+    def clock(self) -> float:
+        """Seconds on the clock `time_budget_s` counts: wall, or this process's CPU time."""
+        return time.process_time() if self.cfg.time_budget_clock == "cpu" else time.perf_counter()
+
     def _fit_time_budget(self, t_start: float, t_window: float, steps_timed: int, cap: int) -> None:
         """Set max_steps (at most `cap`) so that training ends `time_budget_s` after it
         started, at the step time of the last `steps_timed` steps."""
         cfg = self.cfg
-        per_step = (time.perf_counter() - t_window) / steps_timed
-        left = cfg.time_budget_s - (time.perf_counter() - t_start)
+        per_step = (self.clock() - t_window) / steps_timed
+        left = cfg.time_budget_s - (self.clock() - t_start)
         want = torch.tensor([self.step + max(1, int(left / per_step))], device=self.device)
         if self.world > 1:
             dist.broadcast(want, 0)  # every rank must stop at the same step
@@ -256,7 +262,7 @@ class SFTTrainer:
         step_line = log.debug if not bar.disable else log.info
         tokens_per_step = cfg.batch_size * cfg.context
         loss_acc, n_acc, t0, steps0 = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
-        t_start, first, cap = t0, self.step, cfg.max_steps
+        t_start, first, cap = self.clock(), self.step, cfg.max_steps
         t_window, window_from, plan_at = 0.0, first + self.PROBE_SKIP, first + self.PROBE_SKIP + self.PROBE_STEPS
         while self.step < cfg.max_steps:
             loss_acc += self.train_step()
@@ -268,7 +274,7 @@ class SFTTrainer:
                     self._fit_time_budget(t_start, t_window, plan_at - window_from, cap)
                     bar.total = cfg.max_steps
                     window_from, plan_at = self.step, self.step + self.REPLAN_EVERY
-                t_window = time.perf_counter()
+                t_window = self.clock()
             done = self.step >= cfg.max_steps
             if self.step % cfg.log_every == 0 or done:
                 loss = all_sum(loss_acc, self.world).item() / n_acc

@@ -1,0 +1,91 @@
+"""The CPU recipe's parts (issue 17): arithmetic-fact documents, a training budget in CPU
+seconds, teacher-forced arithmetic measures, and the recipe probe at toy size."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apr.checker import apply_op
+from apr.countdown import TaskConfig, generate
+from apr.data import demonstration
+from apr.search import SosConfig
+from apr.tokenizer import build_tokenizer
+from apr.train import data as D
+from apr.train.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK3 = TaskConfig(num_count=3)
+
+
+@pytest.fixture(scope="module")
+def sos_records():
+    return [("x.jsonl", i + 1, demonstration(p, i, 0, SosConfig())) for i, p in enumerate(generate(40, seed=3, task=TASK3))]
+
+
+def test_arithmetic_facts_are_true_large_results_in_trace_syntax(sos_records):
+    demos = D.demonstrations(sos_records, build_tokenizer(), token_budget_prefix=False, sub_call_budget_prefix=False)
+    chars = sum(len(s.text) for d in demos for s in d.strings)
+    facts = D.arithmetic_facts(demos, 0.25, seed=0)
+    text = "".join(s.text for d in facts for s in d.strings)
+    assert 0.25 * chars <= len(text) < 0.25 * chars + 2000  # the share asked, to within one document
+    lines = text.splitlines()
+    assert len(lines) == D.FACT_LINES_PER_DOC * len(facts)
+    for line in lines:
+        m = re.fullmatch(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", line)
+        assert m, line
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert apply_op(a, op, b) == c and c >= D.FACT_MIN_RESULT
+    assert D.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
+    assert D.arithmetic_facts(demos, 0.0, seed=0) == []
+
+
+def test_config_checks_recipe_fields():
+    from apr.errors import UserError
+
+    cfg = load_config(None, ["data=x.jsonl", "time_budget_clock=cpu", "arithmetic_facts=0.5"])
+    assert (cfg.time_budget_clock, cfg.arithmetic_facts) == ("cpu", 0.5)
+    with pytest.raises(UserError, match="time_budget_clock"):
+        load_config(None, ["data=x.jsonl", "time_budget_clock=gpu"])
+    with pytest.raises(UserError, match="arithmetic_facts"):
+        load_config(None, ["data=x.jsonl", "arithmetic_facts=-1"])
+
+
+def test_teacher_forced_counts_every_result_and_classes(sos_records):
+    """A model that predicts nothing right gets every result wrong; the classes partition
+    the results (by digits, and first-time vs copied)."""
+    import torch
+
+    from apr.model import make_model
+    from apr.train.teacher_forced import measure
+
+    tok = build_tokenizer("apr-num99")
+    torch.manual_seed(0)
+    model = make_model("cpu-mini", tok)
+    texts = [r["search_path"] for _, _, r in sos_records[:5]]
+    out = measure(model, tok, texts)
+    res = out["results"]
+    n = sum(len(re.findall("Exploring Operation:", t)) for t in texts)
+    assert res["all"]["n"] == n
+    assert sum(res[k]["n"] for k in res if k.startswith("digits:")) == n
+    assert res["first"]["n"] + res.get("copied", {"n": 0})["n"] == n
+    assert out["result_error"] > 0.9 and out["loss_per_char"] > 0.5
+
+
+def test_probe_recipe_at_toy_size(tmp_path):
+    """The probe end to end: data, one arm trained for a few CPU seconds, teacher-forced and
+    free-running measures, the table."""
+    out = tmp_path / "probe"
+    cmd = [sys.executable, str(ROOT / "benchmarks/probe_recipe.py"), "--out", str(out), "--arms", "num99",
+           "--minutes", "0.05", "--train-problems", "60", "--heldout", "4", "--fresh", "3", "--parallel", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:] + (out / "arms/num99/log.txt").read_text()[-2000:]
+    result = json.loads((out / "arms/num99/result.json").read_text())
+    assert result["vocab"] == len(build_tokenizer("apr-num99"))
+    assert result["fresh"]["problems"] == 3 and result["teacher_forced"]["results"]["all"]["n"] > 0
+    assert "| num99 | tokenizer=apr-num99 |" in r.stdout
+    info = json.loads((out / "arms/num99/train/final/apr.json").read_text())
+    assert info["tokenizer_name"] == "apr-num99"
