@@ -287,6 +287,43 @@ def test_load_weights_in_place_releases_kept_caches(tiny_hf, tiny_model_dir):
     assert not eng.kept and d.token_ids == hf_greedy(tiny_hf[0], tok, PROMPTS[0], 12)
 
 
+def test_reload_weights_is_one_checked_path(tiny_model_dir, tmp_path):
+    """A folder whose weights do not fit is refused before anything changes; a good one swaps
+    in through the same stage-then-swap path `apr serve` uses."""
+    from apr.engine.base import WeightsRefused
+
+    tok = make_char_tokenizer()
+    wider = tmp_path / "wider"
+    make_tiny_llama(len(tok), head_dim=8).save_pretrained(wider)
+    tok.save_pretrained(wider)
+    other = tmp_path / "other"
+    make_tiny_llama(len(tok), seed=5).save_pretrained(other)
+    tok.save_pretrained(other)
+    eng = LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device=DEVICE, dtype="float32")
+    (before,) = eng.run([Request("a", PROMPTS[0], 12, [], cache_key="key")])
+    refusals = {wider: r"different architecture: head_dim 8 \(served 16\)", tmp_path / "none": "no model folder"}
+    for folder, piece in refusals.items():
+        with pytest.raises(WeightsRefused, match=piece):
+            eng.reload_weights(folder)
+    (same,) = eng.run([Request("b", PROMPTS[0], 12, [])])
+    assert same.token_ids == before.token_ids and list(eng.kept) == ["key"] and eng.model_path == str(tiny_model_dir)
+    eng.reload_weights(other)
+    (after,) = eng.run([Request("c", PROMPTS[0], 12, [])])
+    assert not eng.kept and eng.model_path == str(other)
+    assert after.token_ids == hf_greedy(make_tiny_llama(len(tok), seed=5), tok, PROMPTS[0], 12)
+
+
+@pytest.mark.parametrize("device, piece", [("tpu", "unknown device 'tpu'"), ("meta", "unknown device 'meta'"),
+                                           ("cuda:99", "cuda:99")])
+def test_a_device_the_machine_lacks_is_a_one_line_error(device, piece):
+    from apr.engine.model_runner import resolve_device
+
+    with pytest.raises(UserError, match=piece) as e:
+        resolve_device(device)
+    assert "\n" not in str(e.value)
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda")
+
+
 def test_scripted_engine_interface_defaults():
     tok = make_char_tokenizer()
     eng = ScriptedEngine(tok, {"ab": "cd"}, max_slots=2)

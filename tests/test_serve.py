@@ -19,7 +19,7 @@ from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
-from apr.serve import start_server  # noqa: E402
+from apr.serve import ServeConfig, start_server  # noqa: E402
 
 PROMPTS = ["Current State: 24:[4, 9, 3]", "hi", "Moving to Node #0,1\n", "abc" * 9, "7", "xyz\nq"]
 
@@ -40,7 +40,8 @@ def local(tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device="cpu")
-    httpd, worker = start_server(eng, "127.0.0.1", 0, "tiny", 256, reload_root=tmp_path_factory.getbasetemp())
+    cfg = ServeConfig(port=0, model_name="tiny", context=256, reload_root=tmp_path_factory.getbasetemp())
+    httpd, worker = start_server(eng, cfg)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     host, port = httpd.server_address[:2]

@@ -18,7 +18,7 @@ from conftest_engine import save_model_dir, tiny_model_dir  # noqa: E402,F401
 
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
-from apr.serve import start_server  # noqa: E402
+from apr.serve import ServeConfig, start_server  # noqa: E402
 
 CONTEXT = 128
 GOOD = {"prompt": "Current State: 24:[4, 9, 3]", "max_tokens": 40, "temperature": 0}
@@ -33,7 +33,7 @@ def _one_thread():
 
 
 def serve(engine, **kw):
-    httpd, worker = start_server(engine, "127.0.0.1", 0, "tiny", CONTEXT, **kw)
+    httpd, worker = start_server(engine, ServeConfig(port=0, model_name="tiny", context=CONTEXT, **kw))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
 

@@ -24,7 +24,7 @@ from apr.engine.base import Request  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
-from apr.serve import start_server  # noqa: E402
+from apr.serve import ServeConfig, serving_window, start_server  # noqa: E402
 
 PROMPT = "Current State: 24:[4, 9, 3]"
 KEY = "s3cret-key"
@@ -39,7 +39,7 @@ def _one_thread():
 
 
 def serve(engine, **kw):
-    httpd, worker = start_server(engine, "127.0.0.1", 0, "tiny", 128, **kw)
+    httpd, worker = start_server(engine, ServeConfig(port=0, model_name="tiny", context=128, **kw))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
 
@@ -258,20 +258,19 @@ def test_weight_reload_stays_inside_its_root_and_is_all_or_nothing(tiny_model_di
 
 
 def test_inference_goes_on_while_new_weights_load(tiny_model_dir, tmp_path, monkeypatch):
-    import apr.serve
-
     root = tmp_path / "root"
     good = save_model_dir(root / "good", seed=7)
-    real = apr.serve.load_candidate
+    eng = LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu")
+    real = eng.stage_weights
     loading, release = threading.Event(), threading.Event()
 
-    def slow(folder, eng):
+    def slow(folder):
         loading.set()
         release.wait(30)
-        return real(folder, eng)
+        return real(folder)
 
-    monkeypatch.setattr(apr.serve, "load_candidate", slow)
-    url, stop = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"), reload_root=root)
+    monkeypatch.setattr(eng, "stage_weights", slow)
+    url, stop = serve(eng, reload_root=root)
     try:
         before = greedy(url)
         t = threading.Thread(target=reload, args=(url, good))
@@ -300,8 +299,9 @@ def test_serve_options_have_help_with_defaults_and_old_names_still_work(capsys):
     visible = [a for a in sp._actions if a.option_strings and a.help != "==SUPPRESS==" and a.dest != "help"]
     assert {a.option_strings[0] for a in visible} >= {"--model", "--host", "--port", "--api-key", "--allow-reload",
                                                      "--served-model", "--context", "--max-slots", "--no-access-log"}
-    for a in visible:
-        assert "default" in a.help or a.required, a.option_strings
+    shown = sp._get_formatter()
+    for a in visible:  # the help formatter adds a plain default; the others say theirs
+        assert "default" in shown._get_help_string(a) or a.required, a.option_strings
     help_text = sp.format_help()
     assert "--max-len" not in help_text and "--served-model-name" not in help_text
     p, _ = serve_parser()
@@ -312,19 +312,43 @@ def test_serve_options_have_help_with_defaults_and_old_names_still_work(capsys):
     assert len(err) == 2 and "--max-len is deprecated; use --context" in err[0]
     assert "--served-model-name is deprecated; use --served-model" in err[1]
     args = p.parse_args(["serve", "--model", "m"])
-    assert (args.context, args.served_model, args.host) == (4096, None, "127.0.0.1")
+    assert (args.context, args.served_model, args.host) == (None, None, "127.0.0.1")  # None: the model's window
 
 
 @pytest.mark.parametrize("argv, piece", [
-    (["--port", "70000"], "--port must be in 0..65535"),
-    (["--port", "-1"], "--port must be in 0..65535"),
-    (["--max-slots", "0"], "--max-slots must be >= 1"),
-    (["--context", "1"], "--context must be >= 2"),
+    (["--port", "70000"], "argument --port: must be an integer in 0..65535"),
+    (["--port", "-1"], "argument --port: must be an integer in 0..65535"),
+    (["--max-slots", "0"], "argument --max-slots: must be a positive integer"),
+    (["--context", "1"], "argument --context: must be an integer in 16..1048576"),
+    (["--context", "1000000000"], "argument --context: must be an integer in 16..1048576"),
+    (["--context", "1024"], "--context 1024 is more than the model's 512 positions (max_position_embeddings)"),
     (["--max-concurrency", "0"], "--max-concurrency"),
-    (["--api-key", ""], "--api-key is empty"),
+    (["--backlog", "0"], "--backlog"),
+    (["--api-key", ""], "the API key (--api-key, APR_API_KEY) is empty"),
     (["--allow-reload", "/no/such/root"], "--allow-reload"),
+    (["--device", "tpu"], "argument --device: must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_serve_options_are_one_line_errors(tiny_model_dir, argv, piece, capsys):
+    assert cli_main(["serve", "--model", str(tiny_model_dir)] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("apr: error:") and "\n" not in err and piece in err, err
+
+
+@pytest.mark.parametrize("argv, piece", [
+    (["--context", "100000"], "config.json: --context 100000 is more than the model's 512 positions"),
+    pytest.param(["--device", "cuda"], "device 'cuda': CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["--device", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"],
+     "CUDA is not available on this machine" if not torch.cuda.is_available() else "this machine has"),
+])
+def test_a_window_or_device_the_model_cannot_have_is_refused_before_it_loads(tiny_model_dir, argv, piece,
+                                                                             capsys, monkeypatch):
+    import apr.engine.local
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(apr.engine.local, "load_hf_causal_lm", no_load)
     assert cli_main(["serve", "--model", str(tiny_model_dir)] + argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("apr: error:") and "\n" not in err and piece in err, err
@@ -367,9 +391,11 @@ def test_the_window_is_what_the_model_was_trained_for(tmp_path, tiny_model_dir):
     info = json.loads((m / "apr.json").read_text())
     info["context"] = 96
     (m / "apr.json").write_text(json.dumps(info))
-    assert serve_cmd.model_window(m, 4096) == 96
-    assert serve_cmd.model_window(m, 64) == 64
-    assert serve_cmd.model_window(tiny_model_dir, 4096) == 512  # no apr.json: max_position_embeddings
+    assert serving_window(m, 400) == serving_window(m) == 96  # capped at the trained context
+    assert serving_window(m, 64) == 64
+    assert serving_window(tiny_model_dir) == 512  # no apr.json: max_position_embeddings
+    with pytest.raises(UserError, match="more than the model's 512 positions"):
+        serving_window(tiny_model_dir, 4096)  # asked past the position limit: refused, not capped
 
 
 # ---------------------------------------------------------------------------- configs that name code

@@ -9,3 +9,9 @@ class UserError(Exception):
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(where + message)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one short line, its type first (library errors can run to pages)."""
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0] if s else ''}"[:300]

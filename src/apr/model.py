@@ -180,6 +180,17 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
     return info
 
 
+def position_limit(model_dir: str | Path) -> int | None:
+    """The positions a model has (config.json `max_position_embeddings`), read without
+    loading it; None when the config does not say (or is not readable: loading says why)."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 def load_model(model_dir: str | Path, device: str = "cpu", dtype=None):
     """Load (model, tokenizer, info) from a model folder; one-line UserError if it isn't one."""
     from transformers import AutoConfig, AutoModelForCausalLM

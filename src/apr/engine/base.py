@@ -10,6 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from apr.errors import UserError
 
 
 @dataclass
@@ -53,8 +56,27 @@ class EngineError(RuntimeError):
     """The engine failed (e.g. a server died): stop the run, keep finished records."""
 
 
+class WeightsRefused(UserError):
+    """New weights that do not fit the served model (another architecture, tokenizer, a
+    missing or non-finite weight): nothing was changed, the old weights serve on."""
+
+
+class SwapFailed(EngineError):
+    """Copying checked weights in failed half way; the old weights were put back."""
+
+
+@dataclass(frozen=True)
+class StagedWeights:
+    """New weights read and checked (`Engine.stage_weights`), waiting for `swap_weights`."""
+
+    folder: Path
+    state_dict: Any = None  # None: the engine reads the folder when it swaps (e.g. a server's)
+
+
 class Engine(ABC):
     tokenizer = None  # a Hugging Face tokenizer (None for an HTTP engine without one)
+    max_len: int | None = None  # tokens one sequence may hold, prompt + generated (None: not known here)
+    vocab_size: int | None = None  # the model's vocabulary size (None: not known here)
 
     @abstractmethod
     def submit(self, req: Request) -> None:
@@ -87,10 +109,22 @@ class Engine(ABC):
         """Drop every queued and running request (after a failed step): none of their
         completions will come. Kept caches may stay."""
 
-    def reload_weights(self, path: str | Path) -> None:
-        """Load new weights of the same architecture from a Hugging Face folder; kept caches
-        are dropped (their K/V came from the old weights)."""
+    # ---- new weights: one checked path, in two halves so a server can keep serving ---------
+    def stage_weights(self, folder: str | Path) -> StagedWeights:
+        """Read and check new weights of the same architecture from a Hugging Face folder
+        (WeightsRefused if they do not fit). Leaves the engine as it is, so it may run on
+        another thread while this one serves. Default: nothing to read here, the swap does."""
+        return StagedWeights(Path(folder))
+
+    def swap_weights(self, staged: StagedWeights) -> None:
+        """Put staged weights in, with no request running (one thread drives the engine); kept
+        caches are dropped (their K/V came from the old weights). All or nothing: if the copy
+        fails (SwapFailed) the old weights serve on."""
         raise EngineError("this engine cannot reload weights")
+
+    def reload_weights(self, folder: str | Path) -> None:
+        """Stage, then swap: new weights from a folder, checked, with no request running."""
+        self.swap_weights(self.stage_weights(folder))
 
     @abstractmethod
     def close(self) -> None:

@@ -23,15 +23,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from safetensors import SafetensorError
-
-from apr.engine.base import Completion, Engine, Request
+import apr.engine.weights as weights
+from apr.engine.base import Completion, Engine, Request, StagedWeights, SwapFailed
 from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_device, resolve_dtype
 from apr.engine.batch import DecodeBatch
 from apr.engine.finish import FinishTable
 from apr.engine.sampler import next_tokens, sample, vocab_hash
 from apr.engine.scheduler import Scheduler, Seq
-from apr.errors import UserError
+from apr.errors import UserError, first_line
 
 
 class LocalEngine(Engine):
@@ -76,12 +75,7 @@ class LocalEngine(Engine):
         self.scheduler = Scheduler(max_slots, share=share, stats=self.stats)
         self.vhash = vocab_hash(self.model.args.vocab_size, self.device)
 
-        eos = set()
-        for e in (getattr(self.model_config, "eos_token_id", None), tokenizer.eos_token_id):
-            if isinstance(e, int):
-                eos.add(e)
-            elif isinstance(e, (list, tuple)):
-                eos.update(e)
+        eos = weights.eos_ids(self.model_config, tokenizer)
         self.finish = FinishTable(tokenizer, self.model.args.vocab_size, eos, self.device)
         self._batch: DecodeBatch | None = None  # the decode rows of the last step
 
@@ -92,6 +86,10 @@ class LocalEngine(Engine):
     def model(self):
         """Our Llama forward (llama.Transformer) holding the weights and the KV cache."""
         return self.runner.model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.args.vocab_size
 
     @property
     def eos_ids(self) -> set[int]:
@@ -174,23 +172,29 @@ class LocalEngine(Engine):
         self.scheduler.clear()
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
-        """Load an HF-Llama-style state dict (same architecture) in place; every kept cache
-        is released (its K/V came from the old weights)."""
+        """Copy an HF-Llama-style state dict (same architecture) in place, unchecked: for
+        weights this process made (GRPO's policy); folders go through `reload_weights`.
+        Every kept cache is released (its K/V came from the old weights)."""
         self._check_idle()
         self.runner.load_hf_state_dict(state_dict)
         self.scheduler.release_all()
 
-    def reload_weights(self, path: str | Path) -> None:
-        """Load new weights (same architecture) from an HF folder; drops kept caches."""
-        from transformers import AutoModelForCausalLM
+    def stage_weights(self, folder: str | Path) -> StagedWeights:
+        folder = Path(folder)
+        sd = weights.stage(folder, self.model, self.model_config, self.tokenizer, self.eos_ids, self.dtype)
+        return StagedWeights(folder, sd)
 
+    def swap_weights(self, staged: StagedWeights) -> None:
+        if staged.state_dict is None:  # staged by another engine: read and check it here
+            staged = self.stage_weights(staged.folder)
         self._check_idle()
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         try:
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
-        except (OSError, ValueError, SafetensorError) as e:
-            raise UserError(f"cannot load model ({str(e).splitlines()[0]})", str(path)) from None
-        self.load_weights(hf.state_dict())
-        self.model_path = str(path)
+            self.load_weights(staged.state_dict)
+        except Exception as e:  # noqa: BLE001 - a copy that fails half way must not leave two models mixed
+            self.model.load_state_dict(snapshot)
+            raise SwapFailed(f"swap failed, the old weights keep serving ({first_line(e)})") from None
+        self.model_path = str(staged.folder)
 
     def _check_idle(self) -> None:
         if self.scheduler.busy():

@@ -39,9 +39,25 @@ from apr.errors import UserError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device `device` names (auto: a GPU when there is one), checked before anything is
+    placed on it: a name torch does not know, CUDA on a machine without it or a GPU index the
+    machine lacks is a one-line UserError, not a traceback from deep inside a load."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # the engine runs (and is tested) on these only
+        raise UserError(f"unknown device {str(device)!r} (auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"device {str(device)!r}: this machine has {n} CUDA device{'s' * (n > 1)} "
+                            f"(cuda:0..cuda:{n - 1})")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from apr.engine.base import Completion, Engine, Request
+from apr.engine.base import Completion, Engine, Request, StagedWeights
 from apr.errors import UserError
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -129,8 +129,10 @@ class OpenAIEngine(Engine):
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def reload_weights(self, path: str | Path) -> None:
-        """Ask the server to load new weights from a folder it can read (SGLang's endpoint)."""
+    def swap_weights(self, staged: StagedWeights) -> None:
+        """Ask the server to load new weights from a folder it can read (SGLang's endpoint);
+        the server stages and checks them itself, so there is nothing to stage here."""
+        path = staged.folder
         url = self.root + "/update_weights_from_disk"
         try:
             r = self.client.post(url, json={"model_path": str(path)})
