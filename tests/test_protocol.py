@@ -50,7 +50,7 @@ def test_child_prompts_and_joins_rebuilt_from_parent_text_equal_the_solvers():
             context = thread.calls()[thread.segments.index(seg)]
             requests = P.parse_spawn(context)
             assert [r.prompt for r in requests] == [c.prompt for c in group]
-            results = [P.ChildResult(r.index, r.level, r.node, P.child_result(c.text())) for r, c in zip(requests, group)]
+            results = [P.ChildResult(r.index, r.level, r.node, P.goal_line_result(c.text())) for r, c in zip(requests, group)]
             assert P.join_text(results) == join
             spawns += 1
     assert spawns > 30
@@ -73,12 +73,12 @@ def test_trace_dict_round_trip_is_byte_exact():
         td = json.loads(json.dumps(thread.to_trace_dict()))
         back = P.thread_from_trace_dict(td)
         assert back.text() == thread.text()
-        assert [s.text for s in P.training_strings(back)] == [s.text for s in P.training_strings(thread)]
+        assert [s.text for s in back.training_strings()] == [s.text for s in thread.training_strings()]
 
 
 def test_training_strings_mark_exactly_the_join_text():
     for _, thread, _ in apr_threads():
-        strings = P.training_strings(thread)
+        strings = thread.training_strings()
         assert len(strings) == sum(len(t.segments) for t in thread.walk())
         root = strings[: len(thread.segments)]
         for k, s in enumerate(root):
@@ -89,11 +89,11 @@ def test_training_strings_mark_exactly_the_join_text():
             assert s.inserted == []  # children in the published data never spawn
 
 
-def test_child_result_is_the_clean_path():
+def test_goal_line_result_is_the_clean_path():
     for _, thread, _ in apr_threads():
         for group in thread.children:
             for c in group:
-                res = P.child_result(c.text())
+                res = P.goal_line_result(c.text())
                 if res is not None:
                     assert res.startswith(f"Moving to Node #{c.prompt.split('#')[1].split(chr(10))[0]}\n")
                     assert res.endswith("equal: Goal Reached\n")
@@ -122,7 +122,7 @@ def test_published_style_record_reads():
 def test_parsers_never_crash_on_any_string(s):
     P.parse_spawn(s)
     P.parse_spawn(s + "\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,9\n<End Calling Sub Searches>\n")
-    P.child_result(s)
+    P.goal_line_result(s)
     P.node_states(s)
     P.split_prompt(s)
 
@@ -132,7 +132,7 @@ def test_parsers_never_crash_on_any_string(s):
 def test_parsers_never_crash_on_trace_like_strings(words):
     s = "\n".join(words)
     P.parse_spawn(s)
-    P.child_result(s)
+    P.goal_line_result(s)
 
 
 # ---------------------------------------------------------------------------- solver outputs pinned
@@ -186,23 +186,23 @@ def test_solver_demonstrations_equal_the_pinned_digests(name):
 
 # ---------------------------------------------------------------------------- the published result rule
 
-def test_thread_result_follows_the_second_to_last_goal_reached():
+def test_official_result_follows_the_second_to_last_goal_reached():
     path = "Moving to Node #0,1\nCurrent State: 24:[4, 6], Operations: ['9-3=6']\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
-    assert P.thread_result("x\n24,24 equal: Goal Reached\n" + path + "24,24 equal: Goal Reached\n") == path + "24,24 equal: Goal Reached\n"
-    assert P.thread_result("24,24 equal: Goal Reached\n" + path + "71,70 equal: Goal Reached\n") == path + "71,70 equal: Goal Reached\n"
-    assert P.thread_result("24,24 equal: Goal Reached\n") is None and P.thread_result("No solution found.\n") is None
+    assert P.official_result("x\n24,24 equal: Goal Reached\n" + path + "24,24 equal: Goal Reached\n") == path + "24,24 equal: Goal Reached\n"
+    assert P.official_result("24,24 equal: Goal Reached\n" + path + "71,70 equal: Goal Reached\n") == path + "71,70 equal: Goal Reached\n"
+    assert P.official_result("24,24 equal: Goal Reached\n") is None and P.official_result("No solution found.\n") is None
     # the join tags count; the one character after the occurrence is skipped whatever it is
-    assert P.thread_result("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached") == \
+    assert P.official_result("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached") == \
         "in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached"
     # everything to the end of the text
-    assert P.thread_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
+    assert P.official_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
 
 
 def test_solver_children_pass_on_the_same_path_under_both_rules():
     for _, thread, _ in apr_threads():
         for group in thread.children:
             for c in group:
-                assert P.thread_result(c.text()) == P.child_result(c.text())
+                assert P.official_result(c.text()) == P.goal_line_result(c.text())
 
 
 def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
@@ -210,7 +210,7 @@ def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
     for _, thread, _ in apr_threads():
         for group, join in zip(thread.children, thread.joins):
             got = P.join_results(join, [c.prompt.split("#")[1].split("\n")[0] for c in group])
-            assert got == [P.child_result(c.text()) for c in group]
+            assert got == [P.goal_line_result(c.text()) for c in group]
             for c in group:
                 st = P.start_state(c.prompt)
                 assert c.prompt == P.child_prompt(c.prompt.split("#")[1].split("\n")[0], st.target, st.nums, st.ops)
@@ -223,7 +223,7 @@ def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_result_parsers_never_crash(s):
-    P.thread_result(s)
+    P.official_result(s)
     P.start_state(s)
     P.join_results(s, ["0,0", "0,1"])
 
