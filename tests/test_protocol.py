@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from apr import protocol as P
 from apr.countdown import read_problems
+from apr.protocol.joins import JOIN_RULES, Passed
 from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
@@ -99,6 +100,59 @@ def test_goal_line_result_is_the_clean_path():
                     assert res.endswith("equal: Goal Reached\n")
                 else:
                     assert c.text().endswith("No solution found.\n")
+
+
+def test_a_threads_texts_agree():
+    for _, thread, _ in apr_threads(AprConfig(max_depth=2)):
+        for t in thread.walk():
+            assert t.calls() == [before + seg for before, seg in zip(t.contexts(), t.segments)]
+            assert t.text() == t.calls()[-1]  # the last segment is never replaced by a join
+            own = t.text()
+            for join in t.joins:
+                own = own.replace(join, "", 1)
+            assert t.own_text() == own and "<Calling Sub Searches>" not in own
+            assert [s.text for s in t.strings()] == t.calls()
+        assert thread.training_strings() == [s for t in thread.walk() for s in t.strings()]
+
+
+def test_sequential_tokens_take_the_longest_child_chain_at_each_join():
+    leaf = lambda n: P.Thread("p", ["x"], tokens=n)
+    root = P.Thread("p", ["a", "b", "c"], [[leaf(3), leaf(7)], [leaf(2)]], ["j0", "j1"], tokens=10)
+    assert root.sequential_tokens() == 10 + 7 + 2
+    root.children[0][0].children = [[leaf(5), leaf(1)]]  # 3 + 5 is now the longer chain
+    assert root.sequential_tokens() == 10 + 8 + 2
+
+
+def test_json_form_round_trips():
+    for _, thread, _ in apr_threads(AprConfig(max_depth=2)):
+        d = json.loads(json.dumps(thread.to_json()))
+        back = P.Thread.from_json(d)
+        assert back == thread and back.to_json() == d
+        assert all(t.malformed is None for t in back.walk())
+
+
+def test_unreadable_json_threads_are_flagged_not_raised():
+    tree = {"id": "0", "prompt": 7, "segments": ["a"], "joins": ["j", "k"], "status": "done",
+            "children": [[5, {"id": "0.1", "prompt": "q", "segments": [], "level": "1"}], "x"]}
+    t = P.Thread.from_json(tree)
+    assert t.malformed == "prompt, more joins than segments" and t.prompt == "" and t.status == "done"
+    assert [(c.id, c.malformed) for c in t.walk()][1:] == [("?", "not an object"), ("0.1", None)]
+    child = t.children[0][1]
+    assert child.status == "" and child.level == 0  # missing: not finished; wrong type: the default
+    assert t.children[1] == []
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                        st.sampled_from(["id", "prompt", "segments", "joins", "children", "status", "level"]), inner),
+                    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON)
+def test_reading_any_json_as_a_thread_tree_never_raises(d):
+    for t in P.Thread.from_json(d).walk():
+        t.text(), t.own_text(), t.training_strings(), t.sequential_tokens(), t.to_json()
 
 
 def test_sos_threads_have_one_segment_and_no_spawn():
@@ -198,11 +252,17 @@ def test_official_result_follows_the_second_to_last_goal_reached():
     assert P.official_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
 
 
-def test_solver_children_pass_on_the_same_path_under_both_rules():
+def test_solver_children_pass_on_the_same_path_under_every_join_rule():
+    assert list(JOIN_RULES) == ["official", "goal-line", "verified"]  # the names `--join-rule` takes
+    children = 0
     for _, thread, _ in apr_threads():
         for group in thread.children:
             for c in group:
                 assert P.official_result(c.text()) == P.goal_line_result(c.text())
+                passed = [rule(c) for rule in JOIN_RULES.values()]
+                assert passed == [Passed(P.goal_line_result(c.text()))] * 3
+                children += 1
+    assert children > 30
 
 
 def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():

@@ -37,7 +37,7 @@ def test_runtime_reproduces_solver_text_and_answers(tok):
     for rec, t, p in zip(recs, threads, PROBS):
         assert rec.text == t.text()
         rebuilt = P.Thread.from_json(rec.threads)
-        assert rebuilt.text() == rec.text
+        assert rebuilt.text() == rec.text and rebuilt.to_json() == rec.threads
         assert len(rebuilt.training_strings()) == len(t.training_strings())
         assert rec.correct == (P.goal_line_result(t.text()) is not None)
         assert rec.children == t.count_descendants()
