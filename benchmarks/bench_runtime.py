@@ -44,6 +44,7 @@ def main() -> None:
     from apr.engine import EngineSpec, Request, SamplingParams, make_engine
     from apr.engine.model_runner import resolve_device
     from apr.model import load_model_info
+    from apr.protocol import Thread
     from apr.runtime import Runtime, RuntimeConfig
 
     ap = argparse.ArgumentParser()
@@ -76,18 +77,8 @@ def main() -> None:
         wall = time.perf_counter() - t
     tokens = sum(r.total_tokens for r in recs)
     # the same completions, without orchestration
-    reqs = []
-    for r in recs:
-        stack = [r.threads]
-        while stack:
-            th = stack.pop()
-            ctx = th["prompt"]
-            for k, seg in enumerate(th["segments"]):
-                reqs.append((ctx, seg))
-                ctx = ctx + seg
-                if k < len(th["joins"]):
-                    ctx = ctx[: ctx.rfind("<Calling Sub Searches>\n")] + th["joins"][k]
-            stack.extend(c for g in th["children"] for c in g)
+    reqs = [(ctx, seg) for r in recs for th in Thread.from_json(r.threads).walk()
+            for ctx, seg in zip(th.contexts(), th.segments)]
     with engine() as e:
         tok = e.tokenizer
         batch = [Request(str(i), ctx, max(1, len(tok.encode(seg, add_special_tokens=False))), [], SamplingParams()) for i, (ctx, seg) in enumerate(reqs)]

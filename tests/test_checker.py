@@ -168,7 +168,7 @@ def test_the_second_to_last_goal_reached_may_be_a_join_tag():
     are the tag and the child's goal line, so the final path starts inside the tag."""
     text = ("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\nMoving to Node #0,0\n"
             "Current State: 24:[4, 6], Operations: ['9-3=6']\n" + OPS[1] + "24,24 equal: Goal Reached\n")
-    assert P.thread_result(text).startswith("in Sub Search 0")
+    assert P.official_result(text).startswith("in Sub Search 0")
     assert "operand not among the numbers: 4*6=24 with [4, 9, 3]" == check([4, 9, 3], 24, text).reason
     assert check([4, 6], 24, text).correct
 

@@ -53,15 +53,16 @@ def test_operation_errors_of_one_thread():
 
 
 def test_join_text_is_not_counted_for_the_parent():
-    t = tree(True)
-    assert "13+4=24" in t["text"] and "13+4=24" not in C.own_text(t)
-    assert C.operation_errors(C.own_text(t)) == (5, 2)
+    t = P.Thread.from_json(tree(True))
+    assert t.text() == tree(True)["text"]
+    assert "13+4=24" in t.text() and "13+4=24" not in t.own_text()
+    assert C.operation_errors(t.own_text()) == (5, 2)
 
 
 def test_false_claims_per_join():
-    assert C.false_claims(tree(True)) == [1]  # 13+4=24 does not replay from [4, 13]
-    assert C.false_claims(tree(False)) == [0]
-    assert C.false_claims(child("0,0", "24:[4, 6], Operations: []", PATH0)) == []  # no joins
+    assert C.false_claims(P.Thread.from_json(tree(True))) == [1]  # 13+4=24 does not replay from [4, 13]
+    assert C.false_claims(P.Thread.from_json(tree(False))) == [0]
+    assert C.false_claims(P.Thread.from_json(child("0,0", "24:[4, 6], Operations: []", PATH0))) == []  # no joins
 
 
 def test_measure_over_records():

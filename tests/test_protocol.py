@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from apr import protocol as P
 from apr.countdown import read_problems
+from apr.protocol.joins import JOIN_RULES, Passed
 from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
@@ -50,7 +51,7 @@ def test_child_prompts_and_joins_rebuilt_from_parent_text_equal_the_solvers():
             context = thread.calls()[thread.segments.index(seg)]
             requests = P.parse_spawn(context)
             assert [r.prompt for r in requests] == [c.prompt for c in group]
-            results = [P.ChildResult(r.index, r.level, r.node, P.child_result(c.text())) for r, c in zip(requests, group)]
+            results = [P.ChildResult(r.index, r.level, r.node, P.goal_line_result(c.text())) for r, c in zip(requests, group)]
             assert P.join_text(results) == join
             spawns += 1
     assert spawns > 30
@@ -73,12 +74,12 @@ def test_trace_dict_round_trip_is_byte_exact():
         td = json.loads(json.dumps(thread.to_trace_dict()))
         back = P.thread_from_trace_dict(td)
         assert back.text() == thread.text()
-        assert [s.text for s in P.training_strings(back)] == [s.text for s in P.training_strings(thread)]
+        assert [s.text for s in back.training_strings()] == [s.text for s in thread.training_strings()]
 
 
 def test_training_strings_mark_exactly_the_join_text():
     for _, thread, _ in apr_threads():
-        strings = P.training_strings(thread)
+        strings = thread.training_strings()
         assert len(strings) == sum(len(t.segments) for t in thread.walk())
         root = strings[: len(thread.segments)]
         for k, s in enumerate(root):
@@ -89,16 +90,69 @@ def test_training_strings_mark_exactly_the_join_text():
             assert s.inserted == []  # children in the published data never spawn
 
 
-def test_child_result_is_the_clean_path():
+def test_goal_line_result_is_the_clean_path():
     for _, thread, _ in apr_threads():
         for group in thread.children:
             for c in group:
-                res = P.child_result(c.text())
+                res = P.goal_line_result(c.text())
                 if res is not None:
                     assert res.startswith(f"Moving to Node #{c.prompt.split('#')[1].split(chr(10))[0]}\n")
                     assert res.endswith("equal: Goal Reached\n")
                 else:
                     assert c.text().endswith("No solution found.\n")
+
+
+def test_a_threads_texts_agree():
+    for _, thread, _ in apr_threads(AprConfig(max_depth=2)):
+        for t in thread.walk():
+            assert t.calls() == [before + seg for before, seg in zip(t.contexts(), t.segments)]
+            assert t.text() == t.calls()[-1]  # the last segment is never replaced by a join
+            own = t.text()
+            for join in t.joins:
+                own = own.replace(join, "", 1)
+            assert t.own_text() == own and "<Calling Sub Searches>" not in own
+            assert [s.text for s in t.strings()] == t.calls()
+        assert thread.training_strings() == [s for t in thread.walk() for s in t.strings()]
+
+
+def test_sequential_tokens_take_the_longest_child_chain_at_each_join():
+    leaf = lambda n: P.Thread("p", ["x"], tokens=n)
+    root = P.Thread("p", ["a", "b", "c"], [[leaf(3), leaf(7)], [leaf(2)]], ["j0", "j1"], tokens=10)
+    assert root.sequential_tokens() == 10 + 7 + 2
+    root.children[0][0].children = [[leaf(5), leaf(1)]]  # 3 + 5 is now the longer chain
+    assert root.sequential_tokens() == 10 + 8 + 2
+
+
+def test_json_form_round_trips():
+    for _, thread, _ in apr_threads(AprConfig(max_depth=2)):
+        d = json.loads(json.dumps(thread.to_json()))
+        back = P.Thread.from_json(d)
+        assert back == thread and back.to_json() == d
+        assert all(t.malformed is None for t in back.walk())
+
+
+def test_unreadable_json_threads_are_flagged_not_raised():
+    tree = {"id": "0", "prompt": 7, "segments": ["a"], "joins": ["j", "k"], "status": "done",
+            "children": [[5, {"id": "0.1", "prompt": "q", "segments": [], "level": "1"}], "x"]}
+    t = P.Thread.from_json(tree)
+    assert t.malformed == "prompt, more joins than segments" and t.prompt == "" and t.status == "done"
+    assert [(c.id, c.malformed) for c in t.walk()][1:] == [("?", "not an object"), ("0.1", None)]
+    child = t.children[0][1]
+    assert child.status == "" and child.level == 0  # missing: not finished; wrong type: the default
+    assert t.children[1] == []
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                        st.sampled_from(["id", "prompt", "segments", "joins", "children", "status", "level"]), inner),
+                    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON)
+def test_reading_any_json_as_a_thread_tree_never_raises(d):
+    for t in P.Thread.from_json(d).walk():
+        t.text(), t.own_text(), t.training_strings(), t.sequential_tokens(), t.to_json()
 
 
 def test_sos_threads_have_one_segment_and_no_spawn():
@@ -122,7 +176,7 @@ def test_published_style_record_reads():
 def test_parsers_never_crash_on_any_string(s):
     P.parse_spawn(s)
     P.parse_spawn(s + "\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,9\n<End Calling Sub Searches>\n")
-    P.child_result(s)
+    P.goal_line_result(s)
     P.node_states(s)
     P.split_prompt(s)
 
@@ -132,7 +186,7 @@ def test_parsers_never_crash_on_any_string(s):
 def test_parsers_never_crash_on_trace_like_strings(words):
     s = "\n".join(words)
     P.parse_spawn(s)
-    P.child_result(s)
+    P.goal_line_result(s)
 
 
 # ---------------------------------------------------------------------------- solver outputs pinned
@@ -186,23 +240,29 @@ def test_solver_demonstrations_equal_the_pinned_digests(name):
 
 # ---------------------------------------------------------------------------- the published result rule
 
-def test_thread_result_follows_the_second_to_last_goal_reached():
+def test_official_result_follows_the_second_to_last_goal_reached():
     path = "Moving to Node #0,1\nCurrent State: 24:[4, 6], Operations: ['9-3=6']\nExploring Operation: 4*6=24, Resulting Numbers: [24]\n"
-    assert P.thread_result("x\n24,24 equal: Goal Reached\n" + path + "24,24 equal: Goal Reached\n") == path + "24,24 equal: Goal Reached\n"
-    assert P.thread_result("24,24 equal: Goal Reached\n" + path + "71,70 equal: Goal Reached\n") == path + "71,70 equal: Goal Reached\n"
-    assert P.thread_result("24,24 equal: Goal Reached\n") is None and P.thread_result("No solution found.\n") is None
+    assert P.official_result("x\n24,24 equal: Goal Reached\n" + path + "24,24 equal: Goal Reached\n") == path + "24,24 equal: Goal Reached\n"
+    assert P.official_result("24,24 equal: Goal Reached\n" + path + "71,70 equal: Goal Reached\n") == path + "71,70 equal: Goal Reached\n"
+    assert P.official_result("24,24 equal: Goal Reached\n") is None and P.official_result("No solution found.\n") is None
     # the join tags count; the one character after the occurrence is skipped whatever it is
-    assert P.thread_result("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached") == \
+    assert P.official_result("<Goal Reached in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached") == \
         "in Sub Search 0 at level 1 at Node #0,0>\n" + path + "Goal Reached"
     # everything to the end of the text
-    assert P.thread_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
+    assert P.official_result("Goal Reached\nA\nGoal Reached\nB\n") == "A\nGoal Reached\nB\n"
 
 
-def test_solver_children_pass_on_the_same_path_under_both_rules():
+def test_solver_children_pass_on_the_same_path_under_every_join_rule():
+    assert list(JOIN_RULES) == ["official", "goal-line", "verified"]  # the names `--join-rule` takes
+    children = 0
     for _, thread, _ in apr_threads():
         for group in thread.children:
             for c in group:
-                assert P.thread_result(c.text()) == P.child_result(c.text())
+                assert P.official_result(c.text()) == P.goal_line_result(c.text())
+                passed = [rule(c) for rule in JOIN_RULES.values()]
+                assert passed == [Passed(P.goal_line_result(c.text()))] * 3
+                children += 1
+    assert children > 30
 
 
 def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
@@ -210,7 +270,7 @@ def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
     for _, thread, _ in apr_threads():
         for group, join in zip(thread.children, thread.joins):
             got = P.join_results(join, [c.prompt.split("#")[1].split("\n")[0] for c in group])
-            assert got == [P.child_result(c.text()) for c in group]
+            assert got == [P.goal_line_result(c.text()) for c in group]
             for c in group:
                 st = P.start_state(c.prompt)
                 assert c.prompt == P.child_prompt(c.prompt.split("#")[1].split("\n")[0], st.target, st.nums, st.ops)
@@ -223,7 +283,7 @@ def test_join_results_invert_join_text_and_start_state_reads_a_child_prompt():
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_result_parsers_never_crash(s):
-    P.thread_result(s)
+    P.official_result(s)
     P.start_state(s)
     P.join_results(s, ["0,0", "0,1"])
 

@@ -7,7 +7,7 @@ import pytest
 from apr import protocol as P
 from apr.countdown import Problem, read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
-from apr.runtime import Runtime, RuntimeConfig, solve_problems, thread_from_tree
+from apr.runtime import Runtime, RuntimeConfig, solve_problems
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
@@ -36,10 +36,10 @@ def test_runtime_reproduces_solver_text_and_answers(tok):
     spawned = 0
     for rec, t, p in zip(recs, threads, PROBS):
         assert rec.text == t.text()
-        rebuilt = thread_from_tree(rec.threads)
-        assert rebuilt.text() == rec.text
-        assert len(P.training_strings(rebuilt)) == len(P.training_strings(t))
-        assert rec.correct == (P.child_result(t.text()) is not None)
+        rebuilt = P.Thread.from_json(rec.threads)
+        assert rebuilt.text() == rec.text and rebuilt.to_json() == rec.threads
+        assert len(rebuilt.training_strings()) == len(t.training_strings())
+        assert rec.correct == (P.goal_line_result(t.text()) is not None)
         assert rec.children == t.count_descendants()
         spawned += rec.children
         assert rec.sequential_tokens <= rec.total_tokens
@@ -211,16 +211,16 @@ def joined(tok, child: str, rule: str):
 @pytest.mark.parametrize("case", CHILDREN)
 def test_official_and_goal_line_joins_on_hand_built_children(tok, case):
     child, goal_line = CHILDREN[case]
-    official_expected = P.thread_result(CHILD_PROMPT + child)
+    official_expected = P.official_result(CHILD_PROMPT + child)
     if official_expected is not None and not official_expected.endswith("\n"):
         official_expected += "\n"
-    goal_line_expected = P.child_result(CHILD_PROMPT + (CHILDREN[goal_line][0] if goal_line == "clean" else child))
+    goal_line_expected = P.goal_line_result(CHILD_PROMPT + (CHILDREN[goal_line][0] if goal_line == "clean" else child))
     if goal_line is None:
         goal_line_expected = None
     rec_o, got_o = joined(tok, child, "official")
     rec_g, got_g = joined(tok, child, "goal-line")
     assert got_o == official_expected and got_g == goal_line_expected
-    assert got_g == P.child_result(CHILD_PROMPT + child)  # goal-line is the rule the solvers write demonstrations by
+    assert got_g == P.goal_line_result(CHILD_PROMPT + child)  # goal-line is the rule the solvers write demonstrations by
     assert rec_o.rejected_claims is None and "rejected_claims" not in rec_o.to_json()
     same = case in ("clean", "no solution", "false claim", "no final newline")
     assert (rec_o.text == rec_g.text) == same, case

@@ -44,7 +44,7 @@ def traces():
         for cfg in (AprConfig(sub_call_budget=i % 2 == 0), SosConfig()):
             rec = demonstration(p, i, 0, cfg)
             out.append(rec["search_path"])
-            out.extend(s.text for s in protocol.training_strings(protocol.thread_from_record(rec)))
+            out.extend(s.text for s in protocol.thread_from_record(rec).training_strings())
     return out
 
 

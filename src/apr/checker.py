@@ -1,6 +1,6 @@
 """Decide whether a text solves a problem, exactly as the published APR evaluation does.
 
-The final path is the thread's result (`protocol.thread_result`): the text after the
+The final path is the thread's result (`protocol.official_result`): the text after the
 second-to-last occurrence of `Goal Reached` (and the one character after it); a text with
 fewer than two occurrences has none and is not correct. The path is replayed from the
 problem's numbers: every line holding an `Exploring Operation: a op b=c, Resulting Numbers:
@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from apr.errors import UserError
-from apr.protocol import GOAL_REACHED, parse_list, thread_result
+from apr.protocol import GOAL_REACHED, official_result, parse_list
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,11 @@ def _replay(nums: list[int], target: int, path: str) -> Verdict:
 
 
 def check(nums: list[int], target: int, text: str) -> Verdict:
-    """Correct when the text's final path (its `thread_result`) solves (nums, target)."""
+    """Correct when the text's final path (its `official_result`) solves (nums, target)."""
     if not isinstance(text, str):
         text = ""
     try:
-        path = thread_result(text)
+        path = official_result(text)
     except Exception as e:
         return Verdict(False, f"checker error: {type(e).__name__}")
     if path is None:
@@ -114,9 +114,9 @@ def check(nums: list[int], target: int, text: str) -> Verdict:
 
 def claimed_ops(text: str) -> tuple[str, ...] | None:
     """The operations of the final path a text claims, right or wrong (every operation match
-    of its `thread_result` up to the first `Goal Reached` line); None when it has no final
+    of its `official_result` up to the first `Goal Reached` line); None when it has no final
     path or the path has no operation."""
-    path = thread_result(text) if isinstance(text, str) else None
+    path = official_result(text) if isinstance(text, str) else None
     if path is None:
         return None
     ops = []

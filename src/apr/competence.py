@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from apr import protocol as P
 from apr.checker import OP_RE, apply_op, reason_class, replay
+from apr.protocol import Thread, join_results, start_state
 from apr.records import Record
 from apr.runtime import RUNTIME_FAILURES
 
@@ -61,41 +61,18 @@ def operation_errors(text: str) -> tuple[int, int]:
     return ops, wrong
 
 
-def own_text(thread: dict) -> str:
-    """A thread's text without the join text the runtime inserted: its prompt and generated
-    segments, each spawn block cut off."""
-    if "segments" not in thread:
-        return thread.get("text") or ""
-    segments, joins = thread.get("segments") or [], thread.get("joins") or []
-    parts = [thread.get("prompt") or ""]
-    for i, seg in enumerate(segments):
-        cut = P.spawn_start(seg) if i < len(joins) else -1
-        parts.append(seg[:cut] if cut >= 0 else seg)
-    return "".join(parts)
-
-
-def walk(tree) -> Iterator[dict]:
-    if not isinstance(tree, dict):
-        return
-    yield tree
-    for group in tree.get("children") or []:
-        for c in group or []:
-            yield from walk(c)
-
-
-def false_claims(thread: dict) -> list[int]:
+def false_claims(thread: Thread) -> list[int]:
     """For each join of a thread: how many children's passed-on success claims do not replay
     from the child's start state."""
     out = []
-    groups = thread.get("children") or []
-    for k, join in enumerate(thread.get("joins") or []):
-        group = groups[k] if k < len(groups) else []
-        paths = P.join_results(join, [c.get("node", "") for c in group])
+    for k, join in enumerate(thread.joins):
+        group = thread.children[k] if k < len(thread.children) else []
+        paths = join_results(join, [c.node for c in group])
         bad = 0
         for child, path in zip(group, paths):
             if path is None:
                 continue
-            start = P.start_state(child.get("prompt") or "")
+            start = start_state(child.prompt)
             if start is None or not replay(start.nums, start.target, path).correct:
                 bad += 1
         out.append(bad)
@@ -118,12 +95,12 @@ def measure(records: Iterable[Record]) -> dict:
     ops = wrong = joins = bad_joins = bad_claims = rejected = 0
     reasons: dict[str, Counter] = {"runtime": Counter(), "checker": Counter()}
     for rec in records:
-        threads = list(walk(rec.threads)) if rec.threads else []
+        threads = list(Thread.from_json(rec.threads).walk()) if rec.threads else []
         if not threads:
             n, w = operation_errors(rec.text)
             ops, wrong = ops + n, wrong + w
         for t in threads:
-            n, w = operation_errors(own_text(t))
+            n, w = operation_errors(t.own_text())
             ops, wrong = ops + n, wrong + w
             per_join = false_claims(t)
             joins += len(per_join)

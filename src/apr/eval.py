@@ -326,16 +326,14 @@ def solver_record(kind: str, index: int, p: Problem, seed: int, tok) -> Record:
         thread = solve_sos(p.nums, p.target, SosConfig(), rng)
     latency = time.perf_counter() - t0
     n = lambda s: len(tok.encode(s, add_special_tokens=False))
-
-    def seq(t) -> int:  # a thread's generated tokens plus, at each join, its longest child chain
-        return sum(n(s) for s in t.segments) + sum(max((seq(c) for c in g), default=0) for g in t.children)
-
     threads = list(thread.walk())
+    for t in threads:  # the counts the runtime keeps of a thread, as if it had generated it
+        t.tokens, t.context_tokens = sum(n(s) for s in t.segments), n(t.text())
     text = thread.text()
     v = check(p.nums, p.target, text)
     return Record(index=index, sample=0, nums=p.nums, target=p.target, text=text, correct=v.correct, reason=v.reason,
-                  answer=list(v.path), total_tokens=sum(n(s) for t in threads for s in t.segments),
-                  sequential_tokens=seq(thread), longest_thread=max(n(t.text()) for t in threads),
+                  answer=list(v.path), total_tokens=sum(t.tokens for t in threads),
+                  sequential_tokens=thread.sequential_tokens(), longest_thread=max(t.context_tokens for t in threads),
                   children=len(threads) - 1, latency_s=latency, method=kind)
 
 

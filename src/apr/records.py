@@ -28,7 +28,7 @@ class Record:
     children: int  # threads spawned
     latency_s: float  # first to last generated token
     method: str  # "apr" or "sos" as run; a solver row's name for solver records
-    threads: dict | None = None  # the thread tree (the runtime's ThreadRun.to_dict())
+    threads: dict | None = None  # the thread tree (`protocol.Thread.to_json()`; read back by `Thread.from_json`)
     sample: int | None = None  # sample number when a problem is sampled several times
     model: str | None = None  # the model folder or server that produced it
     runtime_method: str | None = None  # `apr eval`: the runtime method behind cons@N / pass@N

@@ -12,19 +12,20 @@ def record_tree(rec: Record) -> Tree:
     """The threads of a runtime record, one line each: first prompt line, tokens, context,
     decode steps, status, and whether the thread reached the goal."""
 
-    def label(t: dict) -> str:
-        first = t["prompt"].split("\n")[0]
-        status = {"done": "[green]done[/]", "cut": "[red]cut[/]", "failed": "[red]failed[/]"}.get(t["status"], t["status"])
-        won = " [bold green]goal[/]" if t["text"].count("equal: Goal Reached") >= 2 else ""
-        return f"{first}  [dim]{t['tokens']} tokens, context {t['context_tokens']}, steps {t['start_step']}-{t['end_step']}[/] {status}{won}"
+    def label(t: Thread) -> str:
+        first = t.prompt.split("\n")[0]
+        status = {"done": "[green]done[/]", "cut": "[red]cut[/]", "failed": "[red]failed[/]"}.get(t.status, t.status)
+        won = " [bold green]goal[/]" if t.text().count("equal: Goal Reached") >= 2 else ""
+        return f"{first}  [dim]{t.tokens} tokens, context {t.context_tokens}, steps {t.start_step}-{t.end_step}[/] {status}{won}"
 
-    def add(node: Tree, t: dict) -> None:
-        for g in t["children"]:
+    def add(node: Tree, t: Thread) -> None:
+        for g in t.children:
             for c in g:
                 add(node.add(label(c)), c)
 
-    root = Tree(label(rec.threads))
-    add(root, rec.threads)
+    threads = Thread.from_json(rec.threads)
+    root = Tree(label(threads))
+    add(root, threads)
     return root
 
 

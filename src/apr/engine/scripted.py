@@ -22,8 +22,7 @@ def script_from_thread(thread: P.Thread, script: dict[str, str] | None = None) -
     """
     script = {} if script is None else script
     for t in thread.walk():
-        for i, (call, seg) in enumerate(zip(t.calls(), t.segments)):
-            context = call[: len(call) - len(seg)]
+        for i, (context, seg) in enumerate(zip(t.contexts(), t.segments)):
             if i == 0:
                 script[context[:-1]] = "\n" + seg
             else:

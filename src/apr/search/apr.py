@@ -51,7 +51,7 @@ def run_thread(
             child, goal = run_thread(node, target, level + 1, beam, max(beam, cfg.child_beam_max), cfg, rng)
             children.append(child)
             goals.append(goal)
-            results.append(P.ChildResult(req.index, req.level, req.node, P.child_result(child.text())))
+            results.append(P.ChildResult(req.index, req.level, req.node, P.goal_line_result(child.text())))
         thread.children.append(children)
         thread.joins.append(P.join_text(results))
         # The parent reads its children's results as the runtime gives them: from their text.

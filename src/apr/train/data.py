@@ -1,9 +1,9 @@
 """Demonstrations -> token sequences with loss masks -> packed rows.
 
 Each record (written by `apr data traces`, or a published SFT record) becomes one training
-string per thread segment (`apr.protocol.training_strings`). A string is tokenized with BOS
-before and EOS after; its tokens are trained on except those overlapping text the runtime
-inserted (join results), unless `train_on_inserted` (what the published work did).
+string per thread segment (`apr.protocol.Thread.training_strings`). A string is tokenized
+with BOS before and EOS after; its tokens are trained on except those overlapping text the
+runtime inserted (join results), unless `train_on_inserted` (what the published work did).
 
 Packing: documents are packed best-fit-decreasing into rows of exactly `context` tokens.
 Each row carries `position_ids` that restart at 0 for every document. With no attention
@@ -142,7 +142,7 @@ def demonstrations(
         except ValueError as e:
             raise UserError(f"bad trace: {e}", path, line) from None
         method = record_method(r, thread)
-        strings = protocol.training_strings(thread)
+        strings = thread.training_strings()
         if method == "sos" and token_budget_prefix and not strings[0].text.startswith("Token Budget:"):
             n = len(tokenizer(strings[0].text, add_special_tokens=False)["input_ids"])
             strings = [_prefixed(s, f"Token Budget: {token_budget(n)} ") for s in strings]

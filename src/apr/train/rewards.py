@@ -17,7 +17,6 @@ from apr import protocol as P
 from apr.countdown import Problem
 from apr.errors import UserError
 from apr.train.config import reward_source
-from apr.train.rl_loss import walk_threads
 
 RewardFn = Callable[[dict, Problem], float]
 
@@ -31,7 +30,8 @@ def reward_format(record: dict, problem: Problem) -> float:
     """1 if correct; 0.1 for a well-formed search that failed (no cut, no failed spawn)."""
     if record.get("correct"):
         return 1.0
-    ok = all(t.get("status") == "done" for t in walk_threads(record.get("threads")))
+    tree = record.get("threads")
+    ok = not isinstance(tree, dict) or all(t.status == "done" for t in P.Thread.from_json(tree).walk())
     return 0.1 if ok and P.NO_SOLUTION.strip() in record.get("text", "") else 0.0
 
 

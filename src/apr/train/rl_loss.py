@@ -18,7 +18,6 @@ so any split into micro-batches or processes sums to the same loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,37 +50,16 @@ class Sequence:
         return sum(self.trained)
 
 
-def walk_threads(node) -> Iterator[dict]:
-    """Every thread of a record's tree, tolerating malformed nodes (they are yielded too, and
-    their well-formed children still are)."""
-    if not isinstance(node, dict):
-        return
-    yield node
-    groups = node.get("children")
-    if isinstance(groups, list):
-        for g in groups:
-            if isinstance(g, list):
-                for c in g:
-                    yield from walk_threads(c)
-
-
-def thread_strings(node: dict) -> list[tuple[P.TrainingString, bool]]:
+def thread_strings(thread: P.Thread) -> list[tuple[P.TrainingString, bool]]:
     """One thread's training strings (its own segments, not its children's), each with
-    whether the segment ended in an EOS the model generated. ValueError when malformed."""
-    prompt, segs, joins = node.get("prompt"), node.get("segments"), node.get("joins", [])
-    if not isinstance(prompt, str) or not isinstance(segs, list) or not isinstance(joins, list):
-        raise ValueError("thread lacks prompt/segments/joins")
-    if not all(isinstance(s, str) for s in segs) or not all(isinstance(j, str) for j in joins):
-        raise ValueError("segments and joins must be strings")
-    if len(joins) > len(segs):
-        raise ValueError("more joins than segments")
-    strings = P.training_strings(P.Thread(prompt, list(segs), [], list(joins)))
+    whether the segment ended in an EOS the model generated."""
+    strings = thread.strings()
     out = []
     for i, ts in enumerate(strings):
         last = i == len(strings) - 1
         # A finished thread's last segment stopped at EOS (the spawn stop string is the only
         # other stop, and it ends a segment that spawned); cut or failed threads never emit EOS.
-        eos = last and node.get("status") == "done" and not ts.text.rstrip("\n").endswith(P.SPAWN_END)
+        eos = last and thread.status == "done" and not ts.text.rstrip("\n").endswith(P.SPAWN_END)
         out.append((ts, eos))
     return out
 
@@ -111,24 +89,24 @@ class BuildStats:
     long_segments: int = 0  # segments longer than the learner's max length (skipped)
 
 
-def rollout_sequences(threads: dict, rollout: int, tokenizer, max_len: int, stats: BuildStats) -> list[Sequence]:
-    """All trainable segments of one rollout. A malformed thread (or one segment too long
-    or empty) is skipped; the rollout's other threads still train."""
+def rollout_sequences(threads: dict | None, rollout: int, tokenizer, max_len: int, stats: BuildStats) -> list[Sequence]:
+    """All trainable segments of one rollout (`Record.threads`). A malformed thread (or one
+    segment too long or empty) is skipped; the rollout's other threads still train."""
+    if not isinstance(threads, dict):
+        return []
     out = []
-    for node in walk_threads(threads):
-        try:
-            strings = thread_strings(node)
-        except (ValueError, TypeError, KeyError):
+    for thread in P.Thread.from_json(threads).walk():
+        if thread.malformed:
             stats.malformed_threads += 1
             continue
-        for ts, eos in strings:
+        for ts, eos in thread_strings(thread):
             ids, trained = encode_segment(ts, eos, tokenizer)
             if not any(trained):
                 stats.empty_segments += 1
             elif len(ids) > max_len:
                 stats.long_segments += 1
             else:
-                out.append(Sequence(ids, trained, rollout, str(node.get("id", "?"))))
+                out.append(Sequence(ids, trained, rollout, thread.id))
                 stats.segments += 1
     return out
 
