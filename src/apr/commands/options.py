@@ -112,7 +112,6 @@ def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = F
 
 non_negative_float = float_in(0.0)
 probability = float_in(0.0, 1.0)
-top_p = float_in(0.0, 1.0, lo_open=True)
 
 
 def dtype(text: str) -> str:
