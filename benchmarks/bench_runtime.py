@@ -61,7 +61,7 @@ def main() -> None:
     context = args.context if args.model else min(args.context, 300)
     problems = read_problems(args.problems)[: args.limit]
     device = str(resolve_device(args.device))
-    cfg = RuntimeConfig(method=info.method, context=context, max_in_flight=args.slots, sub_call_budget=10 if info.sub_call_budget else None)
+    cfg = RuntimeConfig(context=context, max_in_flight=args.slots, child_budget=10 if info.budget_prefix else None).resolve(info)
 
     def engine():
         return make_engine(EngineSpec(model=model, device=device, max_slots=args.slots, context=context))

@@ -33,7 +33,7 @@ def main() -> None:
     tok = build_tokenizer()
     task = TaskConfig(num_count=args.num_count)
     records = [("bench", i, demonstration(p, i, 0, AprConfig())) for i, p in enumerate(generate(args.problems, seed=11, task=task))]
-    strings = [s for d in D.demonstrations(records, tok, token_budget_prefix=False, sub_call_budget_prefix=True) for s in d.strings]
+    strings = [s for d in D.demonstrations(records, tok, budget_prefix=True) for s in d.strings]
     fast = D.encode_many(strings, tok)
     slow = D.encode_many(strings, tok, batched=False)
     assert all(a.tolist() == b.tolist() and m.tolist() == n.tolist() for (a, m), (b, n) in zip(fast, slow)), "outputs differ"

@@ -92,8 +92,8 @@ eval_phase() {
   ev apr --model "$apr_m" --method apr --limit "$LIMIT" --max-slots "$SLOTS" --max-in-flight 256 &
   ev sos --model "$sos_m" --method sos --limit "$LIMIT" --max-slots 256 --max-in-flight 256 &
   ev sos_cons4 --model "$sos_m" --method cons@4 --limit "$SUB_LIMIT" --max-slots 256 --max-in-flight 256 &
-  ev apr_budget2 --model "$apr_m" --method apr --sub-call-budget 2 --limit "$SUB_LIMIT" --max-slots 256 --max-in-flight 128 &
-  ev apr_budget6 --model "$apr_m" --method apr --sub-call-budget 6 --limit "$SUB_LIMIT" --max-slots 256 --max-in-flight 64 &
+  ev apr_budget2 --model "$apr_m" --method apr --child-budget 2 --limit "$SUB_LIMIT" --max-slots 256 --max-in-flight 128 &
+  ev apr_budget6 --model "$apr_m" --method apr --child-budget 6 --limit "$SUB_LIMIT" --max-slots 256 --max-in-flight 64 &
   wait
   nvidia-smi --query-gpu=memory.used --format=csv,noheader >> "$OUT/log.txt" 2>/dev/null
 }

@@ -148,7 +148,7 @@ class Window:
             if not (d / "train.jsonl").is_file():
                 write_problems([(d / "train.jsonl", job.problems)], 1000 + window, TaskConfig(num_count=n),
                                problem_keys([shared_val, val]), workers)
-            for method, cfg in (("apr", AprConfig(sub_call_budget=True)), ("sos", SosConfig())):
+            for method, cfg in (("apr", AprConfig(budget_prefix=True)), ("sos", SosConfig())):
                 if not (d / f"{method}.jsonl").is_file():
                     tmp = d / f"{method}.raw.jsonl"
                     write_traces(d / "train.jsonl", tmp, cfg, seed=window, workers=workers)
@@ -183,7 +183,7 @@ class Window:
                     f"context={j.context}", f"device={self.args.device}", f"optim.lr={j.lr}", f"optim.min_lr={j.lr / 10}",
                     "optim.warmup_steps=30" if self.init_of(j) is None else "optim.warmup_steps=10",
                     f"eval_problems={self.val_file(j.num_count)}", "eval_every=0", "save_every=0", f"log_every={1 if self.args.toy else 20}",
-                    "val_fraction=0.01", f"sub_call_budget={'true' if j.method == 'apr' else 'false'}",
+                    "val_fraction=0.01", f"budget_prefix={'true' if j.method == 'apr' else 'false'}",
                     f"attn_implementation={self.args.attn}"]
             if self.init_of(j) is not None:
                 sets.append(f"init={self.init_of(j)}")
@@ -242,10 +242,9 @@ class Window:
             argv = ["eval", "--model", model, "--method", j.method, "--out", self.work / "eval" / j.name,
                     "--problems", model / "val_problems.jsonl", "--limit", self.args.eval_limit,
                     "--context", j.eval_context or j.context, "--device", self.args.device, "--quiet",
-                    "--max-slots", self.args.eval_slots, "--max-in-flight", self.args.eval_slots // 2,
-                    "--max-children", 4 if self.args.toy else 16]
-            if j.method == "apr":
-                argv += ["--sub-call-budget", self.args.sub_call_budget]
+                    "--max-slots", self.args.eval_slots, "--max-in-flight", self.args.eval_slots // 2]
+            if j.method == "apr":  # APR settings (an SoS+ run refuses them)
+                argv += ["--child-budget", self.args.child_budget, "--max-children", 4 if self.args.toy else 16]
             procs[j.name] = self.apr(f"eval_{j.name}", argv)
         self.log(f"eval: {len(procs)} models, {self.left() - self.args.pack_seconds:.0f} s")
         self.wait_all(procs, until=self.args.pack_seconds)
@@ -389,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--startup-seconds", type=float, default=60, help="process start and tokenization before training")
     p.add_argument("--eval-limit", type=int, default=400, help="validation problems per model")
     p.add_argument("--eval-slots", type=int, default=512, help="sequences each evaluation decodes together")
-    p.add_argument("--sub-call-budget", type=int, default=4, help="children asked of the APR models")
+    p.add_argument("--child-budget", "--sub-call-budget", type=int, default=4, help="children asked of the APR models")
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
     p.add_argument("--attn", default="sdpa", help="training attention (sdpa needs no compile)")
     p.add_argument("--max-steps", type=int, default=100_000, help="cap on optimizer steps (the time budget ends training first)")

@@ -76,9 +76,10 @@ def test_one_name_per_idea():
     spellings = {
         "model": {"--model"}, "problems": {"--problems"}, "out": {"--out"}, "device": {"--device"},
         "dtype": {"--dtype"}, "context": {"--context"}, "quiet": {"--quiet"}, "served_model": {"--served-model"},
-        "seed": {"--seed"}, "workers": {"--workers"}, "limit": {"--limit"},
+        "seed": {"--seed"}, "workers": {"--workers"}, "limit": {"--limit"}, "child_budget": {"--child-budget"},
+        "budget_prefix": {"--budget-prefix"},
     }
-    old = {"--no-progress", "--max-len", "--served-model-name"}
+    old = {"--no-progress", "--max-len", "--served-model-name", "--sub-call-budget"}
     for name, p in parsers(build_parser()):
         if name == "apr serve" and "--context" not in p._option_string_actions:
             continue  # not yet renamed by the server's owner (--max-len -> --context, --served-model-name -> --served-model)
@@ -88,6 +89,38 @@ def test_one_name_per_idea():
             assert not old & set(a.option_strings), f"{name}: {a.option_strings}"
             if a.dest in spellings and a.option_strings:
                 assert set(a.option_strings) == spellings[a.dest], f"{name}: {a.option_strings}"
+
+
+def test_runtime_options_are_the_runtime_config_fields():
+    """One source for the runtime settings: every RuntimeConfig field is an option of the
+    commands that run a model, with the field's default and help."""
+    import dataclasses
+
+    from apr.runtime_config import RuntimeConfig
+
+    commands = dict(parsers(build_parser()))
+    for name in ("apr solve", "apr run", "apr eval"):
+        actions = {a.dest: a for a in commands[name]._actions if a.help != argparse.SUPPRESS}
+        for f in dataclasses.fields(RuntimeConfig):
+            if name == "apr eval" and f.name == "method":
+                continue  # eval's --method names evaluation methods (cons@N, solver rows, ...)
+            a = actions[f.name]
+            assert a.option_strings == ["--" + f.name.replace("_", "-")] and a.default == f.default, (name, f.name)
+            assert a.help == f.metadata["help"], (name, f.name)
+
+
+def test_library_errors_name_fields_and_commands_name_their_options(tmp_path, capsys):
+    from apr.errors import UserError
+    from apr.eval import EvalSpec, evaluate
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "records.jsonl").write_text("")
+    with pytest.raises(UserError, match="use another `out`$"):
+        evaluate(EvalSpec(method="solver-apr", out=tmp_path / "r", progress=False))
+    assert main(["eval", "--method", "solver-apr", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"apr: error: {tmp_path / 'r'}: holds results without run.json; use another --out\n"
+    assert main(["eval", "--method", "solver-sos", "--out", str(tmp_path / "s"), "--top-k", "5"]) == 2
+    assert capsys.readouterr().err == "apr: error: --top-k does not apply to solver-sos: a symbolic solver runs, no model\n"
 
 
 def test_deprecated_alias_warns_and_still_works(tmp_path, capsys):
@@ -132,6 +165,7 @@ BAD = [
     ("demo --pool -3", "argument --pool: must be a positive integer"),
     ("demo --seed -1", "argument --seed: must be an integer >= 0"),
     ("demo --sub-call-budget 0", "argument --sub-call-budget"),
+    ("demo --child-budget 0", "argument --child-budget: must be a positive integer"),
     # apr data problems
     ("data problems --n -1 --out {tmp}/o.jsonl", "argument --n: must be an integer >= 0"),
     ("data problems --n 5 --out {tmp}/o.jsonl --workers 0", "argument --workers: must be a positive integer"),

@@ -339,7 +339,7 @@ def test_scripted_engine_interface_defaults():
 
 
 def test_make_engine_from_spec(tiny_model_dir):
-    with pytest.raises(UserError, match="give --model DIR"):
+    with pytest.raises(UserError, match="give `model`"):
         make_engine(EngineSpec())
     with pytest.raises(UserError, match="not found"):
         make_engine(EngineSpec(model="/nowhere/model"))

@@ -33,7 +33,7 @@ def test_paper_preset_shape(tok):
 def test_save_load_round_trip(tok, tmp_path):
     torch.manual_seed(0)
     model = make_model("tiny", tok)
-    info = ModelInfo(method="sos", preset="tiny", token_budget=True, tokenizer="t1", context=512)
+    info = ModelInfo(method="sos", preset="tiny", budget_prefix=True, tokenizer="t1", context=512)
     save_model(model, tok, info, tmp_path / "m", max_shard_size="1MB")
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"config.json", "generation_config.json", "tokenizer.json", "apr.json"} <= files
@@ -102,3 +102,14 @@ def test_a_bad_apr_json_is_one_line(tmp_path, content, msg):
     (tmp_path / "apr.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(UserError, match=msg):
         load_model_info(tmp_path)
+
+
+@pytest.mark.parametrize("old,want", [({"method": "apr", "sub_call_budget": True}, True),
+                                      ({"method": "apr", "sub_call_budget": False}, False),
+                                      ({"method": "sos", "token_budget": True}, True),
+                                      ({"method": "sos", "sub_call_budget": False, "token_budget": False}, False)])
+def test_an_apr_json_written_before_the_rename_still_loads(tmp_path, old, want):
+    """apr.json said `sub_call_budget` / `token_budget` (one per method) before `budget_prefix`."""
+    (tmp_path / "apr.json").write_text(json.dumps({**old, "child_budget": 4}))
+    info = load_model_info(tmp_path)
+    assert info.budget_prefix is want and info.child_budget == 4 and info.method == old["method"]

@@ -62,17 +62,17 @@ def produce(tmp: Path) -> dict:
     # apr run with the committed APR model (greedy, child budget 4).
     run = tmp / "run.jsonl"
     cli("run", "--model", ROOT / "models/default", "--problems", probs, "--out", run, "--limit", 4,
-        "--sub-call-budget", 4, "--context", 768, "--quiet")
+        "--child-budget", 4, "--context", 768, "--quiet")
     out["run_records"] = [{**r, "model": "models/default"} for r in jsonl(run)]
 
     # apr eval: greedy SoS+, APR cons@2 (sampled), and the solver row.
     evals = [("sos", ROOT / "models/default-sos", ["--limit", 4]),
-             ("cons@2", ROOT / "models/default", ["--limit", 3, "--sub-call-budget", 3, "--seed", 5]),
+             ("cons@2", ROOT / "models/default", ["--limit", 3, "--child-budget", 3, "--seed", 5]),
              ("solver-apr", None, ["--limit", 6])]
     for method, model, extra in evals:
         d = tmp / f"eval_{method}"
-        model_opts = ["--model", model] if model else []
-        cli("eval", "--method", method, *model_opts, "--problems", probs, "--out", d, "--context", 768, "--quiet", *extra)
+        model_opts = ["--model", model, "--context", 768] if model else []  # a solver row takes no window
+        cli("eval", "--method", method, *model_opts, "--problems", probs, "--out", d, "--quiet", *extra)
         recs = sorted(jsonl(d / "records.jsonl"), key=lambda r: (r["index"], r.get("sample", 0)))
         summary = json.loads((d / "summary.json").read_text())
         for key in ("model", "problems_file"):
@@ -95,8 +95,8 @@ def produce(tmp: Path) -> dict:
     rl = tmp / "rl"
     cli("train", "rl", "--config", ROOT / "configs/rl_apr_cpu.yaml", "--set", f"init={ROOT / 'models/sft/default'}",
         "--set", f"problems={probs}", "--set", f"val_problems={val}", "--set", f"out_dir={rl}",
-        "--set", "max_steps=2", "--set", "batch_size=2", "--set", "group_size=3", "--set", "context=512", "--set", "reward=partial",
-        "--set", "sub_call_budget=3", "--set", "eval_every=1", "--set", "val_limit=1", "--set", "save_every=0",
+        "--set", "max_steps=2", "--set", "batch_size=2", "--set", "group_size=3", "--set", "rollout.context=512", "--set", "reward=partial",
+        "--set", "rollout.child_budget=3", "--set", "eval_every=1", "--set", "val_limit=1", "--set", "save_every=0",
         "--set", "micro_tokens=2048", "--set", "skip_zero_advantage=false")
     out["rl_metrics"] = jsonl(rl / "metrics.jsonl")
     return normalize(out)

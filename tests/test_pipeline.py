@@ -17,7 +17,7 @@ def test_pipeline_smoke_and_resume(tmp_path, capsys):
     for name in ("report.md", "context.png", "tokens.png", "latency.png"):
         assert (out / "report" / name).is_file()
     info = json.loads((out / "train" / "apr" / "final" / "apr.json").read_text())
-    assert info["method"] == "apr" and info["task"]["num_count"] == 3 and info["sub_call_budget"]
+    assert info["method"] == "apr" and info["task"]["num_count"] == 3 and info["budget_prefix"]
     assert (out / "train" / "apr" / "final" / "val_problems.jsonl").is_file()  # `apr eval --model` finds its set
     assert (export / "model.safetensors").is_file() and (export.parent / "default-sos" / "apr.json").is_file()
     assert "apr pipeline" in (export.parent / "README.md").read_text()

@@ -70,7 +70,7 @@ def test_nested_spawns_rebuild_too():
 
 
 def test_trace_dict_round_trip_is_byte_exact():
-    for _, thread, _ in apr_threads(AprConfig(sub_call_budget=True)):
+    for _, thread, _ in apr_threads(AprConfig(budget_prefix=True)):
         td = json.loads(json.dumps(thread.to_trace_dict()))
         back = P.thread_from_trace_dict(td)
         assert back.text() == thread.text()
@@ -205,8 +205,8 @@ PINNED = {
     "apr --max-depth 2": (AprConfig(max_depth=2), "3a2485b5ff9e5f18ff274626167fd7ccc28ddda87fb0c4b637e90315bc1d4ab5"),
     "apr --max-depth 3 --child-beam-max 4": (AprConfig(max_depth=3, child_beam_max=4), "63f8c0fdebaee4845b40ad565d209d99ab0c56e10ac3b7a8da61b5f6fe6b530f"),
     "apr --heuristic sum": (AprConfig(heuristic="sum"), "5ec346205ff439ab0396fdca50cafb1a6d097656e436f56ef0b059213b434bde"),
-    "apr --sub-call-budget": (AprConfig(sub_call_budget=True), "2802c21dc72d46ee7e4388f0354b9e19875082be1c57e982b6f64167f2b765dd"),
-    "apr --sub-call-budget --max-depth 2": (AprConfig(sub_call_budget=True, max_depth=2), "5cf7d57e13675496c9bc4d4d4db2793d44ad99d510202b27871ba25fa4b0aa51"),
+    "apr --budget-prefix": (AprConfig(budget_prefix=True), "2802c21dc72d46ee7e4388f0354b9e19875082be1c57e982b6f64167f2b765dd"),
+    "apr --budget-prefix --max-depth 2": (AprConfig(budget_prefix=True, max_depth=2), "5cf7d57e13675496c9bc4d4d4db2793d44ad99d510202b27871ba25fa4b0aa51"),
     "apr --spawn-prob 0.3 --beam 2..4": (AprConfig(spawn_prob=0.3, beam_min=2, beam_max=4), "479b38bc71e10ec7b1cf214e45935a7e52ba982c63c9091fadb24ea84e044b52"),
     "apr --max-depth 0": (AprConfig(max_depth=0), "ab7565427960bf9be8fc565cb64e6178b43e992e9e1a42d0e3884e739d707cf3"),
     "sos default": (SosConfig(), "ae2d00f6e99be4973b7e07ebe1b1f82c9869d94d6da126463b9c516f1f3a4c37"),

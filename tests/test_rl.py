@@ -53,8 +53,8 @@ def files(tmp_path_factory, tok):
 
 def config(files, out, *extra):
     base = [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}", f"val_problems={files / 'val.jsonl'}",
-            f"out_dir={out}", "max_steps=2", "batch_size=2", "group_size=2", "context=48", "max_slots=8",
-            "eval_every=0", "eval_at_start=false", "save_every=0", "lr=1e-3"]
+            f"out_dir={out}", "max_steps=2", "batch_size=2", "group_size=2", "rollout.context=48",
+            "max_slots=8", "eval_every=0", "eval_at_start=false", "save_every=0", "lr=1e-3"]
     return load_config(None, base + list(extra), cls=RLConfig)
 
 
@@ -196,7 +196,8 @@ def test_cli_smoke_writes_metrics_and_final_model(files, tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"init: {files / 'model'}\nproblems: {files / 'train.jsonl'}\nval_problems: {files / 'val.jsonl'}\n"
-                   f"out_dir: {out}\nbatch_size: 2\ngroup_size: 2\ncontext: 48\nmax_slots: 8\neval_every: 1\n")
+                   f"out_dir: {out}\nbatch_size: 2\ngroup_size: 2\nrollout:\n  context: 48\nmax_slots: 8\n"
+                   "eval_every: 1\n")
     rc = main(["train", "rl", "--config", str(cfg), "--set", "max_steps=2", "--set", "val_limit=1"])
     assert rc == 0
     steps = [m for m in metrics(out) if "reward" in m]
@@ -259,7 +260,7 @@ def test_refuses_a_checkpoint_of_another_preset(files, tmp_path):
     (ck / "meta.json").write_text(json.dumps({"kind": "rl", "preset": "small", "tokenizer": "x", "method": "apr"}))
     with pytest.raises(UserError, match="checkpoint has preset 'small'"):
         RLTrainer(config(files, out), resume=True)
-    with pytest.raises(UserError, match="pass --resume"):
+    with pytest.raises(UserError, match="resume it"):
         RLTrainer(config(files, out))
 
 
@@ -355,15 +356,47 @@ def test_config_errors_are_one_line(files, tmp_path, capsys):
     assert main(["train", "rl", "--config", str(cfg), "--set", "group_size=1"]) == 2
     assert main(["train", "rl", "--config", str(cfg), "--set", "reward=nope"]) == 2
     assert main(["train", "rl", "--config", str(cfg), "--set", "engine=server"]) == 2
+    assert main(["train", "rl", "--config", str(cfg), "--set", "rollout.child_budget=0"]) == 2
+    assert main(["train", "rl", "--config", str(cfg), "--set", "rollout.temperature=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(e.startswith("apr: error: config:") for e in err)
+    assert len(err) == 5 and all(e.startswith("apr: error: config:") for e in err)
+    assert err[3] == "apr: error: config: `rollout.child_budget` must be >= 1, got 0"
+
+
+def test_rollouts_are_the_runtime_settings_and_old_flat_keys_still_work(files, tmp_path, caplog):
+    """The rollout settings are a RuntimeConfig (`rollout:`); the top-level keys they were
+    before still load, each with a deprecation warning, and `sub_call_budget` is `child_budget`."""
+    new = config(files, tmp_path / "a", "rollout.child_budget=3", "rollout.max_in_flight=8", "rollout.join_rule=verified",
+                 "rollout.max_depth=2")
+    assert (new.rollout.child_budget, new.rollout.max_in_flight, new.rollout.join_rule, new.rollout.max_depth) == \
+        (3, 8, "verified", 2) and new.rollout.context == 48
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text('context: 64\nsub_call_budget: 3\nmethod: ""\ntemperature: 0.7\nmax_in_flight: 8\n')
+    with caplog.at_level("WARNING"):
+        old = load_config(cfg, [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}", "top_k=5"], cls=RLConfig)
+    r = old.rollout
+    assert (r.context, r.child_budget, r.method, r.temperature, r.max_in_flight, r.top_k) == (64, 3, None, 0.7, 8, 5)
+    assert "`sub_call_budget` is deprecated; use `rollout.child_budget`" in caplog.text
+    assert "`top_k` is deprecated; use `rollout.top_k`" in caplog.text
+    cfg.write_text("context: 64\nrollout:\n  context: 128\n")
+    with pytest.raises(UserError, match="`context` \\(deprecated\\) and `rollout.context` disagree"):
+        load_config(cfg, [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}"], cls=RLConfig)
+    with pytest.raises(UserError, match="`rollout.seed` is not used"):
+        config(files, tmp_path / "b", "rollout.seed=3")
+
+
+def test_a_child_budget_for_an_sos_model_is_refused_by_its_key(files, tmp_path):
+    from apr.train.grpo import train_rl
+
+    with pytest.raises(UserError, match="config: `rollout.child_budget` applies to APR only; this run's method is sos"):
+        train_rl(config(files, tmp_path / "s", "rollout.method=sos", "rollout.child_budget=2"))
 
 
 def test_sos_baseline_has_one_segment_per_rollout(files, tmp_path):
     from apr.train.grpo import train_rl
 
     out = tmp_path / "sos"
-    train_rl(config(files, out, "method=sos", "max_steps=1"), reward_fn=_index_reward)
+    train_rl(config(files, out, "rollout.method=sos", "max_steps=1"), reward_fn=_index_reward)
     (m,) = [r for r in metrics(out) if "reward" in r]
     assert m["segments"] == 1.0 and m["children"] == 0 and m["trained_tokens"] > 0
 
@@ -377,9 +410,11 @@ def test_two_processes_learn_what_one_does(files, tmp_path):
     from safetensors.torch import load_file
 
     (tmp_path / "rw.py").write_text('def r(record, problem):\n    return float(record["index"] % 2)\n')
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    # the reward module's folder, then whatever made `apr` importable here (the code under test)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     common = [f"init={files / 'model'}", f"problems={files / 'train.jsonl'}", f"val_problems={files / 'val.jsonl'}",
-              "max_steps=2", "batch_size=2", "group_size=2", "context=48", "max_slots=8", "eval_every=0",
+              "max_steps=2", "batch_size=2", "group_size=2", "rollout.context=48", "max_slots=8", "eval_every=0",
               "eval_at_start=false", "device=cpu", "lr=1e-3", f"reward={tmp_path / 'rw.py'}:r", "trust_reward_code=true"]
     sets = lambda out: [a for s in common + [f"out_dir={out}"] for a in ("--set", s)]
     cfg = tmp_path / "c.yaml"

@@ -7,11 +7,18 @@ import pytest
 from apr import protocol as P
 from apr.countdown import Problem, read_problems
 from apr.engine.scripted import ScriptedEngine, script_from_thread
+from apr.errors import UserError
+from apr.model import ModelInfo
 from apr.runtime import Runtime, RuntimeConfig, solve_problems
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
 PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:24]
+
+
+def rt(**settings) -> RuntimeConfig:
+    """Runtime settings resolved for a model that says nothing (an APR model, greedy)."""
+    return RuntimeConfig(**settings).resolve(ModelInfo())
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def solver_run(cfg=AprConfig()):
 def test_runtime_reproduces_solver_text_and_answers(tok):
     threads, script = solver_run()
     engine = ScriptedEngine(tok, script, max_slots=16)  # fewer slots than threads: queuing
-    recs = solve_problems(engine, PROBS, RuntimeConfig(method="apr", context=100_000, max_in_flight=8))
+    recs = solve_problems(engine, PROBS, rt(method="apr", context=100_000, max_in_flight=8))
     assert len(recs) == len(PROBS)
     spawned = 0
     for rec, t, p in zip(recs, threads, PROBS):
@@ -51,14 +58,14 @@ def test_runtime_reproduces_solver_text_and_answers(tok):
 def test_nested_spawns_replay(tok):
     cfg = AprConfig(max_depth=2)
     threads, script = solver_run(cfg)
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(method="apr", max_depth=2, context=100_000))
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS, rt(method="apr", max_depth=2, context=100_000))
     assert [r.text for r in recs] == [t.text() for t in threads]
 
 
 def test_resume_prefills_only_the_join_text(tok):
     threads, script = solver_run()
     engine = ScriptedEngine(tok, script)
-    solve_problems(engine, PROBS, RuntimeConfig(context=100_000))
+    solve_problems(engine, PROBS, rt(context=100_000))
     resumes = [(rid, n, reused) for rid, n, reused in engine.log if reused > 0]
     joins = {th.joins[k] for t in threads for th in t.walk() for k in range(len(th.joins))}
     assert len(resumes) == sum(len(th.joins) for t in threads for th in t.walk()) > 10
@@ -78,14 +85,14 @@ def test_sos_method_runs_serially(tok):
         t = solve_sos(p.nums, p.target, SosConfig(), random.Random(i))
         threads.append(t)
         script_from_thread(t, script)
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(method="sos", context=100_000))
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS, rt(method="sos", context=100_000))
     assert [r.text for r in recs] == [t.text() for t in threads]
     assert all(r.children == 0 and r.sequential_tokens == r.total_tokens for r in recs)
 
 
 def test_context_limit_cuts_a_thread_and_fails_its_problem(tok):
     threads, script = solver_run()
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(context=600))
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS, rt(context=600))
     cut = [r for r in recs if r.reason == "context window reached"]
     assert cut and not any(r.correct for r in cut)
     assert all(r.longest_thread <= 600 for r in recs)
@@ -116,7 +123,7 @@ def test_malformed_output_fails_that_problem_only(tok):
         child_prompt = t.children[0][0].prompt[:-1]
         script[child_prompt] = "\nMoving to Node #0" * 5000
         bad[5] = "endless child"
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS, RuntimeConfig(context=8000, max_children=16))
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS, rt(context=8000, max_children=16))
     assert len(recs) == len(PROBS)
     for k, rec in enumerate(recs):
         if k in bad:
@@ -137,7 +144,7 @@ def test_a_failed_problem_cancels_its_running_threads(tok):
     script = dict(script)
     script[first] = "\nExploring Operation: 1+1=2" * 400  # cut by the context window early
     script[second] = "\nMoving to Node #0,0" * 3000  # would run far longer
-    cfg = RuntimeConfig(context=2000, max_children=16)
+    cfg = rt(context=2000, max_children=16)
     got = {}
     for cancellable in (True, False):
         engine = ScriptedEngine(tok, script, cancellable=cancellable)
@@ -203,7 +210,7 @@ def hand_built_engine(tok, child: str) -> ScriptedEngine:
 
 
 def joined(tok, child: str, rule: str):
-    rec = solve_problems(hand_built_engine(tok, child), [Problem(NUMS, TARGET)], RuntimeConfig(context=4000, join_rule=rule))[0]
+    rec = solve_problems(hand_built_engine(tok, child), [Problem(NUMS, TARGET)], rt(context=4000, join_rule=rule))[0]
     join = rec.threads["joins"][0]
     return rec, P.join_results(join, ["0,0"])[0]
 
@@ -250,14 +257,16 @@ def test_verified_joins_reject_false_claims(tok, case):
 
 
 def test_join_rule_is_checked():
-    with pytest.raises(Exception, match="join-rule"):
+    with pytest.raises(UserError, match="`join_rule` must be one of official, goal-line, verified"):
         RuntimeConfig(join_rule="sometimes")
+    with pytest.raises(ValueError, match="resolve it for a model first"):
+        Runtime(ScriptedEngine(build_tokenizer(), {}), RuntimeConfig())
 
 
 @pytest.mark.parametrize("rule", ["official", "goal-line", "verified"])
 def test_every_join_rule_replays_solver_traces(tok, rule):
     """On well-formed text (the solvers' own) the three rules join the same paths."""
     threads, script = solver_run()
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS[:12], RuntimeConfig(context=100_000, join_rule=rule))
+    recs = solve_problems(ScriptedEngine(tok, script), PROBS[:12], rt(context=100_000, join_rule=rule))
     assert [r.text for r in recs] == [t.text() for t in threads[:12]]
     assert all((r.rejected_claims or 0) == 0 for r in recs)

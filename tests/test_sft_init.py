@@ -20,14 +20,14 @@ def demos(tmp_path_factory):
     (d / "val.jsonl").write_text(json.dumps({"nums": [1, 2, 3, 4], "target": 24}) + "\n")
     with open(d / "demos.jsonl", "w") as f:
         for i, p in enumerate(generate(30, seed=5, task=TaskConfig(num_count=3, num_max=20, target_min=10, target_max=30))):
-            f.write(json.dumps(demonstration(p, i, 0, AprConfig(sub_call_budget=True))) + "\n")
+            f.write(json.dumps(demonstration(p, i, 0, AprConfig(budget_prefix=True))) + "\n")
     return d
 
 
 def run(demos, out, *extra):
     sets = [f"data={demos / 'demos.jsonl'}", f"eval_problems={demos / 'val.jsonl'}", f"out_dir={out}", "model=cpu-mini",
             "context=512", "batch_size=4", "log_every=1", "eval_every=0", "val_fraction=0", "optim.lr=3e-3",
-            "optim.warmup_steps=1", "sub_call_budget=true", "device=cpu", *extra]
+            "optim.warmup_steps=1", "budget_prefix=true", "device=cpu", *extra]
     return train_sft(load_config(None, sets))
 
 

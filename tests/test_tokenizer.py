@@ -41,7 +41,7 @@ def traces():
     """Real solver traces: every training string of APR and SoS+ demonstrations."""
     out = []
     for i, p in enumerate(generate(60, seed=7)):
-        for cfg in (AprConfig(sub_call_budget=i % 2 == 0), SosConfig()):
+        for cfg in (AprConfig(budget_prefix=i % 2 == 0), SosConfig()):
             rec = demonstration(p, i, 0, cfg)
             out.append(rec["search_path"])
             out.extend(s.text for s in protocol.thread_from_record(rec).training_strings())

@@ -94,7 +94,7 @@ def test_resume_continues_exactly(demos, tmp_path, monkeypatch):
         train_sft(config(demos, cut, "save_every=3"))
     monkeypatch.setattr(SFTTrainer, "train_step", real_step)
     assert (cut / "checkpoints" / "latest").read_text() == "step_0000003"
-    with pytest.raises(UserError, match="pass --resume"):
+    with pytest.raises(UserError, match="resume it"):
         train_sft(config(demos, cut, "save_every=3"))
     with pytest.raises(UserError, match="checkpoint has preset 'tiny'"):
         train_sft(config(demos, cut, "save_every=3", "model=small"), resume=True)
@@ -147,6 +147,17 @@ def test_config_refuses_unknown_keys_and_wrong_types(tmp_path):
     assert (c.max_steps, c.optim.lr, c.data, c.compile) == (7, 1e-4, "123.jsonl", True)
 
 
+def test_budget_prefix_and_its_old_keys(tmp_path, caplog):
+    """`budget_prefix` was `sub_call_budget` (APR) and `token_budget` (SoS+); both still load."""
+    assert load_config(None, ["data=x", "budget_prefix=true"]).budget_prefix
+    cfg = tmp_path / "old.yaml"  # as an earlier run's config.yaml says it: both keys
+    cfg.write_text("data: x\ntoken_budget: false\nsub_call_budget: true\n")
+    with caplog.at_level("WARNING"):
+        assert load_config(cfg).budget_prefix
+    assert "`sub_call_budget` is deprecated; use `budget_prefix`" in caplog.text
+    assert not load_config(cfg, ["sub_call_budget=false"]).budget_prefix
+
+
 def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     from apr.commands import main
 
@@ -168,8 +179,7 @@ def test_a_held_out_set_too_long_for_the_context_is_no_error(tmp_path):
     recs = [demonstration(p, i, 0, SosConfig()) for i, p in enumerate(generate(40, seed=5, task=TASK))]
     from apr.train import data as D
 
-    demos = D.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, token_budget_prefix=False,
-                             sub_call_budget_prefix=False)
+    demos = D.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, budget_prefix=False)
     lengths = [max(len(ids) for ids, _ in D.encode_many(d.strings, tok)) for d in demos]
     order = list(range(len(recs)))
     random.Random(0).shuffle(order)  # the trainer's split: seed 0, the first n_val records held out

@@ -29,7 +29,7 @@ def records(n=12, cfg=None, task=SMALL, seed=3):
 
 
 def test_masks_cover_exactly_the_inserted_text(tok):
-    demos = D.demonstrations(records(20), tok, token_budget_prefix=False, sub_call_budget_prefix=False)
+    demos = D.demonstrations(records(20), tok, budget_prefix=False)
     joined = [s for d in demos for s in d.strings if s.inserted]
     assert joined, "expected some parent-after-join segments"
     for s in joined:
@@ -72,7 +72,7 @@ def test_pack_no_leaks_and_same_logits_as_separate_documents(tok):
 
 
 def test_long_documents_dropped_and_counted(tok):
-    demos = D.demonstrations(records(6), tok, token_budget_prefix=False, sub_call_budget_prefix=False)
+    demos = D.demonstrations(records(6), tok, budget_prefix=False)
     stats = D.DataStats()
     lengths = [len(D.encode(s, tok)[0]) for d in demos for s in d.strings]
     context = sorted(lengths)[len(lengths) // 2]
@@ -83,7 +83,7 @@ def test_long_documents_dropped_and_counted(tok):
 
 def test_token_budget_prefix(tok):
     recs = records(4, SosConfig())
-    demos = D.demonstrations(recs, tok, token_budget_prefix=True, sub_call_budget_prefix=False)
+    demos = D.demonstrations(recs, tok, budget_prefix=True)
     for (_, _, r), d in zip(recs, demos):
         (s,) = d.strings
         n = len(tok(r["search_path"], add_special_tokens=False)["input_ids"])
@@ -92,9 +92,9 @@ def test_token_budget_prefix(tok):
     assert D.token_budget(1) == 512 and D.token_budget(513) == 1024 and D.token_budget(10**6) == 4096
 
 
-def test_sub_call_budget_prefix(tok):
+def test_child_budget_prefix(tok):
     recs = records(6)
-    for (_, _, r), d in zip(recs, D.demonstrations(recs, tok, token_budget_prefix=False, sub_call_budget_prefix=True)):
+    for (_, _, r), d in zip(recs, D.demonstrations(recs, tok, budget_prefix=True)):
         n = protocol.thread_from_record(r).count_descendants()
         roots = [s for s in d.strings if s.text.startswith("Sub Call Budget:")]
         assert roots and all(s.text.startswith(f"Sub Call Budget: {n} Moving to Node #0\n") for s in roots)
@@ -121,11 +121,11 @@ def test_bad_dataset_line_names_file_and_line(tmp_path):
         D.read_demonstrations(bad)
     bad.write_text(good + "\n" + json.dumps({"nums": [1], "target": 1, "trace_dict": {"main_calls": []}}) + "\n")
     with pytest.raises(UserError, match=r"demo.jsonl:2: bad trace"):
-        D.demonstrations(list(D.read_demonstrations(bad)), None, token_budget_prefix=False, sub_call_budget_prefix=False)
+        D.demonstrations(list(D.read_demonstrations(bad)), None, budget_prefix=False)
 
 
 def test_batched_encoding_equals_one_string_at_a_time(tok):
-    demos = D.demonstrations(records(8), tok, token_budget_prefix=False, sub_call_budget_prefix=True)
+    demos = D.demonstrations(records(8), tok, budget_prefix=True)
     strings = [s for d in demos for s in d.strings]
     assert any(s.inserted for s in strings)
     for train_on_inserted in (False, True):

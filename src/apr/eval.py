@@ -36,14 +36,19 @@ from apr.model import DEFAULT_TASK, ModelInfo, load_model_info
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runfolder import RunFolder, append_records
-from apr.runtime import RUNTIME_FAILURES, Runtime, RuntimeOptions
+from apr.runtime import RUNTIME_FAILURES, Runtime
+from apr.runtime_config import RuntimeConfig
 from apr.stats import percentiles, wilson
 
 METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))$")
 # Settings that must match for records to be appended to an existing run folder.
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
-            "context", "sub_call_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
+            "context", "child_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
             "problems_sha")
+# run.json keys of earlier versions: old -> new (a folder they wrote is resumed as before).
+OLD_META_KEYS = {"sub_call_budget": "child_budget"}
+# The settings a solver row applies; any other one changed is refused (no model runs).
+SOLVER_SETTINGS = {"solver-apr": ("seed", "child_budget"), "solver-sos": ("seed",)}
 METRICS = ("total_tokens", "sequential_tokens", "longest_thread", "children", "latency_s")
 WINDOWS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
@@ -135,7 +140,7 @@ def summarize(records: list[Record], meta: dict) -> dict:
     windows = sorted({w for w in WINDOWS if w < top} | {top})
     out = {
         **{k: meta.get(k) for k in ("model", "label", "family", "method", "runtime_method", "samples", "temperature",
-                                    "top_k", "top_p", "seed", "context", "sub_call_budget", "token_budget", "join_rule",
+                                    "top_k", "top_p", "seed", "context", "child_budget", "token_budget", "join_rule",
                                     "problems_file")},
         "accuracy": base["accuracy"],
         "ci95": base["ci95"],
@@ -195,8 +200,10 @@ class EvalSpec:
     method: str  # apr | sos | cons@N | pass@N | solver-apr | solver-sos
     out: Path  # the run folder (created, or resumed when its run.json matches)
     engine: EngineSpec = field(default_factory=EngineSpec)
-    # temperature None: 0 (greedy) for one sample per problem, 1.0 for cons@N and pass@N.
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    # Unset settings (None) come from the model (RuntimeConfig.resolve); the temperature is 0
+    # (greedy) for one sample per problem, 1.0 for cons@N and pass@N. Its method is unset:
+    # `method` above decides. Solver rows take only SOLVER_SETTINGS.
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     problems: str | None = None  # problem file; None: the model's validation set
     limit: int | None = None  # first N problems only
     label: str | None = None  # name in reports; None: family, method and budget
@@ -207,7 +214,8 @@ def parse_method(method: str) -> tuple[str, int]:
     """(method, samples per problem)."""
     m = METHOD_RE.match(method or "")
     if not m:
-        raise UserError(f"--method must be apr, sos, cons@N, pass@N, solver-apr or solver-sos; got {method!r}")
+        raise UserError(f"`method` must be apr, sos, cons@N, pass@N, solver-apr or solver-sos; got {method!r}",
+                        fields=("method",))
     return (method, int(m.group(3))) if m.group(2) else (method, 1)
 
 
@@ -218,7 +226,8 @@ def default_problems(model_dir: str | None, task: dict | None) -> Path:
         return Path(model_dir) / "val_problems.jsonl"
     if task is None or task == DEFAULT_TASK:
         return Path(str(resources.files("apr") / "data" / "countdown4_val1000.jsonl"))
-    raise UserError(f"the model's task {task} has no packaged validation set; give --problems FILE", model_dir)
+    raise UserError(f"the model's task {task} has no packaged validation set; give `problems` (a problem file)",
+                    model_dir, fields=("problems",))
 
 
 def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int, Problem]]:
@@ -226,7 +235,7 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int,
     problems = [(k, p) for k, (_, p) in enumerate(iter_problems(str(path)))]
     if limit is not None:
         if limit < 1:
-            raise UserError(f"--limit must be >= 1, got {limit}")
+            raise UserError(f"`limit` must be >= 1, got {limit}", fields=("limit",))
         problems = problems[:limit]
     return problems
 
@@ -250,11 +259,19 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
     method, n = parse_method(spec.method)
     folder = RunFolder(spec.out)
     if method.startswith("solver-"):
+        unused = [n for n in spec.runtime.changed() if n not in SOLVER_SETTINGS[method]]
+        unused += [n for n, v in (("model", spec.engine.model), ("server", spec.engine.server)) if v]
+        if unused:
+            raise UserError(f"`{unused[0]}` does not apply to {method}: a symbolic solver runs, no model",
+                            fields=(unused[0],))
         path = Path(spec.problems) if spec.problems else default_problems(None, None)
         problems = load_problems(path, spec.limit)
-        meta = {"model": method, "label": spec.label or ("solver APR" if method == "solver-apr" else "solver SoS+"),
+        budget = spec.runtime.child_budget
+        name = "solver APR" if method == "solver-apr" else "solver SoS+"
+        meta = {"model": method, "label": spec.label or name + (f", budget {budget}" if budget else ""),
                 "family": "solver", "method": method, "runtime_method": method, "samples": 1, "temperature": 0.0,
-                "seed": spec.runtime.seed, "context": None, "problems_file": str(path), "problems_sha": file_sha(path)}
+                "seed": spec.runtime.seed, "context": None, "child_budget": budget, "problems_file": str(path),
+                "problems_sha": file_sha(path)}
         records = run_solver(method, problems, folder, meta, spec.progress)
         return write_summary(folder, records, meta)
 
@@ -263,24 +280,28 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
         raise UserError("not a model folder (no config.json)" if Path(model).is_dir() else "model folder not found", model)
     info = model_info(spec.engine)
     if method in ("apr", "sos") and model and method != info.method:
-        raise UserError(f"model was trained for {info.method}, not {method}; use --method {info.method}, cons@N or pass@N", model)
+        raise UserError(f"model was trained for {info.method}, not {method}; use `method` {info.method}, cons@N or "
+                        "pass@N", model, fields=("method",))
     runtime_method = method if method in ("apr", "sos") else info.method
     path = Path(spec.problems) if spec.problems else default_problems(model, info.task)
     problems = load_problems(path, spec.limit)
+    if spec.runtime.method not in (None, runtime_method):
+        raise UserError(f"runtime method {spec.runtime.method} differs from the evaluation's {runtime_method}; "
+                        "leave the runtime's unset")
     sampled = n > 1 or method.startswith(("cons@", "pass@"))
-    temperature = spec.runtime.temperature if spec.runtime.temperature is not None else (1.0 if sampled else 0.0)
-    cfg = spec.runtime.config(info, method=runtime_method, temperature=temperature)
+    cfg = dataclasses.replace(spec.runtime, method=runtime_method).resolve(info, sampled=sampled)
+    temperature = cfg.temperature
     family = "APR" if runtime_method == "apr" else "SoS+"
-    budget = cfg.sub_call_budget if runtime_method == "apr" else cfg.token_budget
+    budget = cfg.child_budget if runtime_method == "apr" else cfg.token_budget
     kind = method if n > 1 else ("greedy" if temperature == 0 else f"T={temperature:g}")
     meta = {"model": str(Path(model).resolve()) if model and not spec.engine.server else str(spec.engine.server),
             "label": spec.label or f"{family} {kind}" + (f", budget {budget}" if budget else ""),
             "family": runtime_method, "method": method, "runtime_method": runtime_method,
             "samples": n, "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
-            "context": cfg.context, "sub_call_budget": cfg.sub_call_budget, "token_budget": cfg.token_budget,
+            "context": cfg.context, "child_budget": cfg.child_budget, "token_budget": cfg.token_budget,
             "max_children": cfg.max_children, "max_depth": cfg.max_depth, "max_total_tokens": cfg.max_total_tokens,
             "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path)}
-    folder.open(meta, IDENTITY)  # refuse a foreign folder before loading a model
+    folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
     if engine is None:
         from apr.engine.model_runner import resolve_device
 
@@ -299,7 +320,7 @@ def run_model(engine, cfg, problems: list[tuple[int, Problem]], folder: RunFolde
     Samples of one problem run under distinct runtime indices (problem * N + sample), so
     their per-thread seeds differ; the record keeps the problem's `index` and a `sample`."""
     n = meta["samples"]
-    done = folder.open(meta, IDENTITY)
+    done = folder.open(meta, IDENTITY, OLD_META_KEYS)
     todo = [(i * n + s, p) for i, p in problems for s in range(n) if (i, s) not in done]
 
     def labelled():
@@ -314,14 +335,15 @@ def run_model(engine, cfg, problems: list[tuple[int, Problem]], folder: RunFolde
     return list(done.values())
 
 
-def solver_record(kind: str, index: int, p: Problem, seed: int, tok) -> Record:
-    """A solver's trace as a runtime-style record, costed with the same definitions."""
+def solver_record(kind: str, index: int, p: Problem, seed: int, tok, child_budget: int | None = None) -> Record:
+    """A solver's trace as a runtime-style record, costed with the same definitions; the APR
+    solver starts at most `child_budget` child threads (None: as many as it likes)."""
     from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
     rng = random.Random(derive_seed(seed, index))
     t0 = time.perf_counter()
     if kind == "solver-apr":
-        thread, _ = solve_apr(p.nums, p.target, AprConfig(), rng)
+        thread, _ = solve_apr(p.nums, p.target, AprConfig(child_budget=child_budget), rng)
     else:
         thread = solve_sos(p.nums, p.target, SosConfig(), rng)
     latency = time.perf_counter() - t0
@@ -342,9 +364,10 @@ def run_solver(kind: str, problems: list[tuple[int, Problem]], folder: RunFolder
     from apr.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
-    done = folder.open(meta, IDENTITY)
+    done = folder.open(meta, IDENTITY, OLD_META_KEYS)
     todo = [(i, p) for i, p in problems if (i, 0) not in done]
-    records = (dataclasses.replace(solver_record(kind, i, p, meta["seed"], tok), model=meta["model"]) for i, p in todo)
+    records = (dataclasses.replace(solver_record(kind, i, p, meta["seed"], tok, meta.get("child_budget")),
+                                   model=meta["model"]) for i, p in todo)
     for rec in append_records(folder.records_file, records, len(problems), len(problems) - len(todo), kind, progress):
         done[(rec.index, 0)] = rec
     return list(done.values())

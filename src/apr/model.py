@@ -31,6 +31,8 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 DEFAULT_TASK = TaskConfig().as_dict()  # the published task, as apr.json records a task
+# apr.json keys that said `budget_prefix` before, one per method.
+OLD_PREFIX_KEYS = ("sub_call_budget", "token_budget")
 
 
 @dataclass
@@ -40,20 +42,25 @@ class ModelInfo:
     method: Literal["apr", "sos"] = "apr"
     preset: str = "unknown"
     task: dict = field(default_factory=lambda: dict(DEFAULT_TASK))
-    sub_call_budget: bool = False  # trained with the `Sub Call Budget: N ` prefix
-    token_budget: bool = False  # trained with the `Token Budget: N ` prefix
+    # Trained with its budget as a prompt prefix: `Sub Call Budget: N ` (APR, N child threads)
+    # or `Token Budget: N ` (SoS+). Written before as `sub_call_budget` / `token_budget`.
+    budget_prefix: bool = False
     tokenizer: str = "unknown"  # apr.tokenizer.tokenizer_fingerprint
     tokenizer_name: str = ""  # what the training config named: apr | apr-num99 | apr-num999 | a folder
     context: int = 4096
     # Children asked by default (`Sub Call Budget: N`) of a model trained with the prefix: the
     # median child count of its training demonstrations, or the best budget of a validation
-    # sweep. None: the runtime derives one from the task (apr.runtime.default_child_budget).
+    # sweep. None: the runtime derives one from the task (apr.runtime_config.default_child_budget).
     child_budget: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})  # tolerate newer fields
+        values = {k: v for k, v in d.items() if k in names}  # tolerate newer fields
+        old = [d[k] for k in OLD_PREFIX_KEYS if k in d]
+        if old and "budget_prefix" not in values:  # an apr.json written before the rename
+            values["budget_prefix"] = any(v is True for v in old)
+        return cls(**values)
 
 
 def preset_config(preset: str, vocab_size: int, bos_token_id=None, eos_token_id=None, pad_token_id=None):
@@ -175,6 +182,8 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"apr.json: unknown method {info.method!r} (apr or sos)", str(path))
     if not isinstance(info.context, int) or isinstance(info.context, bool) or info.context < 1:
         raise UserError(f"apr.json: context must be a positive integer, got {info.context!r}", str(path))
+    if not isinstance(info.budget_prefix, bool):
+        raise UserError(f"apr.json: budget_prefix must be true or false, got {info.budget_prefix!r}", str(path))
     if info.child_budget is not None and (not isinstance(info.child_budget, int) or info.child_budget < 1):
         raise UserError(f"apr.json: child_budget must be a positive integer, got {info.child_budget!r}", str(path))
     return info

@@ -29,7 +29,7 @@ from apr.errors import UserError
 from apr.eval import EvalSpec, default_problems, evaluate
 from apr.io import atomic_write
 from apr.report import write_report
-from apr.runtime import RuntimeOptions
+from apr.runtime_config import RuntimeConfig
 from apr.search import AprConfig, SosConfig
 
 STAGES = ("data", "train", "eval", "report", "export")
@@ -92,7 +92,7 @@ def stage_data(out: Path, p: Preset, seed: int, progress: bool = False) -> None:
         for key in ("num_count", "train_problems", "val_problems"):
             if old["preset"].get(key) != now["preset"][key]:
                 raise UserError(f"data/ was made with {key} {old['preset'].get(key)}, not {now['preset'][key]}; "
-                                "delete it or use another --out", str(out))
+                                "delete it or use another `out`", str(out), fields=("out",))
         log.info(f"data: exists ({d})")
         return
     task = TaskConfig(num_count=p.num_count)
@@ -102,7 +102,7 @@ def stage_data(out: Path, p: Preset, seed: int, progress: bool = False) -> None:
                        progress)
     write_problems([(d / "train.jsonl", p.train_problems)], seed, task, problem_keys([shared_val, val_file(out, p)]),
                    p.workers, progress)
-    solvers = {"apr": AprConfig(sub_call_budget=bool(p.budgets)), "sos": SosConfig()}
+    solvers = {"apr": AprConfig(budget_prefix=bool(p.budgets)), "sos": SosConfig()}
     for solver, solver_cfg in solvers.items():
         raw = d / f"{solver}.raw.jsonl"
         write_traces(d / "train.jsonl", raw, solver_cfg, seed, p.workers, progress)
@@ -131,17 +131,17 @@ def stage_train(out: Path, p: Preset, seed: int, device: str, progress: bool = T
             for key, want in (("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
                 if done.get(key) != want:
                     raise UserError(f"train/{method} was trained with {key} {done.get(key)}, not {want}; "
-                                    "delete it or use another --out", str(out))
+                                    "delete it or use another `out`", str(out), fields=("out",))
             if done.get("max_steps") != steps and not budget:
                 raise UserError(f"train/{method} was trained for {done.get('max_steps')} steps, not {steps}; "
-                                "delete it or use another --out", str(out))
+                                "delete it or use another `out`", str(out), fields=("out",))
         else:
             sets = [f"data={out / 'data' / (method + '.jsonl')}", f"model={p.model}", f"out_dir={run}",
                     f"max_steps={steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
                     f"device={device}", f"dtype={p.dtype}", f"optim.lr={p.lr}", f"optim.min_lr={p.lr / 10}",
                     f"optim.warmup_steps={p.warmup}", f"eval_problems={val_file(out, p)}", "eval_every=0",
                     f"save_every={max(50, p.steps // 4)}", f"log_every={max(1, min(50, p.steps // 20))}",
-                    f"sub_call_budget={str(method == 'apr' and bool(p.budgets)).lower()}",
+                    f"budget_prefix={str(method == 'apr' and bool(p.budgets)).lower()}",
                     f"time_budget_s={budget}", f"attn_implementation={p.attn}", f"compile={str(p.compile).lower()}"]
             cfg = load_config(None, sets)
             t0 = time.perf_counter()
@@ -163,21 +163,23 @@ def eval_runs(out: Path, p: Preset, device: str = "auto", progress: bool = False
     """(run folder name, evaluation) of the evaluation stage, most important first: a stage
     cut short by a time limit loses the least."""
     apr_m, sos_m, val = out / "train" / "apr" / "final", out / "train" / "sos" / "final", val_file(out, p)
-    runtime = RuntimeOptions(context=p.eval_context or p.context, max_in_flight=p.max_in_flight)
+    runtime = RuntimeConfig(context=p.eval_context or p.context, max_in_flight=p.max_in_flight)
 
     def spec(name: str, method: str, model: Path | None, limit: int, **changes) -> tuple[str, EvalSpec]:
-        engine = EngineSpec(model=str(model), device=device, max_slots=p.max_in_flight, context=runtime.context) \
-            if model else EngineSpec(context=runtime.context)
-        return name, EvalSpec(method=method, out=out / "eval" / name, engine=engine,
-                              runtime=dataclasses.replace(runtime, **changes), problems=str(val), limit=limit,
-                              progress=progress)
+        if model:
+            engine = EngineSpec(model=str(model), device=device, max_slots=p.max_in_flight, context=runtime.context)
+            settings = dataclasses.replace(runtime, **changes)
+        else:  # a solver row: no model, no window, no engine
+            engine, settings = EngineSpec(context=runtime.context), RuntimeConfig(**changes)
+        return name, EvalSpec(method=method, out=out / "eval" / name, engine=engine, runtime=settings,
+                              problems=str(val), limit=limit, progress=progress)
 
     runs = [spec("apr", "apr", apr_m, p.eval_limit), spec("sos", "sos", sos_m, p.eval_limit),
             spec("solver_apr", "solver-apr", None, p.eval_limit), spec("solver_sos", "solver-sos", None, p.eval_limit)]
     if p.cons_n > 1:
         runs.append(spec(f"sos_cons{p.cons_n}", f"cons@{p.cons_n}", sos_m, p.cons_limit))
     for b in p.budgets:
-        runs.append(spec(f"apr_budget{b}", "apr", apr_m, p.eval_limit, sub_call_budget=b))
+        runs.append(spec(f"apr_budget{b}", "apr", apr_m, p.eval_limit, child_budget=b))
     return runs
 
 
@@ -224,7 +226,7 @@ def run_pipeline(preset: str, p: Preset, out: Path, stages: list[str], seed: int
     if bad:
         raise UserError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
     if "export" in stages and export is None:
-        raise UserError("the export stage needs --export DIR (e.g. models/default)")
+        raise UserError("the export stage needs `export` (a folder, e.g. models/default)", fields=("export",))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "pipeline.json") as f:
         json.dump({"preset": preset, "settings": dataclasses.asdict(p), "stages": stages, "command": command}, f, indent=2)

@@ -76,19 +76,23 @@ class RunFolder:
             raise UserError("run.json is not a JSON object", str(self.run_json))
         return meta
 
-    def open(self, meta: dict, identity: Iterable[str]) -> dict[tuple[int, int], Record]:
+    def open(self, meta: dict, identity: Iterable[str], renamed: dict[str, str] | None = None) -> dict[tuple[int, int], Record]:
         """Check (or create) run.json for `meta`; return the finished records by (problem,
-        sample). A folder of another run (any `identity` key differs) is refused untouched."""
+        sample). A folder of another run (any `identity` key differs) is refused untouched.
+        `renamed`: old -> new names of keys, for run.json files written before a rename."""
         if self.path.exists() and not self.path.is_dir():
-            raise UserError("--out must be a folder", str(self.path))
+            raise UserError("`out` must be a folder", str(self.path), fields=("out",))
         if self.run_json.exists():
             old = self.meta()
+            for was, now in (renamed or {}).items():
+                if was in old and now not in old:
+                    old[now] = old.pop(was)
             for key in identity:
                 if old.get(key) != meta.get(key):
                     raise UserError(f"holds a run of another {key} ({old.get(key)!r}, not {meta.get(key)!r}); "
-                                    "use another --out", str(self.path))
+                                    "use another `out`", str(self.path), fields=("out",))
         elif self.records_file.exists() or self.summary_json.exists():
-            raise UserError("holds results without run.json; use another --out", str(self.path))
+            raise UserError("holds results without run.json; use another `out`", str(self.path), fields=("out",))
         done = self.finished()
         self.path.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.run_json) as f:
@@ -118,12 +122,12 @@ def records_to_resume(path: Path, model: str, method: str) -> dict[int, Record]:
     try:
         found = read_records(path)
     except UserError as e:
-        raise UserError(f"--out is not an `apr run` records file: {e}") from None
+        raise UserError(f"`out` is not an `apr run` records file: {e}", fields=("out",)) from None
     for k, rec in found:
         for key, want in (("model", model), ("method", method)):
             if getattr(rec, key) != want:
                 raise UserError(f"holds records of another run ({key} {getattr(rec, key)!r}, not {want!r}); "
-                                "use another --out", str(path), k)
+                                "use another `out`", str(path), k, fields=("out",))
         done[rec.index] = rec
     return done
 

@@ -7,6 +7,7 @@ a local engine prefills only the join text (an HTTP server's prefix cache does t
 Every problem ends with a record: the root's text, the checker's verdict, the thread tree
 and the metrics of the paper (total and sequential tokens, longest thread, children).
 
+The settings are a `RuntimeConfig` (apr.runtime_config), resolved for the model before a run.
 What a child passes on at a join is decided by `RuntimeConfig.join_rule`, one of the rules
 of `apr.protocol.joins.JOIN_RULES`: `official` as the published evaluation, `goal-line` as
 the solvers write demonstrations, or `verified` (the official result when it replays); a
@@ -16,7 +17,6 @@ rules with examples.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -26,98 +26,10 @@ from apr import protocol as P
 from apr.checker import check
 from apr.countdown import Problem
 from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
-from apr.errors import UserError
-from apr.model import ModelInfo
 from apr.protocol.joins import JOIN_RULES
 from apr.records import Record
+from apr.runtime_config import RuntimeConfig
 
-
-@dataclass
-class RuntimeConfig:
-    method: str = "apr"  # "apr" (spawn/join) or "sos" (plain serial decoding)
-    context: int = 4096  # tokens per thread (prompt + join text + generated); reaching it fails the problem
-    max_children: int = 16  # per spawn block; more fails the problem
-    max_depth: int = 1  # spawn levels allowed (children spawn again when > 1)
-    max_total_tokens: int = 200_000  # generated tokens per problem over all threads
-    sub_call_budget: int | None = None  # APR: `Sub Call Budget: N ` prefix
-    token_budget: int | None = None  # SoS+: `Token Budget: N ` prefix
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    max_in_flight: int = 64  # problems decoding at once
-    join_rule: str = "official"  # what a child passes on at a join: one of JOIN_RULES
-
-    def __post_init__(self) -> None:
-        if self.method not in ("apr", "sos"):
-            raise ValueError(f"method must be apr or sos, got {self.method!r}")
-        if self.join_rule not in JOIN_RULES:
-            raise UserError(f"--join-rule must be one of {', '.join(JOIN_RULES)}; got {self.join_rule!r}")
-
-    @classmethod
-    def for_model(cls, info: ModelInfo, method: str | None = None, sub_call_budget: int | None = None,
-                  token_budget: int | None = None, **settings) -> "RuntimeConfig":
-        """The runtime settings for a model (`info`: its apr.json) plus overrides.
-
-        `method` defaults to the model's. A budget prefix goes only to the method it belongs
-        to: the value asked for, else the default when the model was trained with that prefix.
-        Other keyword arguments are fields of this class; impossible values are UserErrors.
-        """
-        method = method or info.method
-        if method == "apr" and sub_call_budget is None and info.sub_call_budget:
-            sub_call_budget = default_child_budget(info)
-        if method == "sos" and token_budget is None and info.token_budget:
-            token_budget = DEFAULT_TOKEN_BUDGET
-        cfg = cls(method=method, sub_call_budget=sub_call_budget if method == "apr" else None,
-                  token_budget=token_budget if method == "sos" else None, **settings)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.context < 16:
-            raise UserError(f"--context must be at least 16 tokens, got {self.context}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise UserError("sampling options: --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
-
-
-@dataclass
-class RuntimeOptions:
-    """The runtime settings a user chooses (command-line options, a config); `config(info)`
-    completes them from a model's apr.json into a RuntimeConfig. Defaults: the commands'."""
-
-    method: str | None = None  # None: what the model was trained for
-    context: int = 4096
-    max_children: int = 16
-    max_depth: int = 1
-    max_total_tokens: int = 200_000
-    sub_call_budget: int | None = None  # None: 10 when the model was trained with the prefix
-    token_budget: int | None = None  # None: 4096 when the model was trained with the prefix
-    temperature: float | None = None  # None: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    max_in_flight: int = 32
-    join_rule: str = "official"  # official | goal-line | verified (JOIN_RULES)
-
-    def config(self, info: ModelInfo, **changes) -> RuntimeConfig:
-        o = dataclasses.replace(self, **changes)
-        return RuntimeConfig.for_model(info, **{**dataclasses.asdict(o), "temperature": o.temperature or 0.0})
-
-
-DEFAULT_SUB_CALL_BUDGET = 10  # the published evaluation's budget, for models that do not say theirs
-
-
-def default_child_budget(info: ModelInfo) -> int:
-    """The `Sub Call Budget` asked of an APR model trained with the prefix: the model's own
-    (apr.json `child_budget`), else the published 10 capped by the task. Asking for more
-    children than a problem has distinct first moves makes a model invent moves (a 3-number
-    problem has 3 pairs; +, * and - are always legal on a pair, / rarely), so the cap is
-    3 per pair of numbers: 9 for Countdown-3, 18 for Countdown-4."""
-    if info.child_budget:
-        return info.child_budget
-    n = int(info.task.get("num_count", 4)) if isinstance(info.task, dict) else 4
-    return min(DEFAULT_SUB_CALL_BUDGET, 3 * n * (n - 1) // 2)
-DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
 # Record reasons the runtime writes when it stops a problem (the rest are the checker's).
 RUNTIME_FAILURES = ("context window reached", "total token limit reached", "malformed spawn block",
                     "too many children", "spawn names unknown node")
@@ -158,7 +70,7 @@ def thread_seed(seed: int, index: int, thread_id: str) -> int:
 def root_prompt(problem: Problem, cfg: RuntimeConfig) -> str:
     """The published evaluation gives the first lines without their final newline."""
     if cfg.method == "apr":
-        text = P.apr_prompt(problem.target, problem.nums, cfg.sub_call_budget)
+        text = P.apr_prompt(problem.target, problem.nums, cfg.child_budget)
     else:
         text = P.sos_prompt(problem.target, problem.nums, cfg.token_budget)
     return text[:-1]
@@ -168,6 +80,7 @@ class Runtime:
     """Drives an engine over a stream of problems; yields one record per finished problem."""
 
     def __init__(self, engine: Engine, cfg: RuntimeConfig, tokenizer=None):
+        cfg.require_resolved()
         self.engine, self.cfg = engine, cfg
         self.tok = tokenizer if tokenizer is not None else engine.tokenizer
         if self.tok is None:

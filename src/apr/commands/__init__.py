@@ -123,9 +123,24 @@ def _third_party_bars_off() -> None:
 # ---------------------------------------------------------------------------- main
 
 
+def option_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """field -> option, for the settings this command took as options (`--child-budget` for
+    `child_budget`): a library error names fields, the command line names its options."""
+    flags, todo = set(), [parser]
+    while todo:
+        p = todo.pop()
+        for a in p._actions:
+            flags.update(a.option_strings)
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend(a.choices.values())
+    names = {name: "--" + name.replace("_", "-") for name in vars(args)}
+    return {name: flag for name, flag in names.items() if flag in flags}
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UserError as e:
         print(f"apr: error: {e}", file=sys.stderr)
         return 2
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as e:
-        print(f"apr: error: {e}", file=sys.stderr)
+        print(f"apr: error: {e.renamed(option_names(parser, args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("apr: interrupted", file=sys.stderr)

@@ -68,7 +68,7 @@ def _solver_config(args) -> AprConfig | SosConfig:
             spawn_prob=args.spawn_prob,
             max_depth=args.max_depth,
             heuristic=args.heuristic,
-            sub_call_budget=args.sub_call_budget,
+            budget_prefix=args.budget_prefix,
         )
     return SosConfig(
         beam_min=args.beam_min or 1,
@@ -151,7 +151,9 @@ def register(sub) -> None:
     t.add_argument("--sub-search-prob", type=probability, default=0.5,
                    help="sos: chance to double down per expansion, 0..1")
     t.add_argument("--heuristic", choices=["mult", "sum"], default="mult", help="node ordering heuristic")
-    t.add_argument("--sub-call-budget", action="store_true", help="apr: prefix each prompt `Sub Call Budget: N `")
+    t.add_argument("--budget-prefix", action="store_true",
+                   help="apr: prefix each root prompt with its child count, `Sub Call Budget: N `")
+    add_deprecated_alias(t, "--sub-call-budget", "--budget-prefix")
     add_quiet(t, "progress bar")
     add_deprecated_alias(t, "--no-progress", "--quiet")
     t.set_defaults(func=cmd_traces)

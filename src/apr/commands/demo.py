@@ -14,16 +14,17 @@ from pathlib import Path
 from rich.console import Console
 
 from apr.checker import check
-from apr.commands.options import HelpFormatter, non_negative_int, positive_int
+from apr.commands.options import HelpFormatter, add_config_options, non_negative_int, positive_int
 from apr.commands.trees import record_tree, solver_tree
 from apr.countdown import TaskConfig, generate
 from apr.errors import UserError
 from apr.rng import derive_seed
+from apr.runtime_config import RuntimeConfig
 from apr.search import AprConfig, solve_apr
 
 
 def solver_demo(n: int, seed: int, console: Console) -> int:
-    cfg = AprConfig(sub_call_budget=True)
+    cfg = AprConfig(budget_prefix=True)
     for i, p in enumerate(generate(n, seed, TaskConfig())):
         thread, _ = solve_apr(p.nums, p.target, cfg, random.Random(derive_seed(seed, i)))
         v = check(p.nums, p.target, thread.text())
@@ -43,19 +44,19 @@ def find_default_model() -> Path | None:
     return None
 
 
-def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, sub_call_budget: int | None = None) -> int:
+def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_budget: int | None = None) -> int:
     """Solve the first `pool` validation problems with the model on CPU (greedy), report how
     many it solved, and show n thread trees (spawned children under their parent): solved
     problems first, then unsolved ones, each labelled with the checker's verdict."""
     from apr.engine.spec import EngineSpec, make_engine
     from apr.eval import default_problems, load_problems
     from apr.model import load_model_info
-    from apr.runtime import Runtime, RuntimeConfig
+    from apr.runtime import Runtime
 
     info = load_model_info(model_dir)
     problems = load_problems(default_problems(str(model_dir), info.task), max(n, pool))
-    cfg = RuntimeConfig.for_model(info, sub_call_budget=sub_call_budget, context=min(info.context, 4096),
-                                  max_in_flight=len(problems))
+    cfg = RuntimeConfig(child_budget=child_budget, context=min(info.context, 4096),
+                        max_in_flight=len(problems)).resolve(info)
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
                   f"{len(problems)} validation problems:[/]")
     with make_engine(EngineSpec(model=str(model_dir), max_slots=64, context=cfg.context, device="cpu")) as engine:
@@ -79,7 +80,7 @@ def cmd_demo(args) -> int:
     console = Console()
     model = Path(args.model) if args.model else (None if args.solver else find_default_model())
     if model is not None:
-        return model_demo(model, args.n, console, args.pool, args.sub_call_budget)
+        return model_demo(model, args.n, console, args.pool, args.child_budget)
     console.print("[bold]No trained model found (models/default): showing the symbolic APR solver's threads.[/]")
     return solver_demo(args.n, args.seed, console)
 
@@ -89,8 +90,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=positive_int, default=3, help="thread trees to show")
     p.add_argument("--pool", type=positive_int, default=16, help="validation problems to solve (model demo)")
-    p.add_argument("--sub-call-budget", type=positive_int,
-                   help="APR models trained with budgets: children to ask for (default: the model's own, see apr eval --help)")
+    add_config_options(p, RuntimeConfig, names=("child_budget",))
     p.add_argument("--seed", type=non_negative_int, default=0, help="solver demo: seed of the problems drawn")
     p.add_argument("--model", metavar="DIR", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")

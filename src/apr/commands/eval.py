@@ -16,7 +16,7 @@ from apr.commands.options import (
     engine_spec,
     positive_int,
     refuse_output_over_input,
-    runtime_options,
+    runtime_config,
 )
 from apr.eval import EvalSpec, evaluate
 
@@ -30,7 +30,7 @@ def method(text: str) -> str:
 
 
 def eval_spec(args: argparse.Namespace) -> EvalSpec:
-    return EvalSpec(method=args.method, out=Path(args.out), engine=engine_spec(args), runtime=runtime_options(args),
+    return EvalSpec(method=args.method, out=Path(args.out), engine=engine_spec(args), runtime=runtime_config(args, method=False),
                     problems=args.problems, limit=args.limit, label=args.label, progress=not args.quiet)
 
 
@@ -52,7 +52,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", metavar="TEXT", help="name in reports (default: family, method and budget)")
     add_quiet(p, "progress bar")
     add_engine_options(p)
-    add_runtime_options(p, method=False, temperature_help="sampling temperature, >= 0 (default 0, greedy; 1.0 for cons@N and pass@N)")
+    add_runtime_options(p, method=False)
 
 
 def register(sub) -> None:

@@ -9,22 +9,23 @@ nothing written (`apr.commands.main` prints it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Callable, Iterable
 
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
-from apr.runtime import JOIN_RULES, RuntimeOptions
+from apr.runtime_config import CONTEXT_MAX, CONTEXT_MIN, RuntimeConfig
 
 # ---------------------------------------------------------------------------- help
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
-CONTEXT_MIN, CONTEXT_MAX = 16, 1_048_576
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -111,7 +112,6 @@ def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = F
 
 non_negative_float = float_in(0.0)
 probability = float_in(0.0, 1.0)
-top_p = float_in(0.0, 1.0, lo_open=True)
 
 
 def dtype(text: str) -> str:
@@ -241,41 +241,39 @@ def engine_spec(args: argparse.Namespace) -> EngineSpec:
                       dtype=args.dtype, max_slots=args.max_slots, context=args.context)
 
 
-def add_runtime_options(p: argparse.ArgumentParser, method: bool = True, temperature_help: str = "") -> None:
-    """Runtime limits, budgets and sampling; `method=False` for commands with their own --method."""
-    if method:
-        p.add_argument("--method", choices=["apr", "sos"], help="apr (spawn/join) or sos (serial); "
-                                                                "default: what the model was trained for")
-    p.add_argument("--context", metavar="TOKENS", type=context_tokens, default=4096,
-                   help=f"tokens per thread, {CONTEXT_MIN}..{CONTEXT_MAX}; a thread reaching it fails its problem")
-    p.add_argument("--max-children", metavar="N", type=positive_int, default=16,
-                   help="children one spawn block may start; more fails the problem")
-    p.add_argument("--max-depth", metavar="N", type=non_negative_int, default=1,
-                   help="spawn levels (0: no spawning; children spawn again when > 1)")
-    p.add_argument("--max-total-tokens", metavar="TOKENS", type=positive_int, default=200_000,
-                   help="tokens generated over all threads of a problem; more fails it")
-    p.add_argument("--sub-call-budget", metavar="N", type=positive_int,
-                   help="APR: children to ask for, `Sub Call Budget: N` (default: the model's apr.json child_budget, "
-                   "else 10 capped at 3 per pair of numbers, if the model was trained with it)")
-    p.add_argument("--token-budget", metavar="TOKENS", type=positive_int,
-                   help="SoS+: tokens to ask for, `Token Budget: N` (default 4096 if the model was trained with it)")
-    p.add_argument("--temperature", metavar="T", type=non_negative_float, default=None if temperature_help else 0.0,
-                   help=temperature_help or "sampling temperature, >= 0 (0: greedy)")
-    p.add_argument("--top-k", metavar="K", type=non_negative_int, default=0, help="sample from the k likeliest tokens (0: all)")
-    p.add_argument("--top-p", metavar="P", type=top_p, default=1.0, help="nucleus sampling mass, in (0, 1] (1: all)")
-    p.add_argument("--seed", metavar="SEED", type=non_negative_int, default=0, help="sampling seed (each problem and thread derives its own)")
-    p.add_argument("--max-in-flight", metavar="N", type=positive_int, default=32, help="problems decoding at once")
-    p.add_argument("--join-rule", choices=JOIN_RULES, default="official",
-                   help="what a child passes on at a join: official (the published evaluation: the text after its "
-                   "second-to-last 'Goal Reached'), goal-line (only a clean path ending in a well-formed 'X,X equal' "
-                   "goal line) or verified (official, but a path that does not replay from the child's state is "
-                   "joined as a failed sub search); default official")
+def add_config_options(p: argparse.ArgumentParser, cls, names: Iterable[str] | None = None,
+                       skip: Iterable[str] = ()) -> None:
+    """One option per field of the dataclass `cls` (all, or those in `names`, less `skip`), built
+    from the field as a config dataclass describes it (the way TRL's HfArgumentParser does):
+    `--field-name`, dest the field's name, its default, and from its metadata (`setting` in
+    apr.runtime_config) the help, the metavar and a checked type for its bounds or choices.
+    Old names of the options (OLD_OPTIONS) stay as hidden deprecated aliases."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if (names is not None and f.name not in names) or f.name in skip:
+            continue
+        m, flag = f.metadata, "--" + f.name.replace("_", "-")
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        if m["choices"] is not None:
+            p.add_argument(flag, dest=f.name, choices=m["choices"], default=f.default, help=m["help"])
+        else:
+            check = int_in(m["lo"], m["hi"]) if kind is int else float_in(m["lo"], m["hi"], m["lo_open"])
+            p.add_argument(flag, dest=f.name, type=check, default=f.default, metavar=m["metavar"], help=m["help"])
+        for old, new in OLD_OPTIONS.items():
+            if new == flag:
+                add_deprecated_alias(p, old, new)
 
 
-def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(
-        method=args.method if args.method in ("apr", "sos") else None,  # eval's cons@N etc. pick their own
-        context=args.context, max_children=args.max_children, max_depth=args.max_depth,
-        max_total_tokens=args.max_total_tokens, sub_call_budget=args.sub_call_budget, token_budget=args.token_budget,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_in_flight=args.max_in_flight, join_rule=args.join_rule)
+# Options renamed to one name per idea: old -> new, kept as hidden deprecated aliases.
+OLD_OPTIONS = {"--sub-call-budget": "--child-budget"}
+
+
+def add_runtime_options(p: argparse.ArgumentParser, method: bool = True) -> None:
+    """The RuntimeConfig fields as options; `method=False` for commands with their own --method."""
+    add_config_options(p, RuntimeConfig, skip=() if method else ("method",))
+
+
+def runtime_config(args: argparse.Namespace, method: bool = True) -> RuntimeConfig:
+    """The RuntimeConfig the options of `add_runtime_options(p, method)` gave (unset ones None)."""
+    return RuntimeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RuntimeConfig)
+                            if method or f.name != "method"})

@@ -18,7 +18,7 @@ from apr.commands.options import (
     non_negative_int,
     positive_int,
     refuse_output_over_input,
-    runtime_options,
+    runtime_config,
 )
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     check_server_has_model(args)
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)
-    cfg = runtime_options(args).config(model_info(spec))
+    cfg = runtime_config(args).resolve(model_info(spec))
     label = str(args.model or args.server)
     records_to_resume(Path(args.out), label, cfg.method)
     with make_engine(spec) as engine:
@@ -51,7 +51,7 @@ def cmd_solve(args) -> int:
     problem = problem_from_record({"nums": args.nums, "target": args.target}, "command line")
     check_server_has_model(args)
     spec = engine_spec(args)
-    cfg = runtime_options(args).config(model_info(spec))
+    cfg = runtime_config(args).resolve(model_info(spec))
     with make_engine(spec) as engine:
         rec = Runtime(engine, cfg).run([(0, problem)])[0]
     console = Console()

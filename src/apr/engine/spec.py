@@ -27,7 +27,7 @@ def make_engine(spec: EngineSpec) -> Engine:
 
         return OpenAIEngine(spec.server, model=spec.served_model, tokenizer=spec.model)
     if not spec.model:
-        raise UserError("give --model DIR (or --server URL)")
+        raise UserError("give `model` (a model folder) or `server` (a URL)", fields=("model", "server"))
     from apr.engine.local import LocalEngine
 
     return LocalEngine(spec.model, max_slots=spec.max_slots, max_len=spec.context, device=spec.device,

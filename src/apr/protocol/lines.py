@@ -66,9 +66,9 @@ def parent_id(node: str) -> str | None:
     return node.rsplit(",", 1)[0] if "," in node else None
 
 
-def apr_prompt(target: int, nums: list[int], sub_call_budget: int | None = None) -> str:
+def apr_prompt(target: int, nums: list[int], child_budget: int | None = None) -> str:
     """The root prompt of an APR thread, optionally conditioned on the child count."""
-    prefix = f"Sub Call Budget: {sub_call_budget} " if sub_call_budget is not None else ""
+    prefix = f"Sub Call Budget: {child_budget} " if child_budget is not None else ""
     return prefix + moving_line("0") + state_line(target, nums, [])
 
 

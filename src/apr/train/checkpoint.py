@@ -70,10 +70,11 @@ def load_checkpoint(out_dir: Path, expect: dict, what: str = "this run") -> dict
         ckpt = root / (root / "latest").read_text().strip()
         meta = json.loads((ckpt / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise UserError("--resume: no readable checkpoint", str(root)) from None
+        raise UserError("`resume`: no readable checkpoint", str(root), fields=("resume",)) from None
     for key, now in expect.items():
         if meta.get(key) != now:
-            raise UserError(f"--resume: checkpoint has {key} {meta.get(key)!r}, {what} has {now!r}", str(ckpt))
+            raise UserError(f"`resume`: checkpoint has {key} {meta.get(key)!r}, {what} has {now!r}", str(ckpt),
+                            fields=("resume",))
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     restore_rng(state["rng"])
     state["path"] = str(ckpt)

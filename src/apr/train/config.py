@@ -1,8 +1,9 @@
 """Training configuration: YAML/TOML files mapped onto dataclasses, `--set key=value` overrides.
 
-`SFTConfig` (with its `OptimConfig` section) configures `apr train sft`, `RLConfig`
-configures `apr train rl`. This module imports no torch, so the command line can refuse a
-bad config before the trainers load.
+`SFTConfig` (with its `OptimConfig` section) configures `apr train sft`, `RLConfig` (with
+its `rollout` section, the runtime's `RuntimeConfig`) configures `apr train rl`. This module
+imports no torch, so the command line can refuse a bad config before the trainers load.
+Keys an earlier version named otherwise (a class's RENAMED) are still read, with a warning.
 
 Every key is checked against the dataclass fields and typed by the field's own type
 before any work starts; unknown keys and wrong types are `UserError`s.
@@ -11,6 +12,7 @@ before any work starts; unknown keys and wrong types are `UserError`s.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import tomllib
@@ -18,10 +20,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from apr.errors import UserError
+from apr.runtime_config import RuntimeConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,8 +77,9 @@ class SFTConfig:
     # flash_attention_2 (varlen; needs the flash-attn package), eager.
     attn_implementation: str = "sdpa"
     train_on_inserted: bool = False  # also train on join text the runtime inserts (published)
-    token_budget: bool = False  # SoS+: prefix `Token Budget: N ` (N from the trace's length)
-    sub_call_budget: bool = False  # APR: prefix `Sub Call Budget: N ` (N = child threads)
+    # Prefix each demonstration with its budget: APR `Sub Call Budget: N ` (N = child threads),
+    # SoS+ `Token Budget: N ` (N from the trace's length). The model's apr.json records it.
+    budget_prefix: bool = False
     # > 0: add documents of arithmetic facts, `Exploring Operation: a*b=c` lines with results of
     # 3+ digits drawn from the training demonstrations (where small models err), worth this
     # share of the demonstrations' characters (apr.train.data.arithmetic_facts).
@@ -86,6 +93,9 @@ class SFTConfig:
     keep_checkpoints: int = 2
     max_shard_size: str = "5GB"
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    # Keys of earlier versions, still read with a deprecation warning: old -> new.
+    RENAMED: ClassVar[dict[str, str]] = {"sub_call_budget": "budget_prefix", "token_budget": "budget_prefix"}
 
     def validate(self) -> None:
         if not self.data:
@@ -171,15 +181,10 @@ class RLConfig:
     inner_steps: int = 2  # optimizer steps per batch of rollouts
     adv_eps: float = 1e-4
     skip_zero_advantage: bool = False  # drop all-equal groups from learning (saves compute; drops their KL term)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    method: str = ""  # apr | sos; "" = the model's apr.json
-    sub_call_budget: int | None = None  # APR `Sub Call Budget: N`; None = 10 if the model was trained with it
-    context: int = 4096  # tokens per thread during rollouts
-    max_children: int = 16
-    max_total_tokens: int = 200_000  # per rollout
-    max_in_flight: int = 64  # problems rolled out at once (x group_size samples each)
+    # How rollouts run (method, window, budgets, join rule, sampling, in flight): the settings
+    # of `apr eval`, section `rollout:`. Unset ones come from the model's apr.json; the
+    # temperature defaults to 1.0. Seeds come from `seed` and the step, not `rollout.seed`.
+    rollout: RuntimeConfig = field(default_factory=RuntimeConfig)
     engine: str = "local"  # local | server
     server: str = ""  # engine=server: OpenAI-compatible URL that reloads weights (apr serve, SGLang)
     served_model: str = ""
@@ -197,26 +202,33 @@ class RLConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # learner: auto (bf16 autocast on GPU) | float32 | bfloat16
 
+    # The rollout settings were top-level keys before the `rollout:` section: old -> new.
+    RENAMED: ClassVar[dict[str, str]] = {
+        **{k: f"rollout.{k}" for k in ("method", "context", "max_children", "max_total_tokens", "temperature",
+                                       "top_k", "top_p", "max_in_flight")},
+        "sub_call_budget": "rollout.child_budget",
+    }
+
     def validate(self) -> None:
         if not self.init:
             raise UserError("config: `init` (the supervised model folder) is required")
         if not self.problems:
             raise UserError("config: `problems` (training problems) is required")
-        for name in ("max_steps", "batch_size", "group_size", "inner_steps", "context", "max_slots", "micro_tokens", "val_limit",
-                     "max_in_flight", "max_children", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "group_size", "inner_steps", "max_slots", "micro_tokens", "val_limit",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
         if self.group_size < 2:
             raise UserError("config: `group_size` must be >= 2 (advantages are relative to the group)")
-        if self.method not in ("", "apr", "sos"):
-            raise UserError("config: `method` must be apr, sos or empty (from the model)")
+        if self.rollout.temperature is not None and self.rollout.temperature <= 0:
+            raise UserError("config: `rollout.temperature` must be > 0: the samples of a group must differ")
+        if self.rollout.seed != 0:
+            raise UserError("config: `rollout.seed` is not used: rollouts draw their seeds from `seed` and the step")
         if self.engine not in ("local", "server"):
             raise UserError("config: `engine` must be local or server")
         if self.engine == "server" and not self.server:
             raise UserError("config: engine=server needs `server` (the server URL)")
         reward_source(self.reward, self.trust_reward_code)
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise UserError("config: RL samples: temperature > 0, 0 < top_p <= 1, top_k >= 0")
         if self.warmup_steps < 0:
             raise UserError("config: `warmup_steps` must be >= 0")
         if not 0 < self.clip < 1 or self.kl_coef < 0 or self.lr <= 0:
@@ -239,7 +251,10 @@ def _coerce(value, tp, key: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config: `{key}` must be a section (a mapping)")
-        return _build(tp, value, key + ".")
+        try:
+            return _build(tp, value, key + ".")
+        except UserError as e:
+            raise in_section(e, key) from None
     if tp is float and isinstance(value, str):  # YAML reads `5e-5` (no dot) as a string
         try:
             value = float(value)
@@ -256,6 +271,39 @@ def _coerce(value, tp, key: str):
     return float(value) if tp is float else value
 
 
+def in_section(e: UserError, section: str) -> UserError:
+    """An error of a section's dataclass (`child_budget` ...) as a config error (`rollout.child_budget`)."""
+    if not e.fields:
+        return e
+    message = e.renamed({name: f"`{section}.{name}`" for name in e.fields})
+    return UserError(message if message.startswith("config: ") else "config: " + message)
+
+
+def renamed_keys(cls, values: dict) -> dict:
+    """`values` with the old keys of `cls` (its RENAMED) moved to their new places, each with a
+    deprecation warning. A key given both ways is an error unless the two agree (bools: either
+    true is true, as an old SFT config's `sub_call_budget` and `token_budget` are merged)."""
+    out = dict(values)
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        value = None if value == "" else value  # the old `method: ""` meant: from the model
+        log.warning(f"config: `{old}` is deprecated; use `{new}`")
+        *sections, last = new.split(".")
+        node = out
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"config: `{part}` must be a section (a mapping)")
+        if last in node and node[last] != value:
+            if not (isinstance(value, bool) and isinstance(node[last], bool)):
+                raise UserError(f"config: `{old}` (deprecated) and `{new}` disagree; keep `{new}` only")
+            value = value or node[last]
+        node[last] = value
+    return out
+
+
 def _build(cls, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -270,14 +318,18 @@ def _build(cls, values: dict, prefix: str = ""):
 def _parse_set(item: str, cls) -> tuple[list[str], object]:
     """`a.b=value` -> (["a", "b"], value typed by the field a.b of `cls`)."""
     if "=" not in item:
-        raise UserError(f"--set expects key=value, got {item!r}")
+        raise UserError(f"`set` expects key=value, got {item!r}", fields=("set",))
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
+    key = key.strip()
+    if key in getattr(cls, "RENAMED", {}):
+        log.warning(f"config: `{key}` is deprecated; use `{cls.RENAMED[key]}`")
+        key, raw = cls.RENAMED[key], raw if raw.strip() else "null"  # the old `method=` meant: from the model
+    parts = key.split(".")
     tp = cls
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else {}
         if part not in fields:
-            raise UserError(f"--set: unknown key `{'.'.join(parts[: i + 1])}`")
+            raise UserError(f"`set`: unknown key `{'.'.join(parts[: i + 1])}`", fields=("set",))
         tp = typing.get_type_hints(tp)[part]
     if tp is str:
         return parts, raw  # strings are taken verbatim: `--set data=123.jsonl`
@@ -303,6 +355,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=SFTConfi
         values = values or {}
         if not isinstance(values, dict):
             raise UserError("config must be a mapping of keys to values", str(path))
+        values = renamed_keys(cls, values)
     for item in overrides:
         parts, value = _parse_set(item, cls)
         node = values

@@ -132,9 +132,10 @@ def _prefixed(ts: protocol.TrainingString, prefix: str) -> protocol.TrainingStri
 
 
 def demonstrations(
-    records: list[tuple[str, int, dict]], tokenizer, *, token_budget_prefix: bool, sub_call_budget_prefix: bool
+    records: list[tuple[str, int, dict]], tokenizer, *, budget_prefix: bool
 ) -> list[Demonstration]:
-    """Training strings per record, with the requested conditioning prefixes added."""
+    """Training strings per record; `budget_prefix`: each with its budget as a prefix
+    (`Token Budget: N ` for SoS+, `Sub Call Budget: N ` with its child count for APR)."""
     out = []
     for path, line, r in records:
         try:
@@ -143,10 +144,10 @@ def demonstrations(
             raise UserError(f"bad trace: {e}", path, line) from None
         method = record_method(r, thread)
         strings = thread.training_strings()
-        if method == "sos" and token_budget_prefix and not strings[0].text.startswith("Token Budget:"):
+        if method == "sos" and budget_prefix and not strings[0].text.startswith("Token Budget:"):
             n = len(tokenizer(strings[0].text, add_special_tokens=False)["input_ids"])
             strings = [_prefixed(s, f"Token Budget: {token_budget(n)} ") for s in strings]
-        if method == "apr" and sub_call_budget_prefix:
+        if method == "apr" and budget_prefix:
             root = thread.prompt
             prefix = f"Sub Call Budget: {thread.count_descendants()} "
             if not root.startswith("Sub Call Budget:"):

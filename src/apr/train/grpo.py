@@ -21,6 +21,7 @@ so ranks may run different numbers of micro-batches.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import sys
@@ -35,7 +36,7 @@ from apr.errors import UserError
 from apr.model import load_model, save_model
 from apr.records import Record
 from apr.rng import derive_seed
-from apr.runtime import Runtime, RuntimeConfig
+from apr.runtime import Runtime
 from apr.tokenizer import tokenizer_fingerprint
 from apr.train import rl_loss as L
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -51,7 +52,7 @@ from apr.train.common import (
     start_run,
     warmup_constant,
 )
-from apr.train.config import RLConfig
+from apr.train.config import RLConfig, in_section
 from apr.train.data import default_eval_problems
 from apr.train.metrics import MetricsLog
 from apr.train.rewards import RewardFn, resolve_reward
@@ -73,7 +74,8 @@ class RLTrainer:
         if cfg.batch_size % self.world:
             raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
         if not resume and has_checkpoint(self.out):
-            raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
+            raise UserError("holds a checkpoint: resume it (`resume`), or choose another out_dir", str(self.out),
+                            fields=("resume",))
 
         # problems: training must not overlap validation
         self.train_problems = read_problems(cfg.problems)
@@ -102,16 +104,16 @@ class RLTrainer:
         self.fingerprint = tokenizer_fingerprint(self.tok)
         if self.info.tokenizer not in ("unknown", self.fingerprint):
             raise UserError(f"apr.json names tokenizer {self.info.tokenizer}, the folder holds {self.fingerprint}", cfg.init)
-        self.method = cfg.method or self.info.method
+        try:  # seeds: the run's (per step in `rollout`), not `rollout.seed` (RLConfig.validate)
+            self.rt = dataclasses.replace(cfg.rollout, seed=cfg.seed).resolve(self.info, sampled=True)
+        except UserError as e:
+            raise in_section(e, "rollout") from None
+        self.method = self.rt.method
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.policy.train()
         self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         self.autocast = autocast_for(cfg.dtype, self.device)
-        self.rt = RuntimeConfig.for_model(
-            self.info, method=self.method, sub_call_budget=cfg.sub_call_budget, context=cfg.context,
-            max_children=cfg.max_children, max_total_tokens=cfg.max_total_tokens, temperature=cfg.temperature,
-            top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, max_in_flight=cfg.max_in_flight)
         self.step = 0
         if resume:
             self._resume()
@@ -130,7 +132,7 @@ class RLTrainer:
         from apr.engine.local import LocalEngine
 
         return LocalEngine(
-            self.policy, self.tok, max_slots=cfg.max_slots, max_len=cfg.context, device=self.device, dtype=cfg.rollout_dtype
+            self.policy, self.tok, max_slots=cfg.max_slots, max_len=cfg.rollout.context, device=self.device, dtype=cfg.rollout_dtype
         )
 
     def _push_weights(self, engine=None) -> None:
@@ -168,7 +170,7 @@ class RLTrainer:
         for k, (_, prob) in enumerate(mine):
             for g in range(G):
                 items.append(((self.rank * len(mine) + k) * G + g, prob))
-        rt = RuntimeConfig(**{**vars(self.rt), "seed": step_seed(self.cfg.seed, step)})
+        rt = dataclasses.replace(self.rt, seed=step_seed(self.cfg.seed, step))
         records = sorted(Runtime(self.engine, rt, self.tok).run(items), key=lambda r: r.index)
         return records, [p for _, p in items]
 
@@ -305,7 +307,7 @@ class RLTrainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Greedy accuracy on the first `val_limit` validation problems (rank 0)."""
-        rt = RuntimeConfig(**{**vars(self.rt), "temperature": 0.0, "top_k": 0, "top_p": 1.0})
+        rt = dataclasses.replace(self.rt, temperature=0.0, top_k=0, top_p=1.0)
         recs = Runtime(self.engine, rt, self.tok).run(enumerate(self.val_problems))
         return sum(r.correct for r in recs) / max(1, len(recs))
 
@@ -382,7 +384,8 @@ class RLTrainer:
         try:
             self.policy.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise UserError(f"--resume: checkpoint does not fit the model: {str(e).splitlines()[0]}", state["path"]) from None
+            raise UserError(f"`resume`: checkpoint does not fit the model: {str(e).splitlines()[0]}", state["path"],
+                            fields=("resume",)) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
 

@@ -70,7 +70,8 @@ class SFTTrainer:
             )
         self.micro = per_rank
         if not resume and has_checkpoint(self.out):
-            raise UserError("holds a checkpoint: pass --resume, or choose another out_dir", str(self.out))
+            raise UserError("holds a checkpoint: resume it (`resume`), or choose another out_dir", str(self.out),
+                            fields=("resume",))
 
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.stats, self.train_data, self.val_data, method, task = self._load_data()
@@ -78,8 +79,7 @@ class SFTTrainer:
             method=method,
             preset=cfg.model,
             task=task,
-            sub_call_budget=cfg.sub_call_budget,
-            token_budget=cfg.token_budget,
+            budget_prefix=cfg.budget_prefix,
             tokenizer=tokenizer_fingerprint(self.tokenizer),
             tokenizer_name=cfg.tokenizer,
             context=cfg.context,
@@ -134,19 +134,15 @@ class SFTTrainer:
         if cfg.val_fraction > 0 and n_val == 0 and len(records) > 1:
             n_val = 1
         val_ids = set(order[:n_val])
-        opts = dict(token_budget_prefix=cfg.token_budget, sub_call_budget_prefix=cfg.sub_call_budget)
+        opts = dict(budget_prefix=cfg.budget_prefix)
         train = D.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = D.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
-        self.child_budget = D.child_budget(train) if cfg.sub_call_budget else None
+        self.child_budget = D.child_budget(train) if cfg.budget_prefix else None
         train += D.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed)
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
         method = methods.pop()
-        if cfg.token_budget and method != "sos":
-            raise UserError("config: `token_budget` applies to SoS+ demonstrations only")
-        if cfg.sub_call_budget and method != "apr":
-            raise UserError("config: `sub_call_budget` applies to APR demonstrations only")
         stats = D.DataStats()
         train_data = D.build_packed(train, self.tokenizer, cfg.context, cfg.train_on_inserted, stats)
         val_data = None
