@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from apr import protocol as P
+from apr.arithmetic import MODES as ARITHMETIC_MODES
 from apr.checker import check, replay
 from apr.countdown import Problem
 from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
@@ -48,12 +49,15 @@ class RuntimeConfig:
     seed: int = 0
     max_in_flight: int = 64  # problems decoding at once
     join_rule: str = "official"  # what a child passes on at a join: one of JOIN_RULES
+    arithmetic: str = "model"  # issue 20: "exact" = the engine writes operands' limits and results (apr.arithmetic)
 
     def __post_init__(self) -> None:
         if self.method not in ("apr", "sos"):
             raise ValueError(f"method must be apr or sos, got {self.method!r}")
         if self.join_rule not in JOIN_RULES:
             raise UserError(f"--join-rule must be one of {', '.join(JOIN_RULES)}; got {self.join_rule!r}")
+        if self.arithmetic not in ARITHMETIC_MODES:  # issue 20
+            raise UserError(f"--arithmetic must be one of {', '.join(ARITHMETIC_MODES)}; got {self.arithmetic!r}")
 
     @classmethod
     def for_model(cls, info: ModelInfo, method: str | None = None, sub_call_budget: int | None = None,
@@ -164,6 +168,8 @@ class ThreadRun:
     start_step: int = -1
     end_step: int = -1
     status: str = "running"  # running, waiting, done, cut, failed
+    forced_tokens: int = 0  # exact arithmetic: of `tokens`, those written for the model
+    forced_spans: list[list[tuple[int, int]]] | None = None  # exact arithmetic: per segment, their char spans in it
 
     def sequential_tokens(self) -> int:
         """This thread's tokens plus, at each join, the longest child chain."""
@@ -190,6 +196,9 @@ class ThreadRun:
             "segments": self.segments,
             "joins": self.joins,
             "children": [[c.to_dict() for c in g] for g in self.children],
+            # issue 20: only under exact arithmetic, so default records stay byte-identical
+            **({"forced_tokens": self.forced_tokens, "forced_spans": self.forced_spans}
+               if self.forced_spans is not None else {}),
         }
 
 
@@ -229,6 +238,8 @@ class Runtime:
         self.tok = tokenizer if tokenizer is not None else engine.tokenizer
         if self.tok is None:
             raise ValueError("the runtime needs a tokenizer to count tokens")
+        if cfg.arithmetic not in getattr(engine, "arithmetic_modes", ("model",)):  # issue 20
+            raise UserError(f"--arithmetic {cfg.arithmetic} needs an engine that supports it (the local engine)")
         self.step = 0
         self.engine_seconds = 0.0  # time spent inside engine.poll (the rest is orchestration)
         self._requests: dict[str, tuple[ProblemRun, ThreadRun]] = {}
@@ -291,7 +302,10 @@ class Runtime:
         self._counter += 1
         rid = f"{run.index}/{th.id}/{self._counter}"
         sampling = SamplingParams(self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, thread_seed(run.seed, run.index, th.id))
-        self.engine.submit(Request(rid, th.context, budget, [P.SPAWN_END] if spawning else [], sampling, cache_key=f"{run.index}/{th.id}"))
+        if self.cfg.arithmetic != "model" and th.forced_spans is None:  # issue 20
+            th.forced_spans = []
+        self.engine.submit(Request(rid, th.context, budget, [P.SPAWN_END] if spawning else [], sampling,
+                                   cache_key=f"{run.index}/{th.id}", arithmetic=self.cfg.arithmetic))
         self._requests[rid] = (run, th)
         th.status = "running"
         run.running += 1
@@ -319,6 +333,9 @@ class Runtime:
         th.context += c.text
         th.segments.append(c.text)
         th.tokens += c.n_tokens
+        if th.forced_spans is not None:  # issue 20
+            th.forced_tokens += c.forced_tokens
+            th.forced_spans.append(list(c.forced_spans))
         th.context_tokens = c.prompt_tokens + c.n_tokens if c.prompt_tokens else th.context_tokens + c.n_tokens
         run.total_tokens += c.n_tokens
         if c.n_tokens:
@@ -408,6 +425,8 @@ class Runtime:
             method=self.cfg.method,
             threads=run.root.to_dict(),
             rejected_claims=run.rejected_claims if self.cfg.join_rule == "verified" else None,
+            arithmetic=None if self.cfg.arithmetic == "model" else self.cfg.arithmetic,  # issue 20
+            forced_tokens=None if self.cfg.arithmetic == "model" else sum(t.forced_tokens for t in threads),
         )
 
 
