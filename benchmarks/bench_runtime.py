@@ -10,13 +10,22 @@
    it generated, same seed), all at once, and timed.
 Prints generated tokens/s of both, the overhead share and the machine. Without --model a
 random tiny model is used (it never spawns, so only the serial path is measured).
+
+`--arithmetic exact` runs the runtime with exact arithmetic (issue 20); `--arithmetic both`
+instead runs the unassisted and the exact runtime alternately (`--repeats` times each, a
+fresh engine per run) and compares the time inside `engine.poll` per generated token (the
+two modes generate different texts), with the forced share and the accuracy of each:
+
+    python benchmarks/bench_runtime.py --model models/default --limit 32 --arithmetic both --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -55,13 +64,17 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-new", type=int, default=None, help="cap tokens per thread (a random model never stops)")
+    ap.add_argument("--arithmetic", choices=["model", "exact", "both"], default="model",
+                    help="exact arithmetic (issue 20); both: unassisted vs exact side by side")
+    ap.add_argument("--repeats", type=int, default=3, help="--arithmetic both: runs of each mode")
     args = ap.parse_args()
     model = args.model or random_model("/tmp/apr_bench_random_tiny")
     info = load_model_info(model)
     context = args.context if args.model else min(args.context, 300)
     problems = read_problems(args.problems)[: args.limit]
     device = str(resolve_device(args.device))
-    cfg = RuntimeConfig(context=context, max_in_flight=args.slots, child_budget=10 if info.budget_prefix else None).resolve(info)
+    cfg = RuntimeConfig(context=context, max_in_flight=args.slots, child_budget=10 if info.budget_prefix else None,
+                        arithmetic="model" if args.arithmetic == "both" else args.arithmetic).resolve(info)
 
     def engine():
         return make_engine(EngineSpec(model=model, device=device, max_slots=args.slots, context=context))
@@ -69,6 +82,8 @@ def main() -> None:
     # warm-up (allocations, kernels) on a few problems
     with engine() as e:
         Runtime(e, cfg).run(list(enumerate(problems[:2])))
+    if args.arithmetic == "both":
+        return compare_arithmetic(engine, cfg, problems, args.repeats, f"{machine(device)}; model: {model} ({info.method})")
 
     with engine() as e:
         rt = Runtime(e, cfg)
@@ -81,7 +96,8 @@ def main() -> None:
             for ctx, seg in zip(th.contexts(), th.segments)]
     with engine() as e:
         tok = e.tokenizer
-        batch = [Request(str(i), ctx, max(1, len(tok.encode(seg, add_special_tokens=False))), [], SamplingParams()) for i, (ctx, seg) in enumerate(reqs)]
+        batch = [Request(str(i), ctx, max(1, len(tok.encode(seg, add_special_tokens=False))), [], SamplingParams(),
+                         arithmetic=cfg.arithmetic) for i, (ctx, seg) in enumerate(reqs)]
         t = time.perf_counter()
         outs = e.run(batch)
         plain = time.perf_counter() - t
@@ -92,6 +108,36 @@ def main() -> None:
           f"({(wall - rt.engine_seconds) / rt.engine_seconds:.1%} of engine time)")
     print(f"engine alone, same completions as independent requests: {plain_tokens} tokens in {plain:.2f} s = {plain_tokens / plain:,.0f} tok/s")
     print(f"children per problem: {sum(r.children for r in recs) / len(recs):.2f}; accuracy {sum(r.correct for r in recs) / len(recs):.3f}")
+
+
+def compare_arithmetic(engine, cfg, problems, repeats: int, header: str) -> None:
+    """Unassisted and exact arithmetic alternately: engine time per generated token."""
+    from apr.competence import operation_errors, own_text, walk
+    from apr.runtime import Runtime
+
+    runs: dict[str, list[dict]] = {"model": [], "exact": []}
+    for _ in range(repeats):
+        for mode in runs:
+            with engine() as e:
+                rt = Runtime(e, dataclasses.replace(cfg, arithmetic=mode))
+                t = time.perf_counter()
+                recs = rt.run(list(enumerate(problems)))
+                wall = time.perf_counter() - t
+            tokens = sum(r.total_tokens for r in recs)
+            ops = [operation_errors(own_text(th)) for r in recs for th in walk(r.threads)]
+            runs[mode].append({"wall": wall, "engine": rt.engine_seconds, "tokens": tokens,
+                               "forced": sum(r.forced_tokens or 0 for r in recs),
+                               "accuracy": sum(r.correct for r in recs) / len(recs),
+                               "op_errors": sum(w for _, w in ops) / max(sum(n for n, _ in ops), 1)})
+    print(f"machine: {header}; problems: {len(problems)}; repeats: {repeats} (medians)")
+    per_tok = {}
+    for mode, rs in runs.items():
+        per_tok[mode] = statistics.median(r["engine"] / max(r["tokens"], 1) for r in rs)
+        r = rs[0]
+        print(f"{mode:>5}: {per_tok[mode] * 1e3:.3f} ms inside engine.poll per generated token "
+              f"(wall {statistics.median(x['wall'] for x in rs):.2f} s); tokens {r['tokens']}, forced {r['forced']} "
+              f"({r['forced'] / max(r['tokens'], 1):.1%}); accuracy {r['accuracy']:.3f}; arithmetic error rate {r['op_errors']:.3f}")
+    print(f"exact / model, engine time per generated token: {per_tok['exact'] / per_tok['model']:.3f}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ def save_model_dir(path: Path, seed: int = 0, tie: bool = False) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny matmuls: OpenMP threads only add contention on a shared 2-core machine (import
+    it into a test module: autouse there)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_model_dir(tmp_path_factory.mktemp("tiny_llama"))

@@ -33,9 +33,11 @@ class Record:
     model: str | None = None  # the model folder or server that produced it
     runtime_method: str | None = None  # `apr eval`: the runtime method behind cons@N / pass@N
     rejected_claims: int | None = None  # `verified` joins: children's success claims that did not replay
+    arithmetic: str | None = None  # "exact" when the engine wrote results (issue 20); unset: the model's own
+    forced_tokens: int | None = None  # exact arithmetic: of total_tokens, those written for the model
 
     # Fields left out of the JSON form when unset.
-    OPTIONAL = ("threads", "sample", "model", "runtime_method", "rejected_claims")
+    OPTIONAL = ("threads", "sample", "model", "runtime_method", "rejected_claims", "arithmetic", "forced_tokens")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

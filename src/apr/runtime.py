@@ -85,6 +85,8 @@ class Runtime:
         self.tok = tokenizer if tokenizer is not None else engine.tokenizer
         if self.tok is None:
             raise ValueError("the runtime needs a tokenizer to count tokens")
+        if cfg.arithmetic not in engine.arithmetic_modes:
+            raise UserError(f"--arithmetic {cfg.arithmetic} needs an engine that supports it (the local engine)")
         self.step = 0
         self.engine_seconds = 0.0  # time spent inside engine.poll (the rest is orchestration)
         self._requests: dict[str, tuple[ProblemRun, ThreadRun]] = {}
@@ -148,7 +150,10 @@ class Runtime:
         self._counter += 1
         rid = f"{run.index}/{th.id}/{self._counter}"
         sampling = SamplingParams(self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, thread_seed(run.seed, run.index, th.id))
-        self.engine.submit(Request(rid, context, budget, [P.SPAWN_END] if spawning else [], sampling, cache_key=f"{run.index}/{th.id}"))
+        if self.cfg.arithmetic != "model" and th.forced_spans is None:  # exact arithmetic
+            th.forced_spans = []
+        self.engine.submit(Request(rid, context, budget, [P.SPAWN_END] if spawning else [], sampling,
+                                   cache_key=f"{run.index}/{th.id}", arithmetic=self.cfg.arithmetic))
         self._requests[rid] = (run, th)
         th.status = "running"
         run.running += 1
@@ -175,6 +180,9 @@ class Runtime:
         run.running -= 1
         th.segments.append(c.text)
         th.tokens += c.n_tokens
+        if th.forced_spans is not None:
+            th.forced_tokens += c.forced_tokens
+            th.forced_spans.append(list(c.forced_spans))
         th.context_tokens = c.prompt_tokens + c.n_tokens if c.prompt_tokens else th.context_tokens + c.n_tokens
         run.total_tokens += c.n_tokens
         if c.n_tokens:
@@ -264,6 +272,8 @@ class Runtime:
             method=self.cfg.method,
             threads=run.root.to_json(),
             rejected_claims=run.rejected_claims if self.cfg.join_rule == "verified" else None,
+            arithmetic=None if self.cfg.arithmetic == "model" else self.cfg.arithmetic,
+            forced_tokens=None if self.cfg.arithmetic == "model" else sum(t.forced_tokens for t in threads),
         )
 
 

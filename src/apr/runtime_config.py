@@ -20,6 +20,7 @@ from apr.errors import UserError
 from apr.model import ModelInfo
 # What a child passes on at a join, by the names users type (apr.runtime; docs/evaluation.md).
 from apr.protocol.joins import JOIN_RULES
+from apr.arithmetic import MODES as ARITHMETIC_MODES
 
 METHODS = ("apr", "sos")
 CONTEXT_MIN, CONTEXT_MAX = 16, 1_048_576
@@ -68,6 +69,11 @@ class RuntimeConfig:
         "its second-to-last 'Goal Reached'), goal-line (only a clean path ending in a well-formed 'X,X equal' goal "
         "line) or verified (official, but a path that does not replay from the child's state is joined as a "
         "failed sub search)", choices=JOIN_RULES, method="apr")
+    arithmetic: str = setting(
+        "model", "model (every token is the model's) or exact: an ablation in which the engine limits an "
+        "'Exploring Operation' line's operands to the thread's current numbers and writes its result, so "
+        "accuracy measures search alone; every output of it says so (docs/evaluation.md)",
+        choices=ARITHMETIC_MODES)
 
     def __post_init__(self) -> None:
         self.check()

@@ -36,6 +36,9 @@ class Request:
     # A kept cache (another request's cache_key, e.g. the parent's) whose longest common token
     # prefix with this prompt is read in place, not prefilled (engines may ignore it).
     prefix_key: str | None = None
+    # `exact`: exact arithmetic in `Exploring Operation:` lines (apr.arithmetic), on engines
+    # whose `arithmetic_modes` have it; `model` (default): every token is the model's.
+    arithmetic: str = "model"
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Completion:
     first_token_time: float  # time.perf_counter() of the first generated token
     end_time: float
     error: str | None = None
+    forced_tokens: int = 0  # exact arithmetic: generated tokens written for the model (in n_tokens)
+    forced_spans: list[tuple[int, int]] = field(default_factory=list)  # their character spans in text
 
 
 class EngineError(RuntimeError):
@@ -77,6 +82,7 @@ class Engine(ABC):
     tokenizer = None  # a Hugging Face tokenizer (None for an HTTP engine without one)
     max_len: int | None = None  # tokens one sequence may hold, prompt + generated (None: not known here)
     vocab_size: int | None = None  # the model's vocabulary size (None: not known here)
+    arithmetic_modes: tuple[str, ...] = ("model",)  # the `Request.arithmetic` values it honours
 
     @abstractmethod
     def submit(self, req: Request) -> None:

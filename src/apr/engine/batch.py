@@ -49,6 +49,7 @@ class DecodeBatch:
         self.slots = [s.slot for s in seqs]
         self.idx = torch.tensor(self.slots, dtype=torch.int64).to(device)
         kinds = {s.sampling for s in seqs}
+        self.exact = [(i, s.exact) for i, s in enumerate(seqs) if s.exact is not None]  # (row, ExactRow)
         self.sampled, self.filtered = max(kinds) > 0, 2 in kinds
         lens = [len(s.ids) + len(s.gen) for s in seqs]  # positions each row attends, the new token's included
         self.t_max = max(lens)

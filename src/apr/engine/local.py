@@ -27,6 +27,7 @@ import apr.engine.weights as weights
 from apr.engine.base import Completion, Engine, Request, StagedWeights, SwapFailed
 from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_device, resolve_dtype
 from apr.engine.batch import DecodeBatch
+from apr.engine.exact import ExactRow, TokenTable, constrain
 from apr.engine.finish import FinishTable
 from apr.engine.sampler import next_tokens, sample, vocab_hash
 from apr.engine.scheduler import Scheduler, Seq
@@ -34,6 +35,8 @@ from apr.errors import UserError, first_line
 
 
 class LocalEngine(Engine):
+    arithmetic_modes = ("model", "exact")
+
     def __init__(
         self,
         model,  # a model folder, or a loaded HF LlamaForCausalLM
@@ -78,6 +81,7 @@ class LocalEngine(Engine):
         eos = weights.eos_ids(self.model_config, tokenizer)
         self.finish = FinishTable(tokenizer, self.model.args.vocab_size, eos, self.device)
         self._batch: DecodeBatch | None = None  # the decode rows of the last step
+        self._exact_table: TokenTable | None = None  # built at the first exact-arithmetic request
 
         self.done: list[Completion] = []
         self.first_logits: dict[str, Tensor] | None = {} if record_logits else None
@@ -116,10 +120,18 @@ class LocalEngine(Engine):
         stops = [st for st in req.stop if st]
         seq.stop_last = frozenset(st[-1] for st in stops)
         seq.stop_window = max((len(st) for st in stops), default=0) + 8  # a token is >= 1 char, mostly
-        if len(ids) == 0 or len(ids) >= self.max_len:
+        error = None
+        if req.arithmetic not in self.arithmetic_modes:
+            error = f"unknown arithmetic mode {req.arithmetic!r} (one of {', '.join(self.arithmetic_modes)})"
+        elif len(ids) == 0 or len(ids) >= self.max_len:
+            error = f"prompt of {len(ids)} tokens does not fit max_len {self.max_len}"
+        elif req.arithmetic == "exact":
+            if self._exact_table is None:
+                self._exact_table = TokenTable(self.tokenizer, self.model.args.vocab_size)
+            seq.exact = ExactRow(self._exact_table, req.prompt)
+        if error is not None:
             now = time.perf_counter()
-            self.done.append(Completion(req.id, "", [], 0, "error", len(ids), 0, now, now,
-                                        error=f"prompt of {len(ids)} tokens does not fit max_len {self.max_len}"))
+            self.done.append(Completion(req.id, "", [], 0, "error", len(ids), 0, now, now, error=error))
         elif seq.budget <= 0:
             now = time.perf_counter()
             self.done.append(Completion(req.id, "", [], 0, "length", len(ids), 0, now, now))
@@ -206,7 +218,11 @@ class LocalEngine(Engine):
         if self.first_logits is not None:
             for s, l in zip(seqs, logits):
                 self.first_logits[s.req.id] = l.detach().cpu()
+        exact = [(i, s.exact) for i, s in enumerate(seqs) if s.exact is not None]
+        forced = constrain(logits, exact) if exact else None
         toks = next_tokens(logits, [s.req.sampling for s in seqs], [len(s.ids) for s in seqs], self.vhash)
+        if forced is not None:
+            toks[forced[0]] = forced[1]
         self.runner.state.begin(seqs, toks)
         toks_l = toks.tolist()
         now = time.perf_counter()
@@ -214,6 +230,8 @@ class LocalEngine(Engine):
         for s, t in zip(seqs, toks_l):
             s.first_time = now
             s.gen.append(t)
+        for i, ex in exact:
+            ex.feed(toks_l[i])
         self._end(list(zip(seqs, toks_l)), now)
 
     def _decode_advance(self, b: DecodeBatch, logits: Tensor, x: Tensor) -> None:
@@ -221,11 +239,14 @@ class LocalEngine(Engine):
         rows' SlotState before the step); one host sync; only rows whose token may have ended
         them (FinishTable) are checked in Python."""
         pos = x[:, 1] + 1  # the sampled tokens' position
+        forced = constrain(logits, b.exact) if b.exact else None
         if b.sampled:
             f = self.runner.state.floats[b.idx]
             toks = sample(logits, f[:, 0], x[:, 4], f[:, 1], x[:, 5], pos, self.vhash, b.filtered)
         else:
             toks = logits.argmax(-1)
+        if forced is not None:
+            toks[forced[0]] = forced[1]
         maybe = self.finish.may_end(toks, pos, x)
         self.runner.state.ints[b.idx, :2] = torch.stack([toks, pos], dim=1)
         b.advance()
@@ -234,6 +255,8 @@ class LocalEngine(Engine):
         self.stats["generated"] += len(toks_l)
         for s, t in zip(b.seqs, toks_l):
             s.gen.append(t)
+        for i, ex in b.exact:
+            ex.feed(toks_l[i])
         self._end([(b.seqs[i], toks_l[i]) for i, m in enumerate(maybe_l) if m], now)
 
     def _end(self, cands: list[tuple[Seq, int]], now: float) -> None:
@@ -250,6 +273,7 @@ class LocalEngine(Engine):
             text = self.finish.completion_text(s, reason)
         self.done.append(Completion(
             id=s.req.id, text=text, token_ids=list(s.gen), n_tokens=len(s.gen), finish_reason=reason,
-            prompt_tokens=len(s.ids), cached_tokens=s.cached, first_token_time=s.first_time, end_time=now))
+            prompt_tokens=len(s.ids), cached_tokens=s.cached, first_token_time=s.first_time, end_time=now,
+            forced_tokens=s.exact.forced if s.exact else 0, forced_spans=s.exact.spans(s.gen, text) if s.exact else []))
         self.stats["cached_tokens"] += s.cached
         self.scheduler.finish(s)

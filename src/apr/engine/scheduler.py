@@ -49,6 +49,7 @@ class Seq:
     p_slot: int = -1  # positions [0, p_len) are read from slot p_slot (a shared prefix)
     p_len: int = 0
     copy_from: tuple[int, int] | None = None  # (slot, n): copy its first n positions before prefill
+    exact: object | None = None  # exact arithmetic: its engine.exact.ExactRow
 
     @property
     def cache_len(self) -> int:

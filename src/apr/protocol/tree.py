@@ -41,6 +41,10 @@ class Thread:
     start_step: int = -1
     end_step: int = -1
     status: str = "done"  # running, waiting, done, cut, failed, cancelled
+    # Exact arithmetic (apr.arithmetic; None when off): of `tokens`, those the engine wrote
+    # for the model, and per segment their character spans in it.
+    forced_tokens: int = 0
+    forced_spans: list[list[tuple[int, int]]] | None = None
     # `from_json`: which of the fields text and training read were unreadable (they then
     # hold their defaults), None when all were.
     malformed: str | None = field(default=None, compare=False)
@@ -135,6 +139,9 @@ class Thread:
             "segments": self.segments,
             "joins": self.joins,
             "children": [[c.to_json() for c in g] for g in self.children],
+            # only under exact arithmetic, so default records stay byte-identical
+            **({"forced_tokens": self.forced_tokens, "forced_spans": self.forced_spans}
+               if self.forced_spans is not None else {}),
         }
 
     @classmethod
@@ -173,4 +180,15 @@ class Thread:
             tokens=number("tokens", 0), context_tokens=number("context_tokens", 0),
             start_step=number("start_step", -1), end_step=number("end_step", -1),
             status=status if isinstance(status, str) else "", malformed=", ".join(bad) or None,
+            forced_tokens=number("forced_tokens", 0), forced_spans=_spans(d.get("forced_spans")),
         )
+
+
+def _spans(v: object) -> list[list[tuple[int, int]]] | None:
+    """`forced_spans` as read from JSON: per segment, [start, end) pairs; None if unreadable."""
+    if not isinstance(v, list):
+        return None
+    try:
+        return [[(int(a), int(b)) for a, b in seg] for seg in v]
+    except (TypeError, ValueError):
+        return None
