@@ -378,7 +378,7 @@ def test_replay_runtime_apr_records_match_the_solver(apr_model_dir):
         script_from_thread(t, script)
     eng = LocalEngine(apr_model_dir, max_slots=48, max_len=2048, device=DEVICE, dtype="float32")
     steer(eng, follow(eng.tokenizer, {ctx: corrupt(seg) for ctx, seg in script.items()}))
-    cfg = RuntimeConfig(method="apr", context=2048, arithmetic="exact")
+    cfg = RuntimeConfig(method="apr", context=2048, arithmetic="exact", temperature=0.0)
     recs = sorted(Runtime(eng, cfg).run(enumerate(PROBS[:5])), key=lambda r: r.index)
     spawned = 0
     for rec, tree in zip(recs, trees):
@@ -403,11 +403,11 @@ def test_runtime_default_records_say_nothing_and_scripted_engine_refuses_exact()
     trees = solver_threads(2)
     for t in trees:
         script_from_thread(t, script)
-    recs = Runtime(ScriptedEngine(tok, script), RuntimeConfig(context=100_000)).run(enumerate(PROBS[:2]))
+    recs = Runtime(ScriptedEngine(tok, script), RuntimeConfig(method="apr", context=100_000, temperature=0.0)).run(enumerate(PROBS[:2]))
     for r in recs:
         d = r.to_json()
         assert "arithmetic" not in d and "forced_tokens" not in d and "forced_tokens" not in d["threads"]
     with pytest.raises(UserError, match="arithmetic"):
-        Runtime(ScriptedEngine(tok, script), RuntimeConfig(arithmetic="exact"))
+        Runtime(ScriptedEngine(tok, script), RuntimeConfig(method="apr", temperature=0.0, arithmetic="exact"))
     with pytest.raises(UserError, match="arithmetic"):
         RuntimeConfig(arithmetic="rounded")
