@@ -1,0 +1,289 @@
+"""One CPU training session for the Countdown-3 pair (issue 17): training that adds up across
+sessions on a 2-core machine, with nothing but this script to remember where it stands.
+
+    .venv/bin/python scripts/cpu_session.py --session 1 --minutes 40 --out runs/cpu_session1
+    .venv/bin/python scripts/cpu_session.py --session 1 --out runs/cpu_session1 --apply
+    .venv/bin/python scripts/cpu_session.py --toy --out /tmp/cpu_toy        # the dry run (tests)
+
+A session (run it in the background, `nice`, while other work goes on):
+  data   problems drawn with seed 20000 + session (new every session), the APR solver's
+         demonstrations with `Sub Call Budget` prefixes and SoS+ demonstrations of them, and
+         `--eval-problems` fresh problems drawn with seed 30000 + session (never trained on);
+  train  both models side by side, one process and one torch thread each, for `--minutes` of
+         CPU time each (`time_budget_clock: cpu`), from the weights in `--models DIR/<job>`
+         when they are of this recipe (same preset and tokenizer) with a fresh cosine
+         schedule, else from scratch;
+  eval   each new model and its starting model (same problems, paired) greedy at the
+         window and child budget the model's apr.json names, and the symbolic solver at the
+         same window and budget: accuracy with Wilson intervals, arithmetic error rate,
+         tokens per problem; `results.json`.
+`--apply` then appends one ledger row per model to docs/reports/cpu_runs.md and puts a new
+model in `--models DIR/<job>` only when it beats its starting model on these fresh problems
+(higher accuracy, or equal accuracy and fewer arithmetic errors). Only weights are kept,
+never optimizer state: the next session starts a new schedule on new problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEDGER = ROOT / "docs" / "reports" / "cpu_runs.md"
+TASK = {"num_count": 3, "num_min": 1, "num_max": 99, "target_min": 10, "target_max": 100}
+
+
+@dataclass
+class Recipe:
+    """What the probe (benchmarks/probe_recipe.py, BENCHMARKS.md) chose for the CPU."""
+
+    preset: str = "cpu-mini"
+    tokenizer: str = "apr-num99"
+    arithmetic_facts: float = 0.0
+    context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
+    batch_size: int = 8
+    lr: float = 2e-3  # from scratch
+    lr_continue: float = 1e-3  # from an earlier session's weights
+    problems: int = 60_000  # training problems drawn per session
+
+
+@dataclass
+class Job:
+    name: str  # the model folder under --models
+    method: str  # apr | sos
+
+
+JOBS = [Job("apr", "apr"), Job("sos", "sos")]
+TOY = Recipe(context=512, batch_size=4, problems=40)
+
+
+def run(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "a") as f:
+        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def apr_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "apr", *args]
+
+
+def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
+    info = folder / "apr.json"
+    if not info.is_file():
+        return False
+    d = json.loads(info.read_text())
+    return d.get("preset") == recipe.preset and d.get("tokenizer_name") == recipe.tokenizer and d.get("method") == method
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.recipe = args, TOY if args.toy else Recipe()
+        self.out, self.models = Path(args.out), Path(args.models)
+        self.data = self.out / "data"
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def init_of(self, job: Job) -> Path | None:
+        folder = self.models / job.name
+        return folder if model_matches(folder, self.recipe, job.method) else None
+
+    def make_data(self) -> None:
+        if (self.data / "done.json").exists():
+            return
+        self.data.mkdir(parents=True, exist_ok=True)
+        a, s, n = self.args, self.args.session, self.recipe.problems
+        task = ["--num-count", "3"]
+        steps = [
+            ["data", "problems", "--n", str(a.eval_problems), "--seed", str(30000 + s), *task, "--out",
+             str(self.data / "fresh.jsonl")],
+            ["data", "problems", "--n", str(n), "--seed", str(20000 + s), *task, "--exclude",
+             str(self.data / "fresh.jsonl"), "--out", str(self.data / "train.jsonl"), "--workers", "2"],
+            ["data", "traces", "--solver", "apr", "--budget-prefix", "--problems", str(self.data / "train.jsonl"),
+             "--out", str(self.data / "apr.jsonl"), "--workers", "2"],
+            ["data", "traces", "--solver", "sos", "--problems", str(self.data / "train.jsonl"), "--out",
+             str(self.data / "sos.jsonl"), "--workers", "2"],
+        ]
+        for argv in steps:
+            subprocess.run(apr_cmd("--log-level", "warning", *argv), check=True, env=self.env)
+        (self.data / "done.json").write_text(json.dumps({"session": s, "problems": n, "task": TASK}))
+
+    def train(self) -> dict[str, int]:
+        r, procs = self.recipe, {}
+        for job in JOBS:
+            folder = self.out / "train" / job.name
+            if (folder / "final" / "apr.json").exists():
+                continue
+            init = self.init_of(job)
+            sets = {
+                "data": self.data / f"{job.method}.jsonl", "out_dir": folder, "model": r.preset,
+                "tokenizer": r.tokenizer, "context": r.context, "batch_size": r.batch_size, "max_steps": 1_000_000,
+                "time_budget_s": self.args.minutes * 60, "time_budget_clock": "cpu", "eval_problems":
+                self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr").lower(), "arithmetic_facts": r.arithmetic_facts,
+                "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
+                "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
+                "optim.warmup_steps": 10 if init else 30,
+            }
+            if init:
+                sets["init"] = init
+            folder.mkdir(parents=True, exist_ok=True)
+            resume = ["--resume"] if (folder / "checkpoints").exists() else []
+            config = folder / "session_config.yaml"
+            config.write_text("".join(f"{k}: {json.dumps(str(v)) if isinstance(v, Path) else v}\n"
+                                      for k, v in sets.items() if "." not in k)
+                              + "optim:\n" + "".join(f"  {k[6:]}: {v}\n" for k, v in sets.items() if k.startswith("optim.")))
+            argv = apr_cmd("train", "sft", "--quiet", "--config", str(config), *resume)
+            procs[job.name] = run(argv, folder / "log.txt", self.env)
+        return {name: p.wait() for name, p in procs.items()}
+
+    def evaluate(self, job: Job, model: Path, name: str) -> dict:
+        """Greedy `apr eval` of `model` on the fresh problems, at its own window and budget."""
+        ev = self.out / "eval" / name
+        if not (ev / "summary.json").exists():
+            info = json.loads((model / "apr.json").read_text())
+            window = info.get("eval_context") or info.get("context") or self.recipe.context
+            argv = apr_cmd("eval", "--model", str(model), "--method", job.method, "--problems",
+                           str(self.data / "fresh.jsonl"), "--context", str(window), "--out", str(ev), "--quiet")
+            if job.method == "apr" and info.get("child_budget"):
+                argv += ["--child-budget", str(info["child_budget"])]
+            subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
+        return json.loads((ev / "summary.json").read_text())
+
+    def solver_row(self, job: Job, window: int, budget: int | None) -> dict:
+        ev = self.out / "eval" / f"solver-{job.name}"
+        if not (ev / "summary.json").exists():
+            argv = apr_cmd("eval", "--method", f"solver-{job.method}", "--problems", str(self.data / "fresh.jsonl"),
+                           "--out", str(ev), "--quiet")
+            if job.method == "apr" and budget:
+                argv += ["--child-budget", str(budget)]
+            subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
+        s = json.loads((ev / "summary.json").read_text())
+        within = s.get("accuracy_within_context", {})
+        fit = max((int(k) for k in within if int(k) <= window), default=None)
+        return {**s, "accuracy_at_window": within[str(fit)]["accuracy"] if fit is not None else s["accuracy"]}
+
+    def results(self, codes: dict[str, int]) -> dict:
+        out = {"session": self.args.session, "minutes": self.args.minutes, "recipe": dataclasses.asdict(self.recipe),
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "jobs": {}}
+        for job in JOBS:
+            folder = self.out / "train" / job.name
+            final = folder / "final"
+            row: dict = {"exit": codes.get(job.name, 0), "init": str(self.init_of(job) or "")}
+            if (final / "apr.json").exists():
+                metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+                stats = json.loads((folder / "data_stats.json").read_text())
+                steps = max((m.get("step", 0) for m in metrics), default=0)
+                cfg_rows = stats["rows"] or 1
+                row |= {
+                    "steps": steps,
+                    "tokens": stats["tokens"] * steps * self.recipe.batch_size / cfg_rows,
+                    "val_loss": next((m["val_loss"] for m in reversed(metrics) if "val_loss" in m), None),
+                    "new": self.evaluate(job, final, f"{job.name}-new"),
+                }
+                if row["init"]:
+                    row["old"] = self.evaluate(job, Path(row["init"]), f"{job.name}-old")
+                info = json.loads((final / "apr.json").read_text())
+                window = info.get("eval_context") or info.get("context")
+                row["solver"] = self.solver_row(job, window, info.get("child_budget"))
+            out["jobs"][job.name] = row
+        (self.out / "results.json").write_text(json.dumps(out, indent=1))
+        return out
+
+
+def better(new: dict, old: dict | None) -> bool:
+    if old is None:
+        return True
+    a = lambda s: (s["accuracy"], -s["competence"]["arithmetic_error_rate"])  # noqa: E731
+    return a(new) > a(old)
+
+
+def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
+    s = row["new"]
+    lo, hi = s["ci95"]
+    comp = s["competence"]
+    sol = row["solver"]
+    budget = f", budget {s.get('child_budget')}" if s.get("child_budget") else ""
+    return (f"| {res['date']} | {name} ({res['recipe']['preset']}, {res['recipe']['tokenizer']}) | "
+            f"{res['minutes']:g} | {row['tokens'] / 1e6:.1f}M | {cumulative / 1e6:.1f}M | "
+            f"{row['val_loss'] if row['val_loss'] is None else format(row['val_loss'], '.4f')} | "
+            f"{100 * s['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] ({s['problems']}, window {s['context']}{budget}) | "
+            f"{100 * sol['accuracy_at_window']:.1f} | {100 * comp['arithmetic_error_rate']:.1f} | "
+            f"{s['metrics']['total_tokens']['mean']:.0f} |")
+
+
+def apply(out: Path, models: Path, ledger: Path) -> list[str]:
+    res = json.loads((out / "results.json").read_text())
+    lines = []
+    for name, row in res["jobs"].items():
+        if "new" not in row:
+            continue
+        target = models / name
+        history_file = target / "training_history.json"
+        history = json.loads(history_file.read_text()) if row["init"] and history_file.exists() else []
+        cumulative = sum(h["tokens"] for h in history) + row["tokens"]
+        lines.append(ledger_row(res, name, row, cumulative))
+        if better(row["new"], row.get("old")):
+            staged = target.with_name(target.name + ".new")
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(out / "train" / name / "final", staged)
+            entry = {"session": res["session"], "date": res["date"], "cpu_minutes": res["minutes"],
+                     "tokens": row["tokens"], "accuracy": row["new"]["accuracy"]}
+            (staged / "training_history.json").write_text(json.dumps(history + [entry], indent=1))
+            if target.exists():
+                shutil.rmtree(target)
+            staged.rename(target)
+    if not ledger.exists():
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        ledger.write_text(LEDGER_HEAD)
+    with open(ledger, "a") as f:
+        f.writelines(line + "\n" for line in lines)
+    return lines
+
+
+LEDGER_HEAD = """# CPU training ledger (Countdown-3)
+
+One row per model per CPU session (`scripts/cpu_session.py`; issue 17). Accuracy: greedy, on
+problems drawn fresh for that session (seed 30000 + session, never trained on), with a Wilson
+95% interval, at the window and child budget the model's apr.json names; solver: the symbolic
+solver of the same method on the same problems, window and budget. Tokens: trained tokens
+(documents, not padding). Arithmetic error: share of `Exploring Operation` lines wrong, all
+threads. Held-out loss: per token, on 1% of the session's demonstrations.
+
+| date | model | CPU min | tokens | cumulative | held-out loss | accuracy % [95% CI] | solver % | arithmetic error % | tokens/problem |
+|---|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--session", type=int, default=1, help="session number: seeds 20000+N (training), 30000+N (eval)")
+    ap.add_argument("--minutes", type=float, default=40.0, help="CPU minutes of training per model")
+    ap.add_argument("--models", default=str(ROOT / "models" / "cpu"), help="where each job's model lives")
+    ap.add_argument("--eval-problems", type=int, default=400)
+    ap.add_argument("--apply", action="store_true", help="append ledger rows; keep improved models")
+    ap.add_argument("--ledger", type=Path, default=LEDGER)
+    ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
+    args = ap.parse_args(argv)
+    if args.apply:
+        for line in apply(args.out, Path(args.models), args.ledger):
+            print(line)
+        return 0
+    s = Session(args)
+    t0 = time.time()
+    s.make_data()
+    codes = s.train()
+    res = s.results(codes)
+    print(json.dumps({k: {"accuracy": v.get("new", {}).get("accuracy"), "exit": v["exit"]} for k, v in res["jobs"].items()}),
+          f"({time.time() - t0:.0f} s)")
+    return 0 if all(v["exit"] == 0 for v in res["jobs"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
