@@ -55,7 +55,8 @@ def test_help_shows_defaults_and_lists_commands_in_pipeline_order(capsys, monkey
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    assert re.search(r"--context TOKENS\s+tokens per thread, 16\.\.1048576.*\(default:\s+4096\)", out, flags=re.S)
+    assert re.search(r"--context TOKENS\s+tokens per thread, 16\.\.1048576.*\(default:\s+the\s+model's\s+apr\.json\s+"
+                     r"eval_context,\s+else\s+the\s+context\s+it\s+was\s+trained\s+with\)", out, flags=re.S)
     assert "--max-children N" in out and "(default: 16)" in out and "(default: auto)" in out
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from apr import competence as C
 from apr import protocol as P
+from apr.checker import check
 from apr.eval import describe, summarize
 from apr.records import Record
 
@@ -114,3 +115,115 @@ def test_summary_line_and_report_carry_competence(tmp_path):
     assert "wrong arithmetic 1" in failures_table([s])[2]
     old = {k: v for k, v in s.items() if k not in ("competence", "join_rule")}  # a summary from before
     assert "| – | – |" in runs_table([old])[2] and failures_table([old])[2].endswith("| – | – | – |")
+
+
+# ---------------------------------------------------------------------------- where the errors are
+# A Countdown-3 APR record worked by hand: [25, 4, 6] -> 106 (25*4=100, 100+6=106). The root
+# writes three operations, spawns two children, and after the join copies child 0's path.
+BIG_NUMS, BIG_TARGET = [25, 4, 6], 106
+BIG_PROMPT = "Moving to Node #0\nCurrent State: 106:[25, 4, 6], Operations: []"
+BIG_SEG0 = ("\nExploring Operation: 25*4=100, Resulting Numbers: [6, 100]\n"  # right, on the final path
+            "Exploring Operation: 25+6=31, Resulting Numbers: [4, 31]\n"  # right, off it
+            "Exploring Operation: 25*6=106, Resulting Numbers: [4, 106]\n"  # 25*6 is 150: a wrong result = the target
+            "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n"
+            "<Start Sub Search 1 at level 1> Moving to Node #0,1\n<End Calling Sub Searches>")
+BIG_PATH0 = ("Moving to Node #0,0\nCurrent State: 106:[6, 100], Operations: ['25*4=100']\n"
+             "Exploring Operation: 100+6=106, Resulting Numbers: [106]\n106,106 equal: Goal Reached\n")
+BIG_SEG1 = ("106,106 equal: Goal Reached\nMoving to Node #0\nCurrent State: 106:[25, 4, 6], Operations: []\n"
+            "Exploring Operation: 25*4=100, Resulting Numbers: [6, 100]\n"  # on the path again
+            "Generated Node #0,0: 106:[6, 100] Operation: 25*4=100\n" + BIG_PATH0)  # 100+6=106: on the path
+BIG_CHILD0 = ("\nExploring Operation: 100-6=94, Resulting Numbers: [94]\n94,106 unequal: No Solution\n"  # right, off
+              "Exploring Operation: 100/6=16, Resulting Numbers: [16]\n16,106 unequal: No Solution\n"  # 100/6 is no integer
+              "Exploring Operation: 100+?\n"  # unreadable
+              "Exploring Operation: 100+6=106, Resulting Numbers: [106]\n106,106 equal: Goal Reached\n" + BIG_PATH0)
+BIG_CHILD1 = ("\nExploring Operation: 31*4=124, Resulting Numbers: [124]\n124,106 unequal: No Solution\n"  # right, off
+              "Exploring Operation: 100+6=106, Resulting Numbers: [106]\n"  # on the root's path, not this child's; 100 is not here
+              "No solution found.\n")
+
+
+def big_record() -> Record:
+    kids = [{"node": "0,0", "prompt": "Moving to Node #0,0\nCurrent State: 106:[6, 100], Operations: ['25*4=100']",
+             "segments": [BIG_CHILD0], "joins": [], "children": []},
+            {"node": "0,1", "prompt": "Moving to Node #0,1\nCurrent State: 106:[4, 31], Operations: ['25+6=31']",
+             "segments": [BIG_CHILD1], "joins": [], "children": []}]
+    join = P.join_text([P.ChildResult(0, 1, "0,0", BIG_PATH0), P.ChildResult(1, 1, "0,1", None)])
+    threads = {"node": "0", "prompt": BIG_PROMPT, "segments": [BIG_SEG0, BIG_SEG1], "joins": [join], "children": [kids]}
+    text = P.Thread.from_json(threads).text()
+    v = check(BIG_NUMS, BIG_TARGET, text)
+    return record(nums=BIG_NUMS, target=BIG_TARGET, text=text, threads=threads, correct=v.correct, reason=v.reason,
+                  answer=list(v.path))
+
+
+def entry(n: int, e: int) -> dict:
+    return {"operations": n, "errors": e, "rate": e / n if n else 0.0}
+
+
+def test_operation_lines_read_sizes_and_wrong_results():
+    lines = C.operation_lines(BIG_PROMPT + BIG_SEG0)
+    assert [(x.written, x.op, x.operand_digits, x.result_digits, x.wrong, x.wrong_result) for x in lines] == [
+        ("25*4=100", "*", 2, 3, False, False), ("25+6=31", "+", 2, 2, False, False),
+        ("25*6=106", "*", 2, 3, True, True)]  # sized by the true result, 150
+    (odd,) = C.operation_lines("Current State: 9:[4, 5], Operations: []\nExploring Operation: 4-5=1, Resulting Numbers: [1]\n")
+    assert (odd.result_digits, odd.wrong, odd.wrong_result) == (1, True, True)  # no a op b: sized by what it wrote
+    (bad,) = C.operation_lines("Exploring Operation: 4-\n")
+    assert (bad.op, bad.operand_digits, bad.wrong, bad.wrong_result) == (None, None, True, False)
+    assert C.operation_errors(BIG_PROMPT + BIG_SEG0) == (3, 1)
+
+
+def test_a_childs_path_is_the_one_it_passed_on():
+    rec = big_record()
+    assert rec.correct and rec.answer == ["25*4=100", "100+6=106"]
+    got = [(t.node, kind, sorted(path)) for t, kind, path in C.record_threads(rec)]
+    assert got == [("0", "parent", ["100+6=106", "25*4=100"]), ("0,0", "child", ["100+6=106"]), ("0,1", "child", [])]
+    (none, kind, path), = C.record_threads(record(text="x", threads=None))
+    assert (none, kind, path) == (None, "parent", frozenset())
+
+
+def test_breakdown_of_a_hand_worked_record():
+    c = C.measure([big_record()])
+    # root: 25*4 (on), 25+6, 25*6=106 (wrong result, the target), 25*4 (on), 100+6 (on): 5, 1 wrong;
+    # child 0: 100-6, 100/6=16 (wrong result), unreadable, 100+6 twice (on): 5, 2 wrong;
+    # child 1: 31*4, 100+6 (100 not among [4, 31]; off: the child passed nothing on): 2, 1 wrong.
+    assert (c["operations"], c["arithmetic_errors"]) == (12, 4)
+    b = c["arithmetic_breakdown"]
+    assert b["by_op"] == {"+": entry(5, 1), "-": entry(1, 0), "*": entry(4, 1), "/": entry(1, 1), "unreadable": entry(1, 1)}
+    assert b["by_operand_digits"] == {"1": entry(0, 0), "2": entry(5, 1), "3": entry(6, 2), "4+": entry(0, 0),
+                                      "unreadable": entry(1, 1)}
+    assert b["by_result_digits"] == {"1": entry(0, 0), "2": entry(3, 1), "3": entry(8, 2), "4+": entry(0, 0),
+                                     "unreadable": entry(1, 1)}
+    assert b["by_thread"] == {"parent": entry(5, 1), "child": entry(7, 3)}
+    assert b["by_path"] == {"on": entry(5, 0), "off": entry(7, 4)}
+    assert b["wrong_results"] == {"results": 2, "equal_target": 1, "share": 0.5}
+    assert C.result_rate(c) == (8, 0.25)
+    assert "arithmetic errors 33.3% of 12 operations (3+ digit results 25.0%); false claims at 0/1 joins" in C.describe(c)
+
+
+def test_breakdown_adds_up_over_records_and_counts_a_tree_less_record_as_the_parent():
+    solver = record(threads=None, text=BIG_PROMPT + "\nExploring Operation: 100+6=106, Resulting Numbers: [106]\n")
+    c = C.measure([big_record(), solver, big_record()])
+    b = c["arithmetic_breakdown"]
+    # the solver text: one operation, 100+6=106 with 100 not among [25, 4, 6], and no final path
+    assert b["by_thread"] == {"parent": entry(5 + 1 + 5, 1 + 1 + 1), "child": entry(14, 6)}
+    assert b["by_path"] == {"on": entry(10, 0), "off": entry(15, 9)}
+    for dim in C.BREAKDOWNS:
+        assert sum(x["operations"] for x in b[dim].values()) == c["operations"] == 25
+        assert sum(x["errors"] for x in b[dim].values()) == c["arithmetic_errors"] == 9
+    assert b["wrong_results"] == {"results": 4, "equal_target": 2, "share": 0.5}
+    assert "unreadable" not in C.measure([record(threads=tree(True))])["arithmetic_breakdown"]["by_op"]
+
+
+def test_summary_line_and_report_show_where_the_errors_are(tmp_path):
+    s = summarize([big_record()], {"method": "apr", "samples": 1, "context": 1024, "model": "m", "label": "APR greedy",
+                                   "family": "apr", "join_rule": "official", "temperature": 0.0})
+    assert s["competence"]["arithmetic_breakdown"]["by_thread"]["child"] == entry(7, 3)
+    assert "arithmetic errors 33.3% of 12 operations (3+ digit results 25.0%);" in describe(s)
+
+    from apr.report_errors import errors_table
+
+    head, _, row = errors_table([s])
+    assert head.startswith("| run | 1-digit results | 2-digit | 3-digit | 4+ digit | parent | children | on the path")
+    assert row == ("| APR greedy | – (0) | 33.3 (3) | 25.0 (8) | – (0) | 20.0 (5) | 42.9 (7) | 0.0 (5) | 57.1 (7) "
+                   "| 50.0 (1 of 2) |")
+    old = {**s, "competence": {k: v for k, v in s["competence"].items() if k != "arithmetic_breakdown"}}
+    assert errors_table([old])[2] == "| APR greedy | – | – | – | – | – | – | – | – | – |"
+    assert "3+ digit" not in describe(old)

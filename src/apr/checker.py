@@ -119,6 +119,12 @@ def claimed_ops(text: str) -> tuple[str, ...] | None:
     path = official_result(text) if isinstance(text, str) else None
     if path is None:
         return None
+    return path_ops(path) or None
+
+
+def path_ops(path: str) -> tuple[str, ...]:
+    """The operations of a path as written (`a op b=c`), right or wrong: every operation match
+    up to its first `Goal Reached` line."""
     ops = []
     for line in path.split("\n"):
         m = OP_RE.search(line)
@@ -126,7 +132,7 @@ def claimed_ops(text: str) -> tuple[str, ...] | None:
             ops.append(f"{m.group(1)}{m.group(2)}{m.group(3)}={m.group(4)}")
         if GOAL_REACHED in line:
             break
-    return tuple(ops) or None
+    return tuple(ops)
 
 
 def verify_record(rec: dict, path: str | None = None, line: int | None = None) -> dict:

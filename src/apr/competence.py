@@ -7,6 +7,16 @@ how often a parent is handed a false success claim by a child, and why samples f
   latest `Current State` line before it in that thread), whose result is wrong, or that do
   not parse. Only what a thread wrote itself counts: the join text the runtime inserted
   into a parent (its children's paths) is skipped, the children are counted as threads.
+- Where the arithmetic errors are (`arithmetic_breakdown`): the same lines and errors by
+  operation (+ - * /), operand size (digits of the larger operand: 1, 2, 3, 4+), result size
+  (digits of the true result a op b; of the written result when a op b is none, e.g. a
+  negative difference or an inexact quotient), thread (`parent`: the root, `child`: any
+  spawned thread) and path (`on`: the operation, as written, is one of the path the thread
+  passed on: for the root the record's final path, `checker.claimed_ops`, for a child the
+  path its parent's join received from it; `off`: any other). A line that does not parse
+  is `unreadable` in the operation and size breakdowns and off the path. Beside it, the
+  wrong results (lines that parse with a result other than a op b) and how many of them
+  are the problem's target: a thread writing the number it hopes for.
 - False-claim join rate: the share of joins at which at least one child's result was passed
   on as a success (`<Goal Reached in Sub Search ...>`) although its path does not replay
   (`checker.replay`) from the child's start state (`Current State` of its prompt) to its
@@ -21,15 +31,27 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
-from apr.checker import OP_RE, apply_op, reason_class, replay
+from apr.checker import OP_RE, apply_op, claimed_ops, path_ops, reason_class, replay
 from apr.protocol import Thread, join_results, start_state
 from apr.records import Record
 from apr.runtime import RUNTIME_FAILURES
 
 _STATE_RE = re.compile(r"Current State: \d+:\[([^\]]*)\]")
 _OP_PREFIX = "Exploring Operation:"
+_MAX_DIGITS = 40  # longer numbers are never among the current ones (`_numbers`); nothing is computed with them
+UNREADABLE = "unreadable"
+# The breakdowns of `arithmetic_breakdown` and their keys, in table order (`unreadable` is
+# added to the first three when a line does not parse).
+BREAKDOWNS = {
+    "by_op": ("+", "-", "*", "/"),
+    "by_operand_digits": ("1", "2", "3", "4+"),
+    "by_result_digits": ("1", "2", "3", "4+"),
+    "by_thread": ("parent", "child"),
+    "by_path": ("on", "off"),
+}
 
 
 def _numbers(text: str) -> Counter | None:
@@ -39,9 +61,27 @@ def _numbers(text: str) -> Counter | None:
     return Counter(int(p) for p in parts)
 
 
-def operation_errors(text: str) -> tuple[int, int]:
-    """(operations, wrong operations) of one thread's own text."""
-    ops = wrong = 0
+@dataclass(frozen=True)
+class OpLine:
+    """One `Exploring Operation` line of a thread's own text, as the error rate reads it."""
+
+    written: str | None  # `a op b=c` as written; None when the line does not parse
+    op: str | None  # + - * /
+    operand_digits: int | None  # digits of the larger operand
+    result_digits: int | None  # digits of a op b; of the written result when a op b is none
+    result: int | None  # the written result (None: unparsable or over-long)
+    wrong: bool  # operands not among the current numbers, a wrong result, or unparsable
+    wrong_result: bool  # parses, and the written result is not a op b
+
+
+def _digits(s: str) -> int:
+    return len(s.lstrip("0")) or 1
+
+
+def operation_lines(text: str) -> list[OpLine]:
+    """The `Exploring Operation` lines of one thread's own text, each judged against the
+    numbers of the latest `Current State` line before it."""
+    out = []
     current: Counter | None = None
     for line in text.split("\n"):
         s = _STATE_RE.search(line)
@@ -49,16 +89,74 @@ def operation_errors(text: str) -> tuple[int, int]:
             current = _numbers(s.group(1))
         if _OP_PREFIX not in line:
             continue
-        ops += 1
         m = OP_RE.search(line)
-        if not m or current is None or max(len(m.group(1)), len(m.group(3)), len(m.group(4))) > 40:
-            wrong += 1
+        if not m:
+            out.append(OpLine(None, None, None, None, None, True, False))
             continue
-        a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
-        need = Counter([a, b])
-        if any(current[k] < v for k, v in need.items()) or apply_op(a, op, b) != c:
-            wrong += 1
-    return ops, wrong
+        sa, op, sb, sc = m.group(1), m.group(2), m.group(3), m.group(4)
+        written = f"{sa}{op}{sb}={sc}" if len(m.group(0)) < 200 else None
+        size = max(_digits(sa), _digits(sb))
+        if max(len(sa), len(sb), len(sc)) > _MAX_DIGITS:
+            out.append(OpLine(written, op, size, _digits(sc), None, True, False))
+            continue
+        a, b, c = int(sa), int(sb), int(sc)
+        value = apply_op(a, op, b)
+        result_wrong = value != c
+        off_state = current is None or any(current[k] < v for k, v in Counter([a, b]).items())
+        digits = _digits(str(value)) if value is not None else _digits(sc)
+        out.append(OpLine(written, op, size, digits, c, off_state or result_wrong, result_wrong))
+    return out
+
+
+def operation_errors(text: str) -> tuple[int, int]:
+    """(operations, wrong operations) of one thread's own text."""
+    lines = operation_lines(text)
+    return len(lines), sum(line.wrong for line in lines)
+
+
+def record_threads(rec: Record) -> Iterator[tuple[Thread | None, str, frozenset[str]]]:
+    """(thread, `parent` | `child`, operations of the path it passed on) for every thread of a
+    record, depth first; a record without a thread tree is one thread, None, its text."""
+    final = frozenset(claimed_ops(rec.text) or ())
+    if not rec.threads:
+        yield None, "parent", final
+        return
+
+    def walk(t: Thread, kind: str, path: frozenset[str]):
+        yield t, kind, path
+        for k, group in enumerate(t.children):
+            passed = join_results(t.joins[k], [c.node for c in group]) if k < len(t.joins) else [None] * len(group)
+            for child, p in zip(group, passed):
+                yield from walk(child, "child", frozenset(path_ops(p)) if p else frozenset())
+
+    yield from walk(Thread.from_json(rec.threads), "parent", final)
+
+
+class Breakdown:
+    """Operations and errors counted by the keys of `BREAKDOWNS`, and the wrong results."""
+
+    def __init__(self) -> None:
+        self.counts = {dim: {key: [0, 0] for key in keys} for dim, keys in BREAKDOWNS.items()}
+        self.wrong_results = self.at_target = 0
+
+    def add(self, line: OpLine, kind: str, on_path: bool, target: int) -> None:
+        size = lambda n: UNREADABLE if n is None else str(n) if n < 4 else "4+"
+        keys = {"by_op": line.op or UNREADABLE, "by_operand_digits": size(line.operand_digits),
+                "by_result_digits": size(line.result_digits), "by_thread": kind, "by_path": "on" if on_path else "off"}
+        for dim, key in keys.items():
+            cell = self.counts[dim].setdefault(key, [0, 0])
+            cell[0] += 1
+            cell[1] += line.wrong
+        if line.wrong_result:
+            self.wrong_results += 1
+            self.at_target += line.result == target
+
+    def to_json(self) -> dict:
+        entry = lambda n, e: {"operations": n, "errors": e, "rate": e / n if n else 0.0}
+        out: dict = {dim: {key: entry(*cell) for key, cell in cells.items()} for dim, cells in self.counts.items()}
+        out["wrong_results"] = {"results": self.wrong_results, "equal_target": self.at_target,
+                                "share": self.at_target / self.wrong_results if self.wrong_results else 0.0}
+        return out
 
 
 def false_claims(thread: Thread) -> list[int]:
@@ -93,15 +191,15 @@ def failure_class(reason: str) -> tuple[str, str]:
 def measure(records: Iterable[Record]) -> dict:
     """The competence measures of some records (every sample counts)."""
     ops = wrong = joins = bad_joins = bad_claims = rejected = 0
+    where = Breakdown()
     reasons: dict[str, Counter] = {"runtime": Counter(), "checker": Counter()}
     for rec in records:
-        threads = list(Thread.from_json(rec.threads).walk()) if rec.threads else []
-        if not threads:
-            n, w = operation_errors(rec.text)
-            ops, wrong = ops + n, wrong + w
-        for t in threads:
-            n, w = operation_errors(t.own_text())
-            ops, wrong = ops + n, wrong + w
+        for t, kind, path in record_threads(rec):
+            for line in operation_lines(rec.text if t is None else t.own_text()):
+                ops, wrong = ops + 1, wrong + line.wrong
+                where.add(line, kind, line.written in path, rec.target)
+            if t is None:
+                continue
             per_join = false_claims(t)
             joins += len(per_join)
             bad_joins += sum(1 for b in per_join if b)
@@ -114,6 +212,7 @@ def measure(records: Iterable[Record]) -> dict:
         "arithmetic_error_rate": wrong / ops if ops else 0.0,
         "operations": ops,
         "arithmetic_errors": wrong,
+        "arithmetic_breakdown": where.to_json(),
         "false_claim_join_rate": bad_joins / joins if joins else 0.0,
         "joins": joins,
         "false_claim_joins": bad_joins,
@@ -123,9 +222,22 @@ def measure(records: Iterable[Record]) -> dict:
     }
 
 
+def result_rate(c: dict, digits: tuple[str, ...] = ("3", "4+")) -> tuple[int, float] | None:
+    """(operations, error rate) of the lines whose results have these digit counts; None when
+    the measures predate the breakdown or there are none."""
+    cells = [(c.get("arithmetic_breakdown") or {}).get("by_result_digits", {}).get(d) for d in digits]
+    n = sum(x["operations"] for x in cells if x)
+    if not n:
+        return None
+    return n, sum(x["errors"] for x in cells if x) / n
+
+
 def describe(c: dict) -> str:
-    """One line: `arithmetic errors 12.3% of 456 operations; false claims at 3/20 joins (15.0%)`."""
-    line = (f"arithmetic errors {100 * c['arithmetic_error_rate']:.1f}% of {c['operations']} operations; "
+    """One line: `arithmetic errors 12.3% of 456 operations (3+ digit results 26.0%); false
+    claims at 3/20 joins (15.0%)` (the 3+ digit rate when there are such results)."""
+    large = result_rate(c)
+    line = (f"arithmetic errors {100 * c['arithmetic_error_rate']:.1f}% of {c['operations']} operations"
+            + (f" (3+ digit results {100 * large[1]:.1f}%)" if large else "") + "; "
             f"false claims at {c['false_claim_joins']}/{c['joins']} joins ({100 * c['false_claim_join_rate']:.1f}%)")
     if c.get("rejected_claims"):
         line += f", {c['rejected_claims']} rejected"

@@ -200,7 +200,8 @@ class EvalSpec:
     method: str  # apr | sos | cons@N | pass@N | solver-apr | solver-sos
     out: Path  # the run folder (created, or resumed when its run.json matches)
     engine: EngineSpec = field(default_factory=EngineSpec)
-    # Unset settings (None) come from the model (RuntimeConfig.resolve); the temperature is 0
+    # Unset settings (None) come from the model (RuntimeConfig.resolve: its method, budget and
+    # window, which run.json and the summary record as resolved); the temperature is 0
     # (greedy) for one sample per problem, 1.0 for cons@N and pass@N. Its method is unset:
     # `method` above decides. Solver rows take only SOLVER_SETTINGS.
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -306,7 +307,7 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
         from apr.engine.model_runner import resolve_device
 
         meta["device"] = "server" if spec.engine.server else str(resolve_device(spec.engine.device))
-        with make_engine(spec.engine) as eng:
+        with make_engine(spec.engine.for_window(cfg.context)) as eng:
             records = run_model(eng, cfg, problems, folder, meta, spec.progress)
     else:
         records = run_model(engine, cfg, problems, folder, meta, spec.progress)

@@ -47,7 +47,10 @@ class ModelInfo:
     budget_prefix: bool = False
     tokenizer: str = "unknown"  # apr.tokenizer.tokenizer_fingerprint
     tokenizer_name: str = ""  # what the training config named: apr | apr-num99 | apr-num999 | a folder
-    context: int = 4096
+    context: int = 4096  # the training row length, in tokens
+    # The window per thread the model is evaluated at by default (`apr eval`, `apr demo`, `apr
+    # serve`, RL rollouts). None: its training `context`.
+    eval_context: int | None = None
     # Children asked by default (`Sub Call Budget: N`) of a model trained with the prefix: the
     # median child count of its training demonstrations, or the best budget of a validation
     # sweep. None: the runtime derives one from the task (apr.runtime_config.default_child_budget).
@@ -182,6 +185,9 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"apr.json: unknown method {info.method!r} (apr or sos)", str(path))
     if not isinstance(info.context, int) or isinstance(info.context, bool) or info.context < 1:
         raise UserError(f"apr.json: context must be a positive integer, got {info.context!r}", str(path))
+    if info.eval_context is not None and (not isinstance(info.eval_context, int) or isinstance(info.eval_context, bool)
+                                          or info.eval_context < 1):
+        raise UserError(f"apr.json: eval_context must be a positive integer, got {info.eval_context!r}", str(path))
     if not isinstance(info.budget_prefix, bool):
         raise UserError(f"apr.json: budget_prefix must be true or false, got {info.budget_prefix!r}", str(path))
     if info.child_budget is not None and (not isinstance(info.child_budget, int) or info.child_budget < 1):

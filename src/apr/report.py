@@ -4,7 +4,8 @@ Reads the `summary.json` of each `apr eval` run folder and writes
 - context.png: accuracy vs context window (per-thread token limit),
 - tokens.png: accuracy vs total tokens (APR over child budgets; SoS+ cons@n / pass@n over n),
 - latency.png: accuracy vs latency, beside accuracy vs sequential tokens (machine independent),
-- report.md: our figures next to the published ones, every run's numbers, and notes.
+- report.md: our figures next to the published ones, every run's numbers, where the
+  arithmetic errors are (`apr.report_errors`), why samples failed, and notes.
 Error bars are Wilson 95% intervals.
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from apr.errors import UserError
 from apr.io import atomic_write
+from apr.report_errors import NOTE as ERRORS_NOTE
+from apr.report_errors import errors_table
 from apr.runfolder import RunFolder
 
 COLORS = {"apr": "tab:blue", "sos": "tab:orange", "solver": "tab:gray"}
@@ -320,6 +323,7 @@ def write_report(dirs: list[str], out: Path) -> Path:
              "among the current numbers or whose result is wrong. False-claim joins: the share of joins at which a "
              "child's path was passed on as a success but does not replay from the child's start state "
              "(`apr.competence`).", "",
+             "## Where the arithmetic errors are", "", *errors_table(runs), "", ERRORS_NOTE, "",
              "## Why samples failed", "", *failures_table(runs), "", "## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Notes", "", *notes(runs), ""]

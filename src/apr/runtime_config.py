@@ -2,7 +2,8 @@
 `apr run`, `apr eval`, the RL trainer's `rollout:` section and Python callers share.
 
 A setting left None is not set: `resolve(info)` takes it from the model's apr.json (the
-method, the child or token budget it was trained to read) or from how many samples are drawn
+method, the window per thread it is evaluated at, the child or token budget it was trained to
+read) or from how many samples are drawn
 (the temperature), here and nowhere else. Each field's metadata (help, bounds, choices, the
 method it applies to) is what the command line builds its options from
 (`apr.commands.options.add_config_options`) and what `check` refuses values by, so a bad
@@ -42,8 +43,10 @@ class RuntimeConfig:
 
     method: str | None = setting(None, "apr (spawn/join) or sos (serial); default: what the model was trained for",
                                  choices=METHODS)
-    context: int = setting(4096, f"tokens per thread, {CONTEXT_MIN}..{CONTEXT_MAX}; a thread reaching it fails its "
-                           "problem", lo=CONTEXT_MIN, hi=CONTEXT_MAX, metavar="TOKENS")
+    context: int | None = setting(
+        None, f"tokens per thread, {CONTEXT_MIN}..{CONTEXT_MAX}; a thread reaching it fails its problem (default: "
+        "the model's apr.json eval_context, else the context it was trained with)", lo=CONTEXT_MIN, hi=CONTEXT_MAX,
+        metavar="TOKENS")
     max_children: int = setting(16, "APR: children one spawn block may start; more fails the problem", lo=1,
                                 method="apr", metavar="N")
     max_depth: int = setting(1, "APR: spawn levels (0: no spawning; children spawn again when > 1)", lo=0,
@@ -103,7 +106,8 @@ class RuntimeConfig:
         """These settings completed for a model (`info`: its apr.json), every field set but
         the budget the method does not read.
 
-        The method defaults to the model's. A budget prefix goes to a model trained with one:
+        The method defaults to the model's, the window (`context`) to the one it is evaluated at
+        (`default_context`). A budget prefix goes to a model trained with one:
         the budget asked for, else the model's own (`default_child_budget`, 4096 tokens for
         SoS+). The temperature defaults to 0 (greedy), or 1.0 when `sampled` (several samples
         per problem, RL). A setting of the other method is refused, not ignored."""
@@ -115,12 +119,13 @@ class RuntimeConfig:
         if method == "sos" and tokens is None and info.budget_prefix:
             tokens = DEFAULT_TOKEN_BUDGET
         temperature = self.temperature if self.temperature is not None else (1.0 if sampled else 0.0)
-        return dataclasses.replace(self, method=method, child_budget=child, token_budget=tokens,
+        context = self.context if self.context is not None else default_context(info)
+        return dataclasses.replace(self, method=method, context=context, child_budget=child, token_budget=tokens,
                                    temperature=temperature)
 
     def require_resolved(self) -> None:
         """The runtime runs resolved settings only: an unset method would prompt as SoS+."""
-        unset = [name for name in ("method", "temperature") if getattr(self, name) is None]
+        unset = [name for name in ("method", "context", "temperature") if getattr(self, name) is None]
         if unset:
             raise ValueError(f"RuntimeConfig: {', '.join(unset)} not set; resolve it for a model first "
                              "(RuntimeConfig.resolve)")
@@ -149,6 +154,12 @@ def refuse_settings_of_other_method(cfg: RuntimeConfig, method: str) -> None:
         if owner is not None and owner != method and f.name in changed:
             name = "APR" if owner == "apr" else "SoS+"
             raise UserError(f"`{f.name}` applies to {name} only; this run's method is {method}", fields=(f.name,))
+
+
+def default_context(info: ModelInfo) -> int:
+    """The window per thread a model runs at when none is asked for: its apr.json
+    `eval_context`, else the context it was trained with (a folder without apr.json: 4096)."""
+    return info.eval_context or info.context
 
 
 def default_child_budget(info: ModelInfo) -> int:

@@ -19,7 +19,7 @@ from apr.commands.trees import record_tree, solver_tree
 from apr.countdown import TaskConfig, generate
 from apr.errors import UserError
 from apr.rng import derive_seed
-from apr.runtime_config import RuntimeConfig
+from apr.runtime_config import RuntimeConfig, default_context
 from apr.search import AprConfig, solve_apr
 
 
@@ -55,7 +55,7 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
 
     info = load_model_info(model_dir)
     problems = load_problems(default_problems(str(model_dir), info.task), max(n, pool))
-    cfg = RuntimeConfig(child_budget=child_budget, context=min(info.context, 4096),
+    cfg = RuntimeConfig(child_budget=child_budget, context=min(default_context(info), 4096),  # bounded on CPU
                         max_in_flight=len(problems)).resolve(info)
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
                   f"{len(problems)} validation problems:[/]")

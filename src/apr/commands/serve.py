@@ -85,7 +85,8 @@ def register(subparsers) -> None:
     p.add_argument("--context", type=context_tokens, default=None, metavar="TOKENS",
                    help=f"tokens per sequence, prompt + generated, {CONTEXT_MIN}..{CONTEXT_MAX} and at most the "
                         "model's positions (config.json max_position_embeddings); capped at what the model was trained "
-                        f"for (default: {DEFAULT_CONTEXT}, capped the same way)")
+                        "or is evaluated for (apr.json context, eval_context) (default: the window it is evaluated at, "
+                        f"apr.json eval_context, else context; {DEFAULT_CONTEXT} for a folder without apr.json)")
     p.add_argument("--max-slots", type=positive_int, default=64, metavar="N",
                    help="sequences decoded together (KV-cache slots)")
     p.add_argument("--max-concurrency", type=positive_int, default=_DEFAULTS.max_concurrency, metavar="N",

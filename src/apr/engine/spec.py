@@ -3,6 +3,7 @@ client of an OpenAI-compatible server. Command-line options map onto `EngineSpec
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from apr.engine.base import Engine
@@ -17,7 +18,13 @@ class EngineSpec:
     device: str = "auto"
     dtype: str = "auto"
     max_slots: int = 64
-    context: int = 4096  # tokens per sequence (the local engine's max_len)
+    # Tokens per sequence (the local engine's max_len); None: the model's default window
+    # (apr.runtime_config.default_context), the one an unset RuntimeConfig.context resolves to.
+    context: int | None = None
+
+    def for_window(self, context: int) -> "EngineSpec":
+        """This spec with the run's window (a resolved `RuntimeConfig.context`) when it sets none."""
+        return self if self.context is not None else dataclasses.replace(self, context=context)
 
 
 def make_engine(spec: EngineSpec) -> Engine:
@@ -29,6 +36,9 @@ def make_engine(spec: EngineSpec) -> Engine:
     if not spec.model:
         raise UserError("give `model` (a model folder) or `server` (a URL)", fields=("model", "server"))
     from apr.engine.local import LocalEngine
+    from apr.model import load_model_info
+    from apr.runtime_config import default_context
 
-    return LocalEngine(spec.model, max_slots=spec.max_slots, max_len=spec.context, device=spec.device,
+    context = spec.context if spec.context is not None else default_context(load_model_info(spec.model))
+    return LocalEngine(spec.model, max_slots=spec.max_slots, max_len=context, device=spec.device,
                        dtype=spec.dtype)

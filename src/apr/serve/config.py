@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apr.errors import UserError
 
-DEFAULT_CONTEXT = 4096  # the window when none is asked for (capped at what the model was trained for)
+DEFAULT_CONTEXT = 4096  # the window when none is asked for of a folder without apr.json (capped at its positions)
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,24 @@ class ServeConfig:
 
 
 def serving_window(model_dir: str | Path, asked: int | None = None) -> int:
-    """The window to serve a model folder with, read before anything loads: `asked` (default
-    4096) capped at what the model was trained for (apr.json `context`; a folder without
-    apr.json: its position limit). A window asked past the model's position limit (config.json
-    `max_position_embeddings`) is a UserError: the model has no positions there, and a KV
-    cache that long may not even fit in memory."""
+    """The window to serve a model folder with, read before anything loads: `asked`, by default
+    the window the model is evaluated at (apr.json `eval_context`, else its training `context`;
+    a folder without apr.json: 4096), capped at what apr.json vouches for (the larger of the
+    two) and at the model's positions. A window asked past the model's position limit
+    (config.json `max_position_embeddings`) is a UserError: the model has no positions there,
+    and a KV cache that long may not even fit in memory."""
     from apr.model import load_model_info, position_limit
+    from apr.runtime_config import default_context
 
     model_dir = Path(model_dir)
     limit = position_limit(model_dir)
     if asked is not None and limit is not None and asked > limit:
         raise UserError(f"--context {asked} is more than the model's {limit} positions (max_position_embeddings)",
                         str(model_dir / "config.json"))
-    trained = load_model_info(model_dir).context if (model_dir / "apr.json").is_file() else limit
-    wanted = DEFAULT_CONTEXT if asked is None else asked
-    return min(wanted, trained or wanted, limit or wanted)
+    if (model_dir / "apr.json").is_file():
+        info = load_model_info(model_dir)
+        default, vouched = default_context(info), max(info.context, info.eval_context or 0)
+    else:
+        default, vouched = DEFAULT_CONTEXT, limit
+    wanted = default if asked is None else asked
+    return min(wanted, vouched or wanted, limit or wanted)

@@ -132,7 +132,7 @@ class RLTrainer:
         from apr.engine.local import LocalEngine
 
         return LocalEngine(
-            self.policy, self.tok, max_slots=cfg.max_slots, max_len=cfg.rollout.context, device=self.device, dtype=cfg.rollout_dtype
+            self.policy, self.tok, max_slots=cfg.max_slots, max_len=self.rt.context, device=self.device, dtype=cfg.rollout_dtype
         )
 
     def _push_weights(self, engine=None) -> None:
