@@ -158,3 +158,16 @@ def test_paired_change_counts_discordant_problems(tmp_path):
     assert c["change"] == pytest.approx(0.28) and 0.15 < c["ci95"][0] < 0.28 < c["ci95"][1] < 0.40
     same = paired_change(before, before)
     assert same["change"] == 0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_committed_reports_name_no_machine_folders():
+    import re
+    from pathlib import Path
+
+    reports = Path(__file__).resolve().parents[1] / "docs" / "reports"
+    machine = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users|mnt|scratch)/")
+    files = [p for p in reports.rglob("*") if p.suffix in (".md", ".yaml", ".json", ".jsonl", ".txt")]
+    assert files
+    found = [f"{p.relative_to(reports)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+             if machine.search(line)]
+    assert not found, found
