@@ -11,6 +11,9 @@ means of order-one per-token terms that cancel, so their error is absolute. Henc
 - KERNEL_ABS = 1e-6: about 8 float32 ulps of 1.0, the size of those per-token terms;
 - KERNEL_REL = 1e-4: room for the rounding to grow over a few optimizer steps.
 Everything discrete (files, records, token ids, texts, counts) is compared exactly.
+Checked with `OMP_NUM_THREADS=1|2 [ATEN_CPU_CAPABILITY=default|avx2] pytest
+tests/test_outputs_unchanged.py tests/test_train.py tests/test_rl.py` (the capabilities stand in
+for a processor without AVX-512; the reference was written with 2 threads on AVX-512).
 """
 
 from __future__ import annotations
