@@ -79,6 +79,36 @@ def test_report_summarizes_an_interrupted_run(runs, tmp_path):
     assert load_runs([str(d)])[0]["problems"] == gap
 
 
+def test_reports_name_folders_relative_to_the_current_directory(runs, tmp_path, monkeypatch):
+    """A committed report must not name the writing machine's folders: paths given absolute
+    are written relative to the current directory, or as their name when outside it."""
+    import shutil
+
+    from apr.report import shown
+
+    repo = tmp_path / "repo"
+    (repo / "runs").mkdir(parents=True)
+    local = [shutil.copytree(r, repo / "runs" / r.name) for r in runs[:2]]
+    summary = json.loads((local[0] / "summary.json").read_text())
+    summary["model"] = str(repo / "models" / "default")  # as `apr eval` writes it: resolved
+    (local[0] / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.chdir(repo)
+    assert main(["report", *map(str, local), str(runs[2]), "--out", str(repo / "report")]) == 0
+    md = (repo / "report" / "report.md").read_text()
+    assert f"Runs: `runs/{local[0].name}`, `runs/{local[1].name}`, `{runs[2].name}`." in md
+    assert "- model `models/default`" in md and "`scripted://sos`" in md  # a server URL is no folder
+    assert str(tmp_path) not in md and str(runs[2].parent) not in md
+
+    rl = repo / "runs" / "rl"
+    rl.mkdir()
+    rows = [{"step": 0, "val_accuracy": 0.2}, {"step": 1, "reward": 0.5, "kl": 0.0}, {"step": 1, "val_accuracy": 0.3}]
+    (rl / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", "--rl", str(rl), "--out", str(repo / "rl_report")]) == 0
+    md = (repo / "rl_report" / "rl.md").read_text()
+    assert "`runs/rl`" in md and str(tmp_path) not in md
+    assert shown("runs/apr") == "runs/apr" and shown(repo) == "." and shown("/elsewhere/final") == "final"
+
+
 def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "summary.json" in capsys.readouterr().err
@@ -128,3 +158,16 @@ def test_paired_change_counts_discordant_problems(tmp_path):
     assert c["change"] == pytest.approx(0.28) and 0.15 < c["ci95"][0] < 0.28 < c["ci95"][1] < 0.40
     same = paired_change(before, before)
     assert same["change"] == 0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_committed_reports_name_no_machine_folders():
+    import re
+    from pathlib import Path
+
+    reports = Path(__file__).resolve().parents[1] / "docs" / "reports"
+    machine = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users|mnt|scratch)/")
+    files = [p for p in reports.rglob("*") if p.suffix in (".md", ".yaml", ".json", ".jsonl", ".txt")]
+    assert files
+    found = [f"{p.relative_to(reports)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+             if machine.search(line)]
+    assert not found, found

@@ -71,6 +71,20 @@ def partial_summary(folder: RunFolder) -> dict:
     return summarize(records, {**meta, "label": meta.get("label", "?") + f" (partial: first {first_missing})"})
 
 
+def shown(path: str | Path) -> str:
+    """A folder as a report names it: relative to the current directory (the repository,
+    when run there) if inside it, else its name; so a committed report names no folder of
+    the machine that wrote it. A path given relative, or no path (a server URL), is kept."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    for base in (Path.cwd(), Path.cwd().resolve()):
+        for q in (p, p.resolve()):
+            if q.is_relative_to(base):
+                return q.relative_to(base).as_posix() or "."
+    return p.name
+
+
 def single(runs: list[dict], family: str) -> list[dict]:
     return [r for r in runs if r["family"] == family and r["samples"] == 1]
 
@@ -281,7 +295,7 @@ def notes(runs: list[dict]) -> list[str]:
     out = []
     models = {r["model"]: _model_note(r) for r in runs if r["family"] != "solver"}
     for path, note in models.items():
-        out.append(f"- model `{path}`: {note}.")
+        out.append(f"- model `{shown(path)}`: {note}.")
     if apr and sos:
         overlap = apr["ci95"][0] <= sos["ci95"][1] and sos["ci95"][0] <= apr["ci95"][1]
         diff = 100 * (apr["accuracy"] - sos["accuracy"])
@@ -315,7 +329,7 @@ def write_report(dirs: list[str], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_all(runs, out)
     lines = ["# APR vs SoS+ on Countdown: evaluation report", "",
-             f"Runs: {', '.join('`' + r['dir'] + '`' for r in runs)}.", "",
+             f"Runs: {', '.join('`' + shown(r['dir']) + '`' for r in runs)}.", "",
              "## Against the published results", "",
              "Accuracy in %, with Wilson 95% intervals. Published figures are from Pan et al. 2025 (docs/FORMATS.md).", "",
              *headline(runs), "", "## Every run", "", *runs_table(runs), "",

@@ -16,6 +16,7 @@ import yaml
 
 from apr.errors import UserError
 from apr.io import atomic_write
+from apr.report import shown
 from apr.runfolder import RunFolder
 from apr.stats import paired_bootstrap, wilson
 
@@ -61,7 +62,7 @@ def table(runs: list[dict], k: int = 5) -> list[str]:
         first, last = r["steps"][:k], r["steps"][-k:]
         zero = _mean(r["steps"], "zero_adv_groups")  # each step logs its share of all-equal groups
         lines.append(
-            f"| {r['method']} `{r['dir']}` | {100 * a0:.1f} [{100 * lo0:.1f}, {100 * hi0:.1f}] (step {s0}) | "
+            f"| {r['method']} `{shown(r['dir'])}` | {100 * a0:.1f} [{100 * lo0:.1f}, {100 * hi0:.1f}] (step {s0}) | "
             f"{100 * a1:.1f} [{100 * lo1:.1f}, {100 * hi1:.1f}] (step {s1}) | {100 * (a1 - a0):+.1f} | "
             f"{_mean(first, 'children'):.1f} / {_mean(last, 'children'):.1f} | "
             f"{_mean(first, 'total_tokens'):,.0f} / {_mean(last, 'total_tokens'):,.0f} | {_mean(r['steps'], 'kl'):.4f} | "
@@ -126,7 +127,7 @@ def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for b, a in pairs:
         c = paired_change(Path(b), Path(a))
-        lines.append(f"| `{b}` | `{a}` | {c['problems']} | {100 * c['before']:.1f} | {100 * c['after']:.1f} | "
+        lines.append(f"| `{shown(b)}` | `{shown(a)}` | {c['problems']} | {100 * c['before']:.1f} | {100 * c['after']:.1f} | "
                      f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['gained']} | {c['lost']} |")
     return lines
 
