@@ -47,13 +47,13 @@ class Recipe:
     """What the probe (benchmarks/probe_recipe.py, BENCHMARKS.md) chose for the CPU."""
 
     preset: str = "cpu-mini"
-    tokenizer: str = "apr-num99"
+    tokenizer: str = "apr"
     arithmetic_facts: float = 0.0
     context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
     batch_size: int = 8
     lr: float = 2e-3  # from scratch
-    lr_continue: float = 1e-3  # from an earlier session's weights
-    problems: int = 60_000  # training problems drawn per session
+    lr_continue: float = 5e-4  # from an earlier session's weights
+    problems: int = 30_000  # training problems drawn per session (more than 40 CPU-minutes use)
 
 
 @dataclass
@@ -62,8 +62,9 @@ class Job:
     method: str  # apr | sos
 
 
-JOBS = [Job("apr", "apr"), Job("sos", "sos")]
-TOY = Recipe(context=512, batch_size=4, problems=40)
+# The committed supervised pair (models/sft/): what each session continues.
+JOBS = [Job("default", "apr"), Job("default-sos", "sos")]
+TOY = Recipe(context=512, batch_size=4, problems=40, tokenizer="apr-num99")
 
 
 def run(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -76,11 +77,16 @@ def apr_cmd(*args: str) -> list[str]:
 
 
 def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
+    """Whether a model folder is of this recipe: method, preset and tokenizer (by fingerprint:
+    folders written before apr.json named its tokenizer say only that)."""
+    from apr.tokenizer import build_tokenizer, tokenizer_fingerprint
+
     info = folder / "apr.json"
     if not info.is_file():
         return False
     d = json.loads(info.read_text())
-    return d.get("preset") == recipe.preset and d.get("tokenizer_name") == recipe.tokenizer and d.get("method") == method
+    return (d.get("preset") == recipe.preset and d.get("method") == method
+            and d.get("tokenizer") == tokenizer_fingerprint(build_tokenizer(recipe.tokenizer)))
 
 
 class Session:
@@ -89,6 +95,9 @@ class Session:
         self.out, self.models = Path(args.out), Path(args.models)
         self.data = self.out / "data"
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        # --jobs trains some; the others are read as they lie in out/train/<job> (a model
+        # trained for this session elsewhere, e.g. a probe arm: say so in the ledger).
+        self.jobs = [j for j in JOBS if not getattr(args, "jobs", None) or j.method in args.jobs.split(",")]
 
     def init_of(self, job: Job) -> Path | None:
         folder = self.models / job.name
@@ -100,8 +109,9 @@ class Session:
         self.data.mkdir(parents=True, exist_ok=True)
         a, s, n = self.args, self.args.session, self.recipe.problems
         task = ["--num-count", "3"]
+        exclude = [x for f in a.exclude for x in ("--exclude", f)]  # e.g. problems trained on elsewhere
         steps = [
-            ["data", "problems", "--n", str(a.eval_problems), "--seed", str(30000 + s), *task, "--out",
+            ["data", "problems", "--n", str(a.eval_problems), "--seed", str(30000 + s), *task, *exclude, "--out",
              str(self.data / "fresh.jsonl")],
             ["data", "problems", "--n", str(n), "--seed", str(20000 + s), *task, "--exclude",
              str(self.data / "fresh.jsonl"), "--out", str(self.data / "train.jsonl"), "--workers", "2"],
@@ -116,7 +126,7 @@ class Session:
 
     def train(self) -> dict[str, int]:
         r, procs = self.recipe, {}
-        for job in JOBS:
+        for job in self.jobs:
             folder = self.out / "train" / job.name
             if (folder / "final" / "apr.json").exists():
                 continue
@@ -267,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=40.0, help="CPU minutes of training per model")
     ap.add_argument("--models", default=str(ROOT / "models" / "cpu"), help="where each job's model lives")
     ap.add_argument("--eval-problems", type=int, default=400)
+    ap.add_argument("--exclude", action="append", default=[], help="problem file the fresh problems must avoid")
+    ap.add_argument("--jobs", default="", help="methods to train (default all): apr,sos")
     ap.add_argument("--apply", action="store_true", help="append ledger rows; keep improved models")
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")

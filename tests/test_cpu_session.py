@@ -3,6 +3,7 @@ then --apply (ledger rows; a model kept only when it beats its start)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_script():
     spec = importlib.util.spec_from_file_location("cpu_session", ROOT / "scripts" / "cpu_session.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
@@ -21,19 +23,19 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     argv = ["--toy", "--out", str(out), "--models", str(models), "--minutes", "0.05", "--eval-problems", "3"]
     assert s.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    for name in ("apr", "sos"):
+    for name in ("default", "default-sos"):
         row = res["jobs"][name]
         assert row["init"] == "" and row["tokens"] > 0 and row["new"]["problems"] == 3
         assert row["solver"]["accuracy_at_window"] >= 0
-    info = json.loads((out / "train/apr/final/apr.json").read_text())
+    info = json.loads((out / "train/default/final/apr.json").read_text())
     assert info["tokenizer_name"] == s.TOY.tokenizer and info["budget_prefix"] is True
     lines = s.apply(out, models, ledger)
     assert len(lines) == 2 and ledger.read_text().count("\n| 20") == 2
-    history = json.loads((models / "apr/training_history.json").read_text())
-    assert history[-1]["session"] == 1 and (models / "sos/model.safetensors").exists()
+    history = json.loads((models / "default/training_history.json").read_text())
+    assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
     # The next session starts from these models (same recipe) and evaluates them paired.
-    assert s.Session(s.main.__globals__["argparse"].Namespace(
-        toy=True, out=str(tmp_path / "s2"), models=str(models), session=2)).init_of(s.JOBS[0]) == models / "apr"
+    args = s.argparse.Namespace(toy=True, out=str(tmp_path / "s2"), models=str(models), session=2, jobs="")
+    assert s.Session(args).init_of(s.JOBS[0]) == models / "default"
 
 
 def test_better_needs_accuracy_or_fewer_errors():
