@@ -79,7 +79,7 @@ def save_apr_model_dir(path: Path, method: str = "apr") -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from apr.model import ModelInfo, save_model
+    from apr.model_folder import ModelInfo, save_model
     from apr.tokenizer import build_tokenizer
 
     tok = build_tokenizer()

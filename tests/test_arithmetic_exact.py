@@ -22,6 +22,7 @@ from apr.arithmetic import SEPARATE, TRIGGER, Choose, Force, OperationTracker, h
 from apr.checker import apply_op  # noqa: E402
 from apr.competence import operation_errors  # noqa: E402
 from apr.countdown import read_problems  # noqa: E402
+from apr.datasets import packaged_validation_set  # noqa: E402
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.exact import ExactRow, TokenTable  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
@@ -31,7 +32,7 @@ from apr.runtime import Runtime, RuntimeConfig  # noqa: E402
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos  # noqa: E402
 from apr.tokenizer import build_tokenizer  # noqa: E402
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")
+PROBS = read_problems(packaged_validation_set())
 DEVICE = os.environ.get("APR_TEST_DEVICE", "cpu")  # cuda: the engine tests on a GPU (CUDA graphs on)
 OP_LINE = re.compile(r"Exploring Operation: (\d+)([+\-*/])(\d+)=(\d+)")
 

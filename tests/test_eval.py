@@ -9,6 +9,7 @@ from conftest_engine import save_apr_model_dir
 
 from apr.commands import build_parser, main
 from apr.countdown import read_problems
+from apr.datasets import packaged_validation_set
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.commands.eval import eval_spec
 from apr.eval import consensus, evaluate, solved, summarize
@@ -17,7 +18,7 @@ from apr.stats import wilson
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 N = 8
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from apr.commands import build_parser, main
 from apr.countdown import read_problems
+from apr.datasets import packaged_validation_set
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.commands.eval import eval_spec
 from apr.eval import evaluate
@@ -15,7 +16,7 @@ from apr.records import Record
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 
 
 @pytest.fixture(scope="module")

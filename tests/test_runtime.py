@@ -6,14 +6,15 @@ import pytest
 
 from apr import protocol as P
 from apr.countdown import Problem, read_problems
+from apr.datasets import packaged_validation_set
 from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.errors import UserError
-from apr.model import ModelInfo
+from apr.model_folder import ModelInfo
 from apr.runtime import Runtime, RuntimeConfig, solve_problems
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:24]
+PROBS = read_problems(packaged_validation_set())[:24]
 
 
 def rt(**settings) -> RuntimeConfig:

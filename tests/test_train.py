@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.errors import UserError
 from apr.search import AprConfig
 from apr.train.config import load_config
@@ -177,10 +177,10 @@ def test_a_held_out_set_too_long_for_the_context_is_no_error(tmp_path):
 
     tok = build_tokenizer()
     recs = [demonstration(p, i, 0, SosConfig()) for i, p in enumerate(generate(40, seed=5, task=TASK))]
-    from apr.train import data as D
+    from apr.train import packing
 
-    demos = D.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, budget_prefix=False)
-    lengths = [max(len(ids) for ids, _ in D.encode_many(d.strings, tok)) for d in demos]
+    demos = packing.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, budget_prefix=False)
+    lengths = [max(len(ids) for ids, _ in packing.encode_many(d.strings, tok)) for d in demos]
     order = list(range(len(recs)))
     random.Random(0).shuffle(order)  # the trainer's split: seed 0, the first n_val records held out
     held = order[0]
