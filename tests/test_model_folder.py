@@ -10,11 +10,6 @@ from apr.model_folder import ModelInfo, count_params, load_model, load_model_inf
 from apr.tokenizer import build_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 @pytest.mark.parametrize("preset,low,high", [("tiny", 1e6, 5e6), ("small", 20e6, 40e6), ("paper", 227.5e6, 228.5e6)])
 def test_preset_sizes(tok, preset, low, high):
     with torch.device("meta"):
@@ -76,7 +71,6 @@ def test_model_folders_load_in_transformers_4_and_5_conventions(tmp_path):
 
     from apr.model_folder import ModelInfo, save_model
     from apr.tokenizer import build_tokenizer
-    from conftest_engine import save_apr_model_dir  # noqa: F401 (fixture module on sys.path)
 
     tok = build_tokenizer()
     from transformers import LlamaConfig, LlamaForCausalLM

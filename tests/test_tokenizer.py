@@ -32,11 +32,6 @@ Token Budget: 512 No solution found.
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def traces():
     """Real solver traces: every training string of APR and SoS+ demonstrations."""
     out = []

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest_engine import save_apr_model_dir
+from support.models import save_apr_model_dir
 
 from apr.commands import main
 from apr.datasets import packaged_validation_set

@@ -12,15 +12,9 @@ from apr.datasets import demonstration
 from apr.errors import UserError
 from apr.model_folder import make_model
 from apr.search import AprConfig, SosConfig
-from apr.tokenizer import build_tokenizer
 from apr.train import packing
 
 SMALL = TaskConfig(num_count=3, num_max=20, target_min=10, target_max=30)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def records(n=12, cfg=None, task=SMALL, seed=3):

@@ -17,7 +17,7 @@ from apr.tokenizer import build_tokenizer
 from apr.train import packing
 from apr.train.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASK3 = TaskConfig(num_count=3)
 
 

@@ -18,13 +18,6 @@ from apr.train.config import RLConfig, load_config
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from apr.tokenizer import build_tokenizer
-
-    return build_tokenizer()
-
-
 def tiny_model(tok, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

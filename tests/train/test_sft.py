@@ -118,7 +118,7 @@ def test_two_process_gloo_ddp_equals_one_process(demos, tmp_path):
         "optim.lr=3e-3", "optim.warmup_steps=2", "optim.min_lr=3e-4", "device=cpu",
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "apr"]
-    cmd += ["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml")]
+    cmd += ["train", "sft", "--config", str(Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml")]
     cmd += [arg for s in sets for arg in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -162,7 +162,7 @@ def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     from apr.commands import main
 
     assert main(["train", "sft", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert main(["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
+    assert main(["train", "sft", "--config", str(Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("apr: error:") for line in err)
 
@@ -230,7 +230,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(demos, tmp_path, capsys):
     --quiet: neither."""
     from apr.commands import main
 
-    cfg = Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"
+    cfg = Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml"
     common = ["--set", f"data={demos}", "--set", f"eval_problems={demos.parent / 'val.jsonl'}",
               "--set", "max_steps=2", "--set", "batch_size=2", "--set", "context=256", "--set", "log_every=1",
               "--set", "model=tiny", "--set", "device=cpu", "--set", "val_fraction=0", "--set", "save_every=0"]
