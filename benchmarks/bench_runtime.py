@@ -50,6 +50,7 @@ def random_model(path: str) -> str:
 
 def main() -> None:
     from apr.countdown import read_problems
+    from apr.datasets import packaged_validation_set
     from apr.engine import EngineSpec, Request, SamplingParams, make_engine
     from apr.engine.model_runner import resolve_device
     from apr.model_folder import load_model_info
@@ -58,7 +59,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")
-    ap.add_argument("--problems", default="src/apr/resources/countdown4_val1000.jsonl")
+    ap.add_argument("--problems", default=str(packaged_validation_set()))
     ap.add_argument("--limit", type=int, default=32)
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--slots", type=int, default=64)
