@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from apr.countdown import TaskConfig, generate
-    from apr.model import ModelInfo, make_model, save_model
+    from apr.model_folder import ModelInfo, make_model, save_model
     from apr.tokenizer import build_tokenizer, tokenizer_fingerprint
     from apr.train.config import RLConfig, load_config
     from apr.train.grpo import RLTrainer

@@ -39,7 +39,7 @@ def machine(device: str) -> str:
 
 
 def random_model(path: str) -> str:
-    from apr.model import ModelInfo, make_model, save_model
+    from apr.model_folder import ModelInfo, make_model, save_model
     from apr.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
@@ -50,15 +50,16 @@ def random_model(path: str) -> str:
 
 def main() -> None:
     from apr.countdown import read_problems
+    from apr.datasets import packaged_validation_set
     from apr.engine import EngineSpec, Request, SamplingParams, make_engine
     from apr.engine.model_runner import resolve_device
-    from apr.model import load_model_info
+    from apr.model_folder import load_model_info
     from apr.protocol import Thread
     from apr.runtime import Runtime, RuntimeConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")
-    ap.add_argument("--problems", default="src/apr/data/countdown4_val1000.jsonl")
+    ap.add_argument("--problems", default=str(packaged_validation_set()))
     ap.add_argument("--limit", type=int, default=32)
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--slots", type=int, default=64)

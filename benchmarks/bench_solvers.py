@@ -14,7 +14,7 @@ import statistics
 import time
 
 from apr.countdown import generate
-from apr.data import demonstrations
+from apr.datasets import demonstrations
 from apr.search import AprConfig, SosConfig
 
 

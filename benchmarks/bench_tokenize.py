@@ -4,7 +4,7 @@ against one string at a time (the tokenizer's Python call with offsets), same ou
     python benchmarks/bench_tokenize.py [--problems 400] [--num-count 4] [--repeats 3]
 
 Draws problems, writes their APR demonstrations (with `Sub Call Budget` prefixes, join
-text masked as in training), then times `apr.train.data.encode_many` both ways, interleaved,
+text masked as in training), then times `apr.train.packing.encode_many` both ways, interleaved,
 and prints tokens/s (medians), the ratio and the machine.
 """
 
@@ -17,10 +17,10 @@ import time
 from bench_solvers import machine
 
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.search import AprConfig
 from apr.tokenizer import build_tokenizer
-from apr.train import data as D
+from apr.train import packing
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     tok = build_tokenizer()
     task = TaskConfig(num_count=args.num_count)
     records = [("bench", i, demonstration(p, i, 0, AprConfig())) for i, p in enumerate(generate(args.problems, seed=11, task=task))]
-    strings = [s for d in D.demonstrations(records, tok, budget_prefix=True) for s in d.strings]
-    fast = D.encode_many(strings, tok)
-    slow = D.encode_many(strings, tok, batched=False)
+    strings = [s for d in packing.demonstrations(records, tok, budget_prefix=True) for s in d.strings]
+    fast = packing.encode_many(strings, tok)
+    slow = packing.encode_many(strings, tok, batched=False)
     assert all(a.tolist() == b.tolist() and m.tolist() == n.tolist() for (a, m), (b, n) in zip(fast, slow)), "outputs differ"
     n_tokens = sum(len(ids) for ids, _ in fast)
 
@@ -43,7 +43,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, batched in (("batched", True), ("one at a time", False)):
             t0 = time.perf_counter()
-            D.encode_many(strings, tok, batched=batched)
+            packing.encode_many(strings, tok, batched=batched)
             times[name].append(time.perf_counter() - t0)
     rates = {k: n_tokens / statistics.median(v) for k, v in times.items()}
     print(f"machine: {machine()}")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.search import AprConfig
 from apr.train.config import load_config
 from apr.train.sft import SFTTrainer

@@ -57,7 +57,7 @@ def machine() -> str:
 
 def make_data(out: Path, n_train: int, n_heldout: int, n_fresh: int) -> None:
     from apr.countdown import TaskConfig, problem_keys
-    from apr.data import write_problems, write_traces
+    from apr.datasets import write_problems, write_traces
     from apr.io import atomic_write
     from apr.search import SosConfig
 
@@ -85,7 +85,7 @@ def run_arm(out: Path, name: str, minutes: float, n_fresh: int) -> None:
     """Train, then measure, one arm (in this process)."""
     import torch
 
-    from apr.model import load_model
+    from apr.model_folder import load_model
     from apr.train.config import load_config
     from apr.train.sft import SFTTrainer
     from apr.train.teacher_forced import measure

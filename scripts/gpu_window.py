@@ -48,7 +48,7 @@ class Job:
     name: str  # also the model folder under --models
     method: str  # apr | sos
     num_count: int  # the task: Countdown-N
-    preset: str  # model size (apr.model.PRESETS)
+    preset: str  # model size (apr.model_folder.PRESETS)
     context: int  # training row length = evaluation window
     batch_size: int
     lr: float
@@ -142,13 +142,12 @@ class Window:
     def data(self) -> None:
         """Problems and demonstrations of both tasks, in parallel processes (cores, not GPU)."""
         from apr.countdown import TaskConfig, problem_keys
-        from apr.data import write_problems, write_traces
-        from apr.eval import default_problems
+        from apr.datasets import packaged_validation_set, write_problems, write_traces
         from apr.search import AprConfig, SosConfig
 
         workers = max(1, (os.cpu_count() or 2) // 2)
         tasks = sorted({j.num_count for j in self.jobs})
-        shared_val = default_problems(None, None)
+        shared_val = packaged_validation_set()
         for n in tasks:
             d = self.work / f"cd{n}"
             d.mkdir(exist_ok=True)
@@ -172,10 +171,10 @@ class Window:
             self.log(f"data cd{n}: window {window}, {job.problems} problems (seed {1000 + window})")
 
     def val_file(self, num_count: int) -> Path:
-        from apr.eval import default_problems
+        from apr.datasets import packaged_validation_set
 
         if num_count == 4:
-            return default_problems(None, None)
+            return packaged_validation_set()
         init = next((self.init_of(j) for j in self.jobs if j.num_count == num_count and self.init_of(j)), None)
         if init is not None and (init / "val_problems.jsonl").is_file():
             return init / "val_problems.jsonl"  # the previous window's validation set
@@ -224,7 +223,7 @@ class Window:
         """bf16, sharded below 15 MB, with validation problems, history and a model card."""
         import torch
 
-        from apr.model import load_model, save_model
+        from apr.model_folder import load_model, save_model
 
         for j in self.jobs:
             final = self.work / "train" / j.name / "final"

@@ -15,23 +15,25 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest_engine import make_char_tokenizer, one_torch_thread, save_apr_model_dir, tiny_model_dir  # noqa: E402,F401
+from support.models import make_char_tokenizer, save_apr_model_dir  # noqa: E402
+from support.traces import script_of, solver_traces  # noqa: E402
 
 from apr import protocol as P  # noqa: E402
 from apr.arithmetic import SEPARATE, TRIGGER, Choose, Force, OperationTracker, heads  # noqa: E402
 from apr.checker import apply_op  # noqa: E402
 from apr.competence import operation_errors  # noqa: E402
 from apr.countdown import read_problems  # noqa: E402
+from apr.datasets import packaged_validation_set  # noqa: E402
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.exact import ExactRow, TokenTable  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
-from apr.engine.scripted import ScriptedEngine, script_from_thread  # noqa: E402
+from apr.engine.scripted import ScriptedEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
 from apr.runtime import Runtime, RuntimeConfig  # noqa: E402
-from apr.search import AprConfig, SosConfig, solve_apr, solve_sos  # noqa: E402
 from apr.tokenizer import build_tokenizer  # noqa: E402
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PROBS = read_problems(packaged_validation_set())
 DEVICE = os.environ.get("APR_TEST_DEVICE", "cpu")  # cuda: the engine tests on a GPU (CUDA graphs on)
 OP_LINE = re.compile(r"Exploring Operation: (\d+)([+\-*/])(\d+)=(\d+)")
 
@@ -121,21 +123,13 @@ def test_state_in_inserted_join_text_does_not_count_but_generated_does():
     assert " 4*6=" in t.need.suffixes and " 9-3=" not in t.need.suffixes
 
 
-def solver_threads(n: int, sos: bool = False) -> list[P.Thread]:
-    out = []
-    for i, p in enumerate(PROBS[:n]):
-        rng = random.Random(i)
-        out.append(solve_sos(p.nums, p.target, SosConfig(), rng) if sos else solve_apr(p.nums, p.target, AprConfig(), rng)[0])
-    return out
-
-
 @pytest.mark.parametrize("sos", [False, True])
 def test_solver_traces_are_legal_and_constrained_exactly_in_their_operations(sos):
     """Char by char through every segment of solver traces: `need` is set exactly inside
     ` A op B=C` of an operation line, the trace's next character is one that is allowed, and
     inside the result it is the forced one."""
     checked = 0
-    for tree in solver_threads(6, sos):
+    for tree in solver_traces(6, "sos" if sos else "apr"):
         for th in tree.walk():
             for call, seg in zip(th.calls(), th.segments):
                 context = call[: len(call) - len(seg)]
@@ -352,9 +346,7 @@ def apr_model_dir(tmp_path_factory):
 def test_replay_engine_fixes_corrupted_results_token_for_token(apr_model_dir):
     """SoS traces: requests following the corrupted traces, exact and unassisted side by side
     in one batch: exact gives the solver's tokens, unassisted the corrupted text as it is."""
-    script: dict[str, str] = {}
-    for t in solver_threads(8, sos=True)[2:5]:
-        script_from_thread(t, script)
+    script = script_of(solver_traces(8, "sos")[2:5])
     eng = LocalEngine(apr_model_dir, max_slots=8, max_len=3072, device=DEVICE, dtype="float32")
     tok = eng.tokenizer
     bad = {ctx: corrupt(seg) for ctx, seg in script.items()}
@@ -372,10 +364,8 @@ def test_replay_engine_fixes_corrupted_results_token_for_token(apr_model_dir):
 def test_replay_runtime_apr_records_match_the_solver(apr_model_dir):
     """APR traces through the runtime (spawns, joins, resumes) with exact arithmetic: every
     record is the solver's text, says it is exact, and counts the forced result digits."""
-    trees = solver_threads(5)
-    script: dict[str, str] = {}
-    for t in trees:
-        script_from_thread(t, script)
+    trees = solver_traces(5)
+    script = script_of(trees)
     eng = LocalEngine(apr_model_dir, max_slots=48, max_len=2048, device=DEVICE, dtype="float32")
     steer(eng, follow(eng.tokenizer, {ctx: corrupt(seg) for ctx, seg in script.items()}))
     cfg = RuntimeConfig(method="apr", context=2048, arithmetic="exact", temperature=0.0)
@@ -399,10 +389,7 @@ def test_replay_runtime_apr_records_match_the_solver(apr_model_dir):
 
 def test_runtime_default_records_say_nothing_and_scripted_engine_refuses_exact():
     tok = build_tokenizer()
-    script: dict[str, str] = {}
-    trees = solver_threads(2)
-    for t in trees:
-        script_from_thread(t, script)
+    script = script_of(solver_traces(2))
     recs = Runtime(ScriptedEngine(tok, script), RuntimeConfig(method="apr", context=100_000, temperature=0.0)).run(enumerate(PROBS[:2]))
     for r in recs:
         d = r.to_json()

@@ -6,9 +6,10 @@ from hypothesis import given, settings, strategies as st
 from apr import protocol as P
 from apr.checker import check
 from apr.countdown import read_problems, solve
+from apr.datasets import packaged_validation_set
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:80]
+PROBS = read_problems(packaged_validation_set())[:80]
 PATH = P.sos_prompt(24, [4, 9, 3]) + "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n" + P.goal_line(24, 24) + P.solution_path(24, [4, 9, 3], ["9-3=6", "4*6=24"])
 
 

@@ -13,9 +13,10 @@ from apr.countdown import (
     solve,
     successors,
 )
+from apr.datasets import packaged_validation_set
 from apr.errors import UserError
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 
 
 def test_successors_follow_the_published_rules():

@@ -5,19 +5,18 @@ import json
 import random
 
 import pytest
-from conftest_engine import save_apr_model_dir
+from support.models import save_apr_model_dir
+from support.traces import scripted_engine, solver_traces
 
 from apr.commands import build_parser, main
 from apr.countdown import read_problems
-from apr.engine.scripted import ScriptedEngine, script_from_thread
+from apr.datasets import packaged_validation_set
 from apr.commands.eval import eval_spec
 from apr.eval import consensus, evaluate, solved, summarize
 from apr.records import Record
 from apr.stats import wilson
-from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
-from apr.tokenizer import build_tokenizer
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 N = 8
 
 
@@ -69,18 +68,8 @@ def test_summary_sweeps_from_one_run():
 
 # ---------------------------------------------------------------------------- scripted replays
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 def scripted(tok, method="apr"):
-    script = {}
-    for i, p in enumerate(read_problems(VAL)[:N]):
-        rng = random.Random(i)
-        t = solve_apr(p.nums, p.target, AprConfig(), rng)[0] if method == "apr" else solve_sos(p.nums, p.target, SosConfig(), rng)
-        script_from_thread(t, script)
-    return ScriptedEngine(tok, script)
+    return scripted_engine(tok, solver_traces(N, method))
 
 
 def args(*argv):
@@ -89,8 +78,7 @@ def args(*argv):
 
 def test_scripted_replay_gives_the_solver_accuracy(tok, tmp_path):
     expect = []
-    for i, p in enumerate(read_problems(VAL)[:N]):
-        t, _ = solve_apr(p.nums, p.target, AprConfig(), random.Random(i))
+    for p, t in zip(read_problems(VAL)[:N], solver_traces(N)):
         from apr.checker import check
 
         expect.append(check(p.nums, p.target, t.text()).correct)

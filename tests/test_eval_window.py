@@ -5,13 +5,16 @@ RL rollouts (`RuntimeConfig.resolve`) and `apr serve` (`serving_window`)."""
 import json
 
 import pytest
-from conftest_engine import one_torch_thread, save_apr_model_dir  # noqa: F401 (autouse fixture)
+from support.models import save_apr_model_dir
 
 from apr.commands import main
 from apr.errors import UserError
-from apr.model import ModelInfo, load_model_info
+from apr.model_folder import ModelInfo, load_model_info
 from apr.runtime_config import RuntimeConfig
 from apr.serve import serving_window
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def with_info(path, **fields):

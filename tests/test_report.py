@@ -2,35 +2,24 @@
 solver reference rows) and a partial (interrupted) run."""
 
 import json
-import random
 
 import pytest
+from support.traces import scripted_engine, solver_traces
 
 from apr.commands import build_parser, main
-from apr.countdown import read_problems
-from apr.engine.scripted import ScriptedEngine, script_from_thread
 from apr.commands.eval import eval_spec
 from apr.eval import evaluate
 from apr.records import Record
-from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 from apr.tokenizer import build_tokenizer
-
-VAL = "src/apr/data/countdown4_val1000.jsonl"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     tok = build_tokenizer()
-    problems = read_problems(VAL)[:6]
 
     def engine(method):
-        script = {}
-        for i, p in enumerate(problems):
-            rng = random.Random(i)
-            t = solve_apr(p.nums, p.target, AprConfig(), rng)[0] if method == "apr" else solve_sos(p.nums, p.target, SosConfig(), rng)
-            script_from_thread(t, script)
-        return ScriptedEngine(tok, script)
+        return scripted_engine(tok, solver_traces(6, method))
 
     def ev(name, *argv):
         a = build_parser().parse_args(["eval", "--out", str(tmp / name), "--limit", "6", "--quiet", "--context", "8192", *argv])

@@ -1,19 +1,19 @@
 """The spawn/join runtime against a scripted engine that replays solver traces token by token."""
 
-import random
-
 import pytest
+from support.traces import script_of, solver_traces
 
 from apr import protocol as P
 from apr.countdown import Problem, read_problems
-from apr.engine.scripted import ScriptedEngine, script_from_thread
+from apr.datasets import packaged_validation_set
+from apr.engine.scripted import ScriptedEngine
 from apr.errors import UserError
-from apr.model import ModelInfo
+from apr.model_folder import ModelInfo
 from apr.runtime import Runtime, RuntimeConfig, solve_problems
-from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
+from apr.search import AprConfig
 from apr.tokenizer import build_tokenizer
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:24]
+PROBS = read_problems(packaged_validation_set())[:24]
 
 
 def rt(**settings) -> RuntimeConfig:
@@ -21,18 +21,9 @@ def rt(**settings) -> RuntimeConfig:
     return RuntimeConfig(**settings).resolve(ModelInfo())
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 def solver_run(cfg=AprConfig()):
-    threads, script = [], {}
-    for i, p in enumerate(PROBS):
-        t, _ = solve_apr(p.nums, p.target, cfg, random.Random(i))
-        threads.append(t)
-        script_from_thread(t, script)
-    return threads, script
+    threads = solver_traces(len(PROBS), "apr", cfg)
+    return threads, script_of(threads)
 
 
 def test_runtime_reproduces_solver_text_and_answers(tok):
@@ -79,13 +70,8 @@ def test_resume_prefills_only_the_join_text(tok):
 
 
 def test_sos_method_runs_serially(tok):
-    script = {}
-    threads = []
-    for i, p in enumerate(PROBS):
-        t = solve_sos(p.nums, p.target, SosConfig(), random.Random(i))
-        threads.append(t)
-        script_from_thread(t, script)
-    recs = solve_problems(ScriptedEngine(tok, script), PROBS, rt(method="sos", context=100_000))
+    threads = solver_traces(len(PROBS), "sos")
+    recs = solve_problems(ScriptedEngine(tok, script_of(threads)), PROBS, rt(method="sos", context=100_000))
     assert [r.text for r in recs] == [t.text() for t in threads]
     assert all(r.children == 0 and r.sequential_tokens == r.total_tokens for r in recs)
 

@@ -6,7 +6,7 @@ import pytest
 
 from apr import protocol
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.search import AprConfig, SosConfig
 from apr.tokenizer import PHRASES, TOKENIZERS, build_tokenizer, load_tokenizer, tokenizer_fingerprint
 
@@ -29,11 +29,6 @@ Exit Sub Search at level 1
 No solution found in sub search
 Token Budget: 512 No solution found.
 """
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +135,7 @@ def test_number_tokenizer_model_folder_loads_with_same_ids(name, tmp_path, trace
     transformers, vLLM and SGLang use) and encodes every trace to the same ids."""
     from transformers import AutoTokenizer
 
-    from apr.model import ModelInfo, make_model, save_model
+    from apr.model_folder import ModelInfo, make_model, save_model
 
     tok = build_tokenizer(name)
     info = ModelInfo(method="sos", preset="cpu-mini", tokenizer=tokenizer_fingerprint(tok), tokenizer_name=name)

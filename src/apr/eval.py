@@ -22,17 +22,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from apr import competence
 from apr.checker import check, claimed_ops
-from apr.countdown import Problem, iter_problems
+from apr.countdown import Problem
+from apr.datasets import default_problems, load_problems, packaged_validation_set
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
-from apr.model import DEFAULT_TASK, ModelInfo, load_model_info
+from apr.model_folder import model_info
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runfolder import RunFolder, append_records
@@ -220,38 +220,8 @@ def parse_method(method: str) -> tuple[str, int]:
     return (method, int(m.group(3))) if m.group(2) else (method, 1)
 
 
-def default_problems(model_dir: str | None, task: dict | None) -> Path:
-    """A model's validation set: `val_problems.jsonl` in its folder (written by `apr pipeline`
-    for tasks other than the published one), else the packaged Countdown-4 set."""
-    if model_dir and (Path(model_dir) / "val_problems.jsonl").is_file():
-        return Path(model_dir) / "val_problems.jsonl"
-    if task is None or task == DEFAULT_TASK:
-        return Path(str(resources.files("apr") / "data" / "countdown4_val1000.jsonl"))
-    raise UserError(f"the model's task {task} has no packaged validation set; give `problems` (a problem file)",
-                    model_dir, fields=("problems",))
-
-
-def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int, Problem]]:
-    """(index, problem) of a problem file, every line validated before any work starts."""
-    problems = [(k, p) for k, (_, p) in enumerate(iter_problems(str(path)))]
-    if limit is not None:
-        if limit < 1:
-            raise UserError(f"`limit` must be >= 1, got {limit}", fields=("limit",))
-        problems = problems[:limit]
-    return problems
-
-
 def file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def model_info(spec: EngineSpec) -> ModelInfo:
-    """The apr.json of the model an engine spec names (defaults for a bare server)."""
-    if spec.model:
-        if not Path(spec.model).is_dir():
-            raise UserError("model folder not found", spec.model)
-        return load_model_info(spec.model)
-    return ModelInfo()
 
 
 def evaluate(spec: EvalSpec, engine=None) -> dict:
@@ -265,7 +235,7 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
         if unused:
             raise UserError(f"`{unused[0]}` does not apply to {method}: a symbolic solver runs, no model",
                             fields=(unused[0],))
-        path = Path(spec.problems) if spec.problems else default_problems(None, None)
+        path = Path(spec.problems) if spec.problems else packaged_validation_set()
         problems = load_problems(path, spec.limit)
         budget = spec.runtime.child_budget
         name = "solver APR" if method == "solver-apr" else "solver SoS+"
@@ -279,7 +249,7 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
     model = spec.engine.model
     if model and not spec.engine.server and not (Path(model) / "config.json").is_file():
         raise UserError("not a model folder (no config.json)" if Path(model).is_dir() else "model folder not found", model)
-    info = model_info(spec.engine)
+    info = model_info(spec.engine.model)
     if method in ("apr", "sos") and model and method != info.method:
         raise UserError(f"model was trained for {info.method}, not {method}; use `method` {info.method}, cons@N or "
                         "pass@N", model, fields=("method",))

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apr.countdown import TaskConfig, problem_keys
-from apr.data import write_problems, write_traces
+from apr.datasets import packaged_validation_set, write_problems, write_traces
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
-from apr.eval import EvalSpec, default_problems, evaluate
+from apr.eval import EvalSpec, evaluate
 from apr.io import atomic_write
 from apr.report import write_report
 from apr.runtime_config import RuntimeConfig
@@ -79,7 +79,7 @@ PRESETS = {
 
 
 def val_file(out: Path, p: Preset) -> Path:
-    return out / "data" / "val.jsonl" if p.val_problems else default_problems(None, None)
+    return out / "data" / "val.jsonl" if p.val_problems else packaged_validation_set()
 
 
 # ---------------------------------------------------------------------------- stages
@@ -197,7 +197,7 @@ def stage_export(out: Path, export: Path, command: str) -> None:
     """bf16 copies of both models as HF folders: EXPORT (APR) and EXPORT-sos (SoS+)."""
     import torch
 
-    from apr.model import load_model, save_model
+    from apr.model_folder import load_model, save_model
 
     for method, dest in (("apr", export), ("sos", export.with_name(export.name + "-sos"))):
         model, tok, info = load_model(out / "train" / method / "final")

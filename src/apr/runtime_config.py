@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from apr.errors import UserError
-from apr.model import ModelInfo
+from apr.model_folder import ModelInfo
 # What a child passes on at a join, by the names users type (apr.runtime; docs/evaluation.md).
 from apr.protocol.joins import JOIN_RULES
 from apr.arithmetic import MODES as ARITHMETIC_MODES

@@ -21,7 +21,7 @@ from apr.commands.options import (
     splits,
 )
 from apr.countdown import TaskConfig, problem_keys
-from apr.data import write_problems, write_traces
+from apr.datasets import write_problems, write_traces
 from apr.errors import UserError
 from apr.io import atomic_write, read_records
 from apr.search import AprConfig, SosConfig

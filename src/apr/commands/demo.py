@@ -49,8 +49,8 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
     many it solved, and show n thread trees (spawned children under their parent): solved
     problems first, then unsolved ones, each labelled with the checker's verdict."""
     from apr.engine.spec import EngineSpec, make_engine
-    from apr.eval import default_problems, load_problems
-    from apr.model import load_model_info
+    from apr.datasets import default_problems, load_problems
+    from apr.model_folder import load_model_info
     from apr.runtime import Runtime
 
     info = load_model_info(model_dir)

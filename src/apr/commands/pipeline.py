@@ -20,7 +20,7 @@ from apr.commands.options import (
     non_negative_int,
     positive_int,
 )
-from apr.model import PRESETS as MODEL_PRESETS
+from apr.model_folder import PRESETS as MODEL_PRESETS
 from apr.pipeline import PRESETS, STAGES, Preset, run_pipeline
 
 
@@ -79,7 +79,7 @@ def register(sub) -> None:
         g.add_argument(f"--{name}", type=type_, help=help_)
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="training precision "
                    "(default: the preset's, bfloat16 for gpu)")
-    g.add_argument("--model-preset", choices=sorted(MODEL_PRESETS), help="model size (a preset of apr.model)")
+    g.add_argument("--model-preset", choices=sorted(MODEL_PRESETS), help="model size (a preset of apr.model_folder)")
     g.add_argument("--train-seconds", type=non_negative_float,
                    help="APR trains this many seconds (at most --steps; 0: no limit); SoS+ as many steps")
     g.add_argument("--attn", choices=["sdpa", "flex_attention", "flash_attention_2", "eager"],

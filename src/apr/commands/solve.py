@@ -22,7 +22,8 @@ from apr.commands.options import (
 )
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
-from apr.eval import load_problems, model_info
+from apr.datasets import load_problems
+from apr.model_folder import model_info
 from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
 
@@ -33,7 +34,7 @@ def cmd_run(args) -> int:
     check_server_has_model(args)
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)
-    cfg = runtime_config(args).resolve(model_info(spec))
+    cfg = runtime_config(args).resolve(model_info(spec.model))
     label = str(args.model or args.server)
     records_to_resume(Path(args.out), label, cfg.method)
     with make_engine(spec) as engine:
@@ -51,7 +52,7 @@ def cmd_solve(args) -> int:
     problem = problem_from_record({"nums": args.nums, "target": args.target}, "command line")
     check_server_has_model(args)
     spec = engine_spec(args)
-    cfg = runtime_config(args).resolve(model_info(spec))
+    cfg = runtime_config(args).resolve(model_info(spec.model))
     with make_engine(spec) as engine:
         rec = Runtime(engine, cfg).run([(0, problem)])[0]
     console = Console()

@@ -1,4 +1,6 @@
-"""The model on its device: loading, the slotted KV cache, prefill and decode forwards.
+"""The model runner (nano-vllm's name): the model on its device, its slotted KV cache, and
+the prefill and decode steps that call the forward (llama.py) and return logits. Model
+folders (presets, saving, apr.json) are apr.model_folder; this module only loads one.
 
 Prefill runs the admitted sequences in padded groups: at most `prefill_budget` tokens per
 forward, prompts longer than `prefill_chunk` in several chunks. Decode is one batched

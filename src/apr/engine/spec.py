@@ -36,7 +36,7 @@ def make_engine(spec: EngineSpec) -> Engine:
     if not spec.model:
         raise UserError("give `model` (a model folder) or `server` (a URL)", fields=("model", "server"))
     from apr.engine.local import LocalEngine
-    from apr.model import load_model_info
+    from apr.model_folder import load_model_info
     from apr.runtime_config import default_context
 
     context = spec.context if spec.context is not None else default_context(load_model_info(spec.model))

@@ -59,7 +59,7 @@ def serving_window(model_dir: str | Path, asked: int | None = None) -> int:
     two) and at the model's positions. A window asked past the model's position limit
     (config.json `max_position_embeddings`) is a UserError: the model has no positions there,
     and a KV cache that long may not even fit in memory."""
-    from apr.model import load_model_info, position_limit
+    from apr.model_folder import load_model_info, position_limit
     from apr.runtime_config import default_context
 
     model_dir = Path(model_dir)

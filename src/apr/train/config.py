@@ -82,7 +82,7 @@ class SFTConfig:
     budget_prefix: bool = False
     # > 0: add documents of arithmetic facts, `Exploring Operation: a*b=c` lines with results of
     # 3+ digits drawn from the training demonstrations (where small models err), worth this
-    # share of the demonstrations' characters (apr.train.data.arithmetic_facts).
+    # share of the demonstrations' characters (apr.train.packing.arithmetic_facts).
     arithmetic_facts: float = 0.0
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss

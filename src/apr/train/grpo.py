@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from apr.countdown import Problem, read_problems
+from apr.datasets import packaged_validation_set
 from apr.engine.base import EngineError
 from apr.errors import UserError
-from apr.model import load_model, save_model
+from apr.model_folder import load_model, save_model
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runtime import Runtime
@@ -53,7 +54,6 @@ from apr.train.common import (
     warmup_constant,
 )
 from apr.train.config import RLConfig, in_section
-from apr.train.data import default_eval_problems
 from apr.train.metrics import MetricsLog
 from apr.train.rewards import RewardFn, resolve_reward
 
@@ -79,16 +79,13 @@ class RLTrainer:
 
         # problems: training must not overlap validation
         self.train_problems = read_problems(cfg.problems)
-        val_path = cfg.val_problems or default_eval_problems()
+        val_path = cfg.val_problems or packaged_validation_set()
         val_problems = read_problems(val_path)
         self.val_problems = val_problems[: cfg.val_limit]
         overlap = {p.key for p in self.train_problems} & {p.key for p in val_problems}
         if overlap:
-            raise UserError(
-                f"{len(overlap)} training problem(s) are also validation problems in {val_path} "
-                "(same sorted nums and target); remove them or choose `val_problems`",
-                cfg.problems,
-            )
+            raise UserError(f"{len(overlap)} training problem(s) are also validation problems in {val_path} "
+                            "(same sorted nums and target); remove them or choose `val_problems`", cfg.problems)
         if not self.train_problems:
             raise UserError("no training problems", cfg.problems)
         self.sampler = EpochSampler(len(self.train_problems), cfg.batch_size, cfg.seed)

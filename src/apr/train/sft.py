@@ -28,11 +28,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from apr.datasets import packaged_validation_set
 from apr.errors import UserError
 from apr.io import atomic_write
-from apr.model import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
+from apr.model_folder import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
-from apr.train import data as D
+from apr.train import packing
 from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from apr.train.common import (
     EpochSampler,
@@ -85,7 +86,7 @@ class SFTTrainer:
             context=cfg.context,
             child_budget=self.child_budget,
         )
-        self.row_tokens = (self.train_data.targets != D.IGNORE).sum(1)
+        self.row_tokens = (self.train_data.targets != packing.IGNORE).sum(1)
         self.sampler = EpochSampler(len(self.train_data), cfg.batch_size, cfg.seed)
 
         if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -126,8 +127,8 @@ class SFTTrainer:
 
     def _load_data(self):
         cfg = self.cfg
-        records = D.read_demonstrations(cfg.data)
-        D.check_no_overlap(records, cfg.eval_problems or D.default_eval_problems())
+        records = packing.read_demonstrations(cfg.data)
+        packing.check_no_overlap(records, cfg.eval_problems or packaged_validation_set())
         order = list(range(len(records)))
         random.Random(cfg.seed).shuffle(order)
         n_val = round(len(records) * cfg.val_fraction)
@@ -135,40 +136,40 @@ class SFTTrainer:
             n_val = 1
         val_ids = set(order[:n_val])
         opts = dict(budget_prefix=cfg.budget_prefix)
-        train = D.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
-        val = D.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
-        self.child_budget = D.child_budget(train) if cfg.budget_prefix else None
-        train += D.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed)
+        train = packing.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
+        val = packing.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
+        self.child_budget = packing.child_budget(train) if cfg.budget_prefix else None
+        train += packing.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed)
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
         method = methods.pop()
-        stats = D.DataStats()
-        train_data = D.build_packed(train, self.tokenizer, cfg.context, cfg.train_on_inserted, stats)
+        stats = packing.DataStats()
+        train_data = packing.build_packed(train, self.tokenizer, cfg.context, cfg.train_on_inserted, stats)
         val_data = None
         if val:
-            val_stats = D.DataStats()
+            val_stats = packing.DataStats()
             docs = sum(len(d.strings) for d in val)
             try:
-                val_data = D.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, val_stats)
+                val_data = packing.build_packed(val, self.tokenizer, cfg.context, cfg.train_on_inserted, val_stats)
             except UserError:  # a small held-out set whose documents are all longer than the context
                 log.warning(f"validation: none of {docs} held-out documents fits {cfg.context} tokens; "
                             "no validation loss")
         task = records[0][2].get("task") or dict(DEFAULT_TASK)
         return stats, train_data, val_data, method, task
 
-    def _batch(self, packed: D.Packed, rows: np.ndarray):
+    def _batch(self, packed: packing.Packed, rows: np.ndarray):
         rows = np.sort(rows)
         return [
             torch.from_numpy(a[rows]).long().to(self.device, non_blocking=True)
             for a in (packed.input_ids, packed.targets, packed.position_ids)
         ]
 
-    def _loss_sum(self, model, packed: D.Packed, rows: np.ndarray) -> torch.Tensor:
+    def _loss_sum(self, model, packed: packing.Packed, rows: np.ndarray) -> torch.Tensor:
         x, y, pos = self._batch(packed, rows)
         with self.autocast:
             logits = model(input_ids=x, position_ids=pos, use_cache=False).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=D.IGNORE, reduction="sum")
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=packing.IGNORE, reduction="sum")
 
     # ------------------------------------------------------------------ steps
 
@@ -205,7 +206,7 @@ class SFTTrainer:
         loss = torch.zeros((), device=self.device)
         for i in range(0, len(mine), self.micro):
             loss += self._loss_sum(self.local_model, self.val_data, mine[i : i + self.micro])
-        n_tok = float((self.val_data.targets[rows] != D.IGNORE).sum())
+        n_tok = float((self.val_data.targets[rows] != packing.IGNORE).sum())
         self.local_model.train()
         return all_sum(loss, self.world).item() / max(1.0, n_tok)
 
@@ -320,7 +321,7 @@ class SFTTrainer:
     def _load_init(self, folder: str) -> None:
         """Start from a model folder's weights (a previous run's model) instead of a random
         initialisation; it must be the same preset, tokenizer and method."""
-        from apr.model import load_model_info
+        from apr.model_folder import load_model_info
         from safetensors.torch import load_file
 
         info = load_model_info(folder)

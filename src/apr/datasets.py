@@ -1,20 +1,56 @@
-"""Solver demonstrations: one record per problem in the published trace fields, made in
-parallel with output identical for any worker count (`apr data traces` writes them)."""
+"""Problem sets and solver demonstrations: the files the commands read and write.
+
+Problem files: the packaged Countdown-4 validation set (`packaged_validation_set`, the one
+place that finds it), a model's validation set (`default_problems`), loading a set with
+every line checked (`load_problems`) and drawing new ones (`write_problems`). Solver
+demonstrations: one record per problem in the published trace fields, made in parallel with
+output identical for any worker count (`apr data traces` writes them).
+"""
 
 from __future__ import annotations
 
 import json
 import random
 import sys
+from importlib import resources
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator
 
 from apr.checker import check
 from apr.countdown import Problem, TaskConfig, generate, iter_problems
+from apr.errors import UserError
 from apr.io import atomic_write
+from apr.model_folder import DEFAULT_TASK
 from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
+
+
+def packaged_validation_set() -> Path:
+    """The shared Countdown-4 validation set shipped in the package (apr/resources/): what
+    evaluation runs on by default and what training data must not overlap."""
+    return Path(str(resources.files("apr") / "resources" / "countdown4_val1000.jsonl"))
+
+
+def default_problems(model_dir: str | Path | None, task: dict | None) -> Path:
+    """A model's validation set: `val_problems.jsonl` in its folder (written by `apr pipeline`
+    for tasks other than the published one), else the packaged Countdown-4 set."""
+    if model_dir and (Path(model_dir) / "val_problems.jsonl").is_file():
+        return Path(model_dir) / "val_problems.jsonl"
+    if task is None or task == DEFAULT_TASK:
+        return packaged_validation_set()
+    raise UserError(f"the model's task {task} has no packaged validation set; give `problems` (a problem file)",
+                    model_dir, fields=("problems",))
+
+
+def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int, Problem]]:
+    """(index, problem) of a problem file, every line validated before any work starts."""
+    problems = [(k, p) for k, (_, p) in enumerate(iter_problems(str(path)))]
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"`limit` must be >= 1, got {limit}", fields=("limit",))
+        problems = problems[:limit]
+    return problems
 
 
 def demonstration(problem: Problem, index: int, seed: int, cfg: AprConfig | SosConfig) -> dict:

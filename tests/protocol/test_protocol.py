@@ -7,11 +7,12 @@ from hypothesis import given, settings, strategies as st
 
 from apr import protocol as P
 from apr.countdown import read_problems
+from apr.datasets import packaged_validation_set
 from apr.protocol.joins import JOIN_RULES, Passed
 from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
-PROBS = read_problems("src/apr/data/countdown4_val1000.jsonl")[:60]
+PROBS = read_problems(packaged_validation_set())[:60]
 
 
 def apr_threads(cfg=AprConfig()):

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest_engine import make_char_tokenizer, make_tiny_llama, tiny_hf, tiny_model_dir  # noqa: E402,F401
+from support.models import make_char_tokenizer, make_tiny_llama  # noqa: E402
 
 from apr.engine import EngineError, EngineSpec, make_engine  # noqa: E402
 from apr.engine.base import Request, SamplingParams, common_prefix_len, stop_match  # noqa: E402
@@ -31,15 +31,6 @@ PROMPTS = [
     "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,1: 24:[4, 6]",
     "7",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: OpenMP threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
-"""Fixtures for the engine tests: a tiny random Llama and a character-level tokenizer,
-saved as a Hugging Face model folder. Import the fixtures from the test modules."""
+"""Tiny model folders for tests: a random Llama with a character-level tokenizer (the engine
+and server tests), or with our trace tokenizer and apr.json (what the runtime, `apr run` and
+`apr eval` load). The session's shared folder is the `tiny_model_dir` fixture (conftest.py)."""
 
 from __future__ import annotations
 
 import string
 from pathlib import Path
-
-import pytest
 
 CHARS = list(string.digits + string.ascii_letters + string.punctuation + " \n")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -46,40 +45,13 @@ def save_model_dir(path: Path, seed: int = 0, tie: bool = False) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: OpenMP threads only add contention on a shared 2-core machine (import
-    it into a test module: autouse there)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return save_model_dir(tmp_path_factory.mktemp("tiny_llama"))
-
-
-@pytest.fixture(scope="session")
-def tiny_hf(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import torch
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def save_apr_model_dir(path: Path, method: str = "apr") -> Path:
     """A tiny random Llama with our trace tokenizer and apr.json, as the runtime, `apr run`
     and `apr eval` load it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from apr.model import ModelInfo, save_model
+    from apr.model_folder import ModelInfo, save_model
     from apr.tokenizer import build_tokenizer
 
     tok = build_tokenizer()

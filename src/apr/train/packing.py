@@ -23,7 +23,6 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +68,6 @@ class Packed:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def default_eval_problems() -> Path:
-    """The shared validation set (packaged): the problems training must not overlap."""
-    return Path(str(resources.files("apr") / "data" / "countdown4_val1000.jsonl"))
 
 
 def check_no_overlap(records: list[tuple[str, int, dict]], eval_problems: str | Path) -> None:

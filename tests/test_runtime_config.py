@@ -8,7 +8,7 @@ import pytest
 
 from apr.commands import main
 from apr.errors import UserError
-from apr.model import ModelInfo, load_model_info
+from apr.model_folder import ModelInfo, load_model_info
 from apr.runtime_config import RuntimeConfig, default_child_budget
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 import apr
 from apr.commands import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "default"
 
 

@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from conftest_engine import save_apr_model_dir
+from support.models import save_apr_model_dir
 
 from apr.commands import main
+from apr.datasets import packaged_validation_set
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 KEYS = {"nums", "target", "text", "correct", "reason", "total_tokens", "sequential_tokens", "longest_thread", "children", "latency_s", "threads"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.errors import UserError
 from apr.search import AprConfig
 from apr.train.config import load_config
@@ -120,7 +120,7 @@ def test_two_process_gloo_ddp_equals_one_process(demos, tmp_path):
         "optim.lr=3e-3", "optim.warmup_steps=2", "optim.min_lr=3e-4", "device=cpu",
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "apr"]
-    cmd += ["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml")]
+    cmd += ["train", "sft", "--config", str(Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml")]
     cmd += [arg for s in sets for arg in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -164,7 +164,7 @@ def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     from apr.commands import main
 
     assert main(["train", "sft", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert main(["train", "sft", "--config", str(Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
+    assert main(["train", "sft", "--config", str(Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml"), "--set", "nope=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("apr: error:") for line in err)
 
@@ -179,10 +179,10 @@ def test_a_held_out_set_too_long_for_the_context_is_no_error(tmp_path):
 
     tok = build_tokenizer()
     recs = [demonstration(p, i, 0, SosConfig()) for i, p in enumerate(generate(40, seed=5, task=TASK))]
-    from apr.train import data as D
+    from apr.train import packing
 
-    demos = D.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, budget_prefix=False)
-    lengths = [max(len(ids) for ids, _ in D.encode_many(d.strings, tok)) for d in demos]
+    demos = packing.demonstrations([("d", i, r) for i, r in enumerate(recs)], tok, budget_prefix=False)
+    lengths = [max(len(ids) for ids, _ in packing.encode_many(d.strings, tok)) for d in demos]
     order = list(range(len(recs)))
     random.Random(0).shuffle(order)  # the trainer's split: seed 0, the first n_val records held out
     held = order[0]
@@ -232,7 +232,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(demos, tmp_path, capsys):
     --quiet: neither."""
     from apr.commands import main
 
-    cfg = Path(__file__).parents[1] / "configs" / "sft_apr_tiny.yaml"
+    cfg = Path(__file__).parents[2] / "configs" / "sft_apr_tiny.yaml"
     common = ["--set", f"data={demos}", "--set", f"eval_problems={demos.parent / 'val.jsonl'}",
               "--set", "max_steps=2", "--set", "batch_size=2", "--set", "context=256", "--set", "log_every=1",
               "--set", "model=tiny", "--set", "device=cpu", "--set", "val_fraction=0", "--set", "save_every=0"]

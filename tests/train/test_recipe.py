@@ -11,13 +11,13 @@ import pytest
 
 from apr.checker import apply_op
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.search import SosConfig
 from apr.tokenizer import build_tokenizer
-from apr.train import data as D
+from apr.train import packing
 from apr.train.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASK3 = TaskConfig(num_count=3)
 
 
@@ -27,20 +27,20 @@ def sos_records():
 
 
 def test_arithmetic_facts_are_true_large_results_in_trace_syntax(sos_records):
-    demos = D.demonstrations(sos_records, build_tokenizer(), budget_prefix=False)
+    demos = packing.demonstrations(sos_records, build_tokenizer(), budget_prefix=False)
     chars = sum(len(s.text) - s.new_from for d in demos for s in d.strings)  # each character once
-    facts = D.arithmetic_facts(demos, 0.25, seed=0)
+    facts = packing.arithmetic_facts(demos, 0.25, seed=0)
     text = "".join(s.text for d in facts for s in d.strings)
     assert 0.25 * chars <= len(text) < 0.25 * chars + 2000  # the share asked, to within one document
     lines = text.splitlines()
-    assert len(lines) == D.FACT_LINES_PER_DOC * len(facts)
+    assert len(lines) == packing.FACT_LINES_PER_DOC * len(facts)
     for line in lines:
         m = re.fullmatch(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", line)
         assert m, line
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        assert apply_op(a, op, b) == c and c >= D.FACT_MIN_RESULT
-    assert D.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
-    assert D.arithmetic_facts(demos, 0.0, seed=0) == []
+        assert apply_op(a, op, b) == c and c >= packing.FACT_MIN_RESULT
+    assert packing.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
+    assert packing.arithmetic_facts(demos, 0.0, seed=0) == []
 
 
 def test_config_checks_recipe_fields():
@@ -59,7 +59,7 @@ def test_teacher_forced_counts_every_result_and_classes(sos_records):
     the results (by digits, and first-time vs copied)."""
     import torch
 
-    from apr.model import make_model
+    from apr.model_folder import make_model
     from apr.train.teacher_forced import measure
 
     tok = build_tokenizer("apr-num99")

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from apr.errors import UserError
-from apr.model import ModelInfo, count_params, load_model, load_model_info, make_model, save_model
+from apr.model_folder import ModelInfo, count_params, load_model, load_model_info, make_model, save_model
 from apr.tokenizer import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 @pytest.mark.parametrize("preset,low,high", [("tiny", 1e6, 5e6), ("small", 20e6, 40e6), ("paper", 227.5e6, 228.5e6)])
@@ -74,9 +69,8 @@ def test_model_folders_load_in_transformers_4_and_5_conventions(tmp_path):
 
     from transformers import AutoTokenizer
 
-    from apr.model import ModelInfo, save_model
+    from apr.model_folder import ModelInfo, save_model
     from apr.tokenizer import build_tokenizer
-    from conftest_engine import save_apr_model_dir  # noqa: F401 (fixture module on sys.path)
 
     tok = build_tokenizer()
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -97,7 +91,7 @@ def test_model_folders_load_in_transformers_4_and_5_conventions(tmp_path):
                                          ("\xff", "unreadable"), ('{"context": -1}', "context must be")])
 def test_a_bad_apr_json_is_one_line(tmp_path, content, msg):
     from apr.errors import UserError
-    from apr.model import load_model_info
+    from apr.model_folder import load_model_info
 
     (tmp_path / "apr.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(UserError, match=msg):

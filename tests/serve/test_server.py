@@ -12,24 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
-from conftest_engine import save_model_dir, tiny_model_dir  # noqa: E402,F401
+from support.models import save_model_dir  # noqa: E402
+from support.servers import serve  # noqa: E402
 
 from apr.commands import main as cli_main  # noqa: E402
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
-from apr.serve import ServeConfig, start_server  # noqa: E402
 
 PROMPTS = ["Current State: 24:[4, 9, 3]", "hi", "Moving to Node #0,1\n", "abc" * 9, "7", "xyz\nq"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +32,9 @@ def local(tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     eng = LocalEngine(tiny_model_dir, max_slots=3, max_len=256, device="cpu")
-    cfg = ServeConfig(port=0, model_name="tiny", context=256, reload_root=tmp_path_factory.getbasetemp())
-    httpd, worker = start_server(eng, cfg)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    host, port = httpd.server_address[:2]
-    yield f"http://{host}:{port}"
-    httpd.shutdown()
-    httpd.server_close()
-    worker.close()
+    url, stop, _ = serve(eng, context=256, reload_root=tmp_path_factory.getbasetemp())
+    yield url
+    stop()
 
 
 def _free_port() -> int:

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from apr.countdown import TaskConfig, generate
-from apr.data import demonstration
+from apr.datasets import demonstration
 from apr.errors import UserError
-from apr.model import load_model_info
+from apr.model_folder import load_model_info
 from apr.search import AprConfig
 from apr.train.config import load_config
 from apr.train.sft import train_sft

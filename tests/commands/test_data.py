@@ -5,8 +5,9 @@ import json
 import pytest
 
 from apr.commands import main
+from apr.datasets import packaged_validation_set
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 
 
 def run(*args):

@@ -1,8 +1,10 @@
-"""Llama-architecture models, their presets, and saving/loading them as standard HF folders.
+"""Model folders: making a Llama-architecture model from a preset, saving it as a standard
+Hugging Face folder, and reading one back (weights, or only what it was trained for).
 
 A saved model folder is an ordinary Hugging Face checkpoint (config.json, model.safetensors,
 tokenizer files, generation_config.json) plus `apr.json`: what the model was trained to do
-(`ModelInfo`), so evaluation can prompt it the way it was trained.
+(`ModelInfo`), so evaluation can prompt it the way it was trained. The forward the engine
+runs is apr.engine.llama; this module only deals in folders and HF models.
 """
 
 from __future__ import annotations
@@ -193,6 +195,16 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
     if info.child_budget is not None and (not isinstance(info.child_budget, int) or info.child_budget < 1):
         raise UserError(f"apr.json: child_budget must be a positive integer, got {info.child_budget!r}", str(path))
     return info
+
+
+def model_info(model_dir: str | Path | None) -> ModelInfo:
+    """The apr.json of the model folder a command names; the defaults when it names none (a
+    bare server, or the solvers)."""
+    if model_dir:
+        if not Path(model_dir).is_dir():
+            raise UserError("model folder not found", str(model_dir))
+        return load_model_info(model_dir)
+    return ModelInfo()
 
 
 def position_limit(model_dir: str | Path) -> int | None:

@@ -14,35 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
-from conftest_engine import save_model_dir, tiny_model_dir  # noqa: E402,F401
+from support.servers import serve  # noqa: E402
 
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
-from apr.serve import ServeConfig, start_server  # noqa: E402
 
 CONTEXT = 128
 GOOD = {"prompt": "Current State: 24:[4, 9, 3]", "max_tokens": 40, "temperature": 0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def serve(engine, **kw):
-    httpd, worker = start_server(engine, ServeConfig(port=0, model_name="tiny", context=CONTEXT, **kw))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-
-    def stop():
-        httpd.shutdown()
-        httpd.server_close()
-        worker.close()
-
-    return url, stop, worker
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
-from conftest_engine import make_char_tokenizer, save_model_dir, tiny_model_dir  # noqa: E402,F401
+from support.models import make_char_tokenizer, save_apr_model_dir, save_model_dir  # noqa: E402
+from support.servers import serve  # noqa: E402
 
 import apr.commands.serve as serve_cmd  # noqa: E402
 from apr.commands import build_parser  # noqa: E402
@@ -24,31 +25,10 @@ from apr.engine.base import Request  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402
 from apr.errors import UserError  # noqa: E402
-from apr.serve import ServeConfig, serving_window, start_server  # noqa: E402
+from apr.serve import serving_window  # noqa: E402
 
 PROMPT = "Current State: 24:[4, 9, 3]"
 KEY = "s3cret-key"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def serve(engine, **kw):
-    httpd, worker = start_server(engine, ServeConfig(port=0, model_name="tiny", context=128, **kw))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-
-    def stop():
-        httpd.shutdown()
-        httpd.server_close()
-        worker.close()
-
-    return url, stop
 
 
 def greedy(url, headers=None) -> str:
@@ -66,8 +46,8 @@ def reload(url, path, headers=None) -> httpx.Response:
 
 
 def test_an_api_key_guards_every_endpoint(tiny_model_dir, tmp_path, monkeypatch):
-    url, stop = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"), api_key=KEY,
-                      reload_root=tmp_path)
+    url, stop, _ = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"), api_key=KEY,
+                         reload_root=tmp_path)
     try:
         calls = [("GET", "/health", None), ("GET", "/v1/models", None),
                  ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2}),
@@ -114,8 +94,8 @@ def test_the_access_log_has_one_line_per_request(tiny_model_dir):
     try:
         for access_log in (True, False):
             lines.clear()
-            url, stop = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"),
-                              access_log=access_log)
+            url, stop, _ = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"),
+                                 access_log=access_log)
             try:
                 with httpx.Client(base_url=url) as c:  # one keep-alive connection, three requests
                     c.get("/health")
@@ -164,7 +144,7 @@ def edit_weights(folder: Path, fn) -> Path:
 
 def test_weight_reload_is_off_unless_asked(tiny_model_dir, tmp_path):
     other = save_model_dir(tmp_path / "other", seed=7)
-    url, stop = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"))
+    url, stop, _ = serve(LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu"))
     try:
         before = greedy(url)
         r = reload(url, other)
@@ -199,7 +179,7 @@ def test_weight_reload_stays_inside_its_root_and_is_all_or_nothing(tiny_model_di
     (root / "not_a_model" / "config.json").write_text("{not json")
 
     eng = LocalEngine(tiny_model_dir, max_slots=2, max_len=128, device="cpu")
-    url, stop = serve(eng, reload_root=root)
+    url, stop, _ = serve(eng, reload_root=root)
     try:
         before = greedy(url)
         refusals = {
@@ -270,7 +250,7 @@ def test_inference_goes_on_while_new_weights_load(tiny_model_dir, tmp_path, monk
         return real(folder)
 
     monkeypatch.setattr(eng, "stage_weights", slow)
-    url, stop = serve(eng, reload_root=root)
+    url, stop, _ = serve(eng, reload_root=root)
     try:
         before = greedy(url)
         t = threading.Thread(target=reload, args=(url, good))
@@ -385,8 +365,6 @@ def test_serving_beyond_this_machine_without_a_key_warns(tiny_model_dir, monkeyp
 
 
 def test_the_window_is_what_the_model_was_trained_for(tmp_path, tiny_model_dir):
-    from conftest_engine import save_apr_model_dir
-
     m = save_apr_model_dir(tmp_path / "m")
     info = json.loads((m / "apr.json").read_text())
     info["context"] = 96

@@ -19,13 +19,6 @@ from tolerance import kernel_approx, tensors_close
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from apr.tokenizer import build_tokenizer
-
-    return build_tokenizer()
-
-
 def tiny_model(tok, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,7 +32,7 @@ def tiny_model(tok, seed=0):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tok):
     from apr.countdown import TaskConfig, generate
-    from apr.model import ModelInfo, save_model
+    from apr.model_folder import ModelInfo, save_model
     from apr.tokenizer import tokenizer_fingerprint
 
     d = tmp_path_factory.mktemp("rl")
@@ -434,7 +427,7 @@ def test_two_processes_learn_what_one_does(files, tmp_path):
 
 def test_a_bf16_model_folder_trains_in_fp32(files, tmp_path):
     """Exported models are bf16; AdamW steps on bf16 weights would round away or jump a ulp."""
-    from apr.model import load_model, save_model
+    from apr.model_folder import load_model, save_model
     from apr.train.grpo import train_rl
 
     model, tok, info = load_model(files / "model")

@@ -9,21 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest_engine import tiny_hf, tiny_model_dir  # noqa: E402,F401
-
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 
 PARENT = "Current State: 24:[4, 9, 3], Operations: []\nExploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n"
 SUFFIXES = ["Moving to Node #0,1\n", "Moving to Node #0,2\n", "x", "Generated Node #0,1: 24:[4, 6]\n"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def hf_greedy(model, tok, prompt: str, n: int) -> list[int]:

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest_engine import make_char_tokenizer, make_tiny_llama, tiny_hf, tiny_model_dir  # noqa: E402,F401
+from support.models import make_char_tokenizer, make_tiny_llama  # noqa: E402
 
 from apr.engine.base import Request  # noqa: E402
 from apr.engine.llama import Transformer  # noqa: E402
@@ -17,14 +17,6 @@ from apr.engine.attention import plan_spans  # noqa: E402
 
 TEXTS = ["Current State: 24:[4, 9, 3], Operations: []", "hi", "Moving to Node #0,1\n", "abc" * 12,
          "Exploring Operation: 9-3=6", "7", "Moving to Node #0,1\n"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_plan_spans_cuts_at_gaps_and_waste():

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest_engine import make_char_tokenizer, tiny_model_dir  # noqa: E402,F401
+from support.models import make_char_tokenizer  # noqa: E402
 
 from apr.engine.base import Request, SamplingParams  # noqa: E402
 from apr.engine.finish import FinishTable  # noqa: E402
@@ -16,14 +16,6 @@ from apr.engine.local import LocalEngine  # noqa: E402
 
 TEXTS = ["Current State: 24:[4, 9, 3], Operations: []", "hi", "Moving to Node #0,1\n", "abc" * 12,
          "Exploring Operation: 9-3=6", "7", "Generated Node #0,1: 24:[4, 6]"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def requests(free_text: list[str]) -> list[Request]:
