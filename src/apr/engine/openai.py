@@ -178,8 +178,9 @@ class OpenAIEngine(Engine):
         except (httpx.HTTPError, ValueError):
             ok = False
         if not ok:
-            raise UserError(f"the server at {self.root} does not support exact arithmetic (its answers carry no "
-                            "usage.forced_tokens): use the local engine or `apr serve`", fields=("arithmetic",))
+            raise UserError(f"`arithmetic` exact: the server at {self.root} does not support exact arithmetic (its "
+                            "answers carry no usage.forced_tokens); use the local engine or `apr serve`",
+                            fields=("arithmetic",))
         self._exact_checked = True
 
     # ---- one request -------------------------------------------------------------
