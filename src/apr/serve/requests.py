@@ -110,7 +110,8 @@ class CompletionJob:
 
 
 def parse_completion(body: dict, *, model_name: str, context: int, vocab_size: int | None, tokenizer,
-                     limits: Limits, ids: itertools.count, arithmetic_modes: tuple[str, ...] = ("model",)) -> CompletionJob:
+                     limits: Limits, ids: itertools.count,
+                     arithmetic_modes: tuple[str, ...] = ("model",)) -> CompletionJob:
     """Check every field of a completions body; HTTPError (400/404) names the first bad one.
     `arithmetic_modes`: those the engine honours."""
     unknown = sorted(k for k in body if k not in _FIELDS)
@@ -237,7 +238,8 @@ def choice(i: int, c: Completion, stops: list[str], keep_stop: bool, prefix: str
     finish = "length" if c.finish_reason == "length" else "stop"
     out = {"index": i, "text": prefix + text, "logprobs": None, "finish_reason": finish, "stop_reason": matched}
     if exact:
-        out["forced_spans"] = [[len(prefix) + a, len(prefix) + min(b, len(text))] for a, b in c.forced_spans if a < len(text)]
+        n = len(prefix)
+        out["forced_spans"] = [[n + a, n + min(b, len(text))] for a, b in c.forced_spans if a < len(text)]
     return out
 
 

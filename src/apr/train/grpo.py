@@ -377,7 +377,8 @@ class RLTrainer:
 
     def _resume(self) -> None:
         now = self._meta()
-        state = load_checkpoint(self.out, {k: now.get(k) for k in ("kind", "preset", "tokenizer", "method", "arithmetic")})
+        keys = ("kind", "preset", "tokenizer", "method", "arithmetic")  # arithmetic: only exact runs have it
+        state = load_checkpoint(self.out, {k: now.get(k) for k in keys})
         try:
             self.policy.load_state_dict(state["model"])
         except RuntimeError as e:
