@@ -125,6 +125,10 @@ def test_rl_with_exact_rollouts_marks_the_model_and_its_checkpoints(model_dir, r
     assert json.loads((out / "checkpoints" / latest / "meta.json").read_text())["arithmetic"] == "exact"
     with pytest.raises(UserError, match="checkpoint has arithmetic 'exact'"):
         train_rl(rl_config(model_dir, rl_files, out, "max_steps=3"), resume=True, progress=False)
+    from apr.report_rl import write_rl_report
+
+    md = write_rl_report([str(out)], tmp_path / "report").read_text()
+    assert "| apr, exact arithmetic `" in md
     # a model trained from it keeps the mark, whatever its own rollouts
     again = train_rl(rl_config(final, rl_files, tmp_path / "rl2", "save_every=0"), progress=False)
     assert json.loads((again / "apr.json").read_text())["rl_arithmetic"] == "exact"
