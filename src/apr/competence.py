@@ -242,3 +242,26 @@ def describe(c: dict) -> str:
     if c.get("rejected_claims"):
         line += f", {c['rejected_claims']} rejected"
     return line
+
+
+# ---------------------------------------------------------------------------- exact arithmetic
+
+_RESULT_RE = re.compile(re.escape(_OP_PREFIX) + r" \d+[+\-*/]\d+=(\d+)")
+
+
+def forced_results(records: Iterable[Record]) -> int:
+    """Exact arithmetic (apr.arithmetic): the operations whose result the engine wrote (a
+    forced span within it), over every thread.
+
+    What the arithmetic error rate means under the mode: the operation count is still the
+    model's own choices (whether to explore, which pair, which operator), but its operands were
+    limited to the current numbers and these results are right by construction, so the errors
+    left are those of lines the mode left to the model (no state line to read, text outside
+    the grammar). It is no measure of the model's arithmetic; reports say how many results
+    were forced beside it."""
+    n = 0
+    for rec in records:
+        for t in Thread.from_json(rec.threads).walk() if rec.threads else ():
+            for seg, spans in zip(t.segments, t.forced_spans or []):
+                n += sum(any(a < m.end(1) and b > m.start(1) for a, b in spans) for m in _RESULT_RE.finditer(seg))
+    return n

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apr import arithmetic_labels as exact
 from apr import competence
 from apr.checker import check, claimed_ops
 from apr.countdown import Problem
@@ -44,7 +45,7 @@ METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))
 # Settings that must match for records to be appended to an existing run folder.
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
             "context", "child_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
-            "problems_sha")
+            "problems_sha", "arithmetic")
 # run.json keys of earlier versions: old -> new (a folder they wrote is resumed as before).
 OLD_META_KEYS = {"sub_call_budget": "child_budget"}
 # The settings a solver row applies; any other one changed is refused (no model runs).
@@ -142,6 +143,7 @@ def summarize(records: list[Record], meta: dict) -> dict:
         **{k: meta.get(k) for k in ("model", "label", "family", "method", "runtime_method", "samples", "temperature",
                                     "top_k", "top_p", "seed", "context", "child_budget", "token_budget", "join_rule",
                                     "problems_file")},
+        **exact.identity(meta.get("arithmetic")),
         "accuracy": base["accuracy"],
         "ci95": base["ci95"],
         "correct": base["correct"],
@@ -152,6 +154,9 @@ def summarize(records: list[Record], meta: dict) -> dict:
         "machine": machine(meta.get("device")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if exact.is_exact(meta):  # forced tokens apart (they are in the token counts too), and forced results
+        out["metrics"]["forced_tokens"] = percentiles(exact.forced_per_problem(groups))
+        out["competence"]["forced_results"] = competence.forced_results(done)
     if method[:5] in ("cons@", "pass@"):
         kind = method[:5]
         out["by_samples"] = {kind: {str(k): point(kind + str(k), [g[:k] for g in groups]) for k in range(1, n + 1)}}
@@ -167,6 +172,9 @@ def describe(summary: dict, out: str | Path | None = None) -> str:
     line = (f"{summary['label']}: accuracy {summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {summary['problems']} problems; "
             f"total tokens {m['total_tokens']['mean']:.0f}, sequential {m['sequential_tokens']['mean']:.0f}, "
             f"latency {m['latency_s']['mean']:.2f} s")
+    if exact.is_exact(summary):  # before the error rate, which is near 0 by construction then
+        line += (f"; {exact.LABEL}: {m['forced_tokens']['mean']:.0f} forced tokens, "
+                 f"{summary['competence']['forced_results']} operation results written by the engine")
     if summary.get("competence"):
         line += "; " + competence.describe(summary["competence"])
     if summary.get("join_rule"):
@@ -266,12 +274,14 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
     budget = cfg.child_budget if runtime_method == "apr" else cfg.token_budget
     kind = method if n > 1 else ("greedy" if temperature == 0 else f"T={temperature:g}")
     meta = {"model": str(Path(model).resolve()) if model and not spec.engine.server else str(spec.engine.server),
-            "label": spec.label or f"{family} {kind}" + (f", budget {budget}" if budget else ""),
+            "label": exact.labelled(spec.label or f"{family} {kind}" + (f", budget {budget}" if budget else ""),
+                                    cfg.arithmetic),
             "family": runtime_method, "method": method, "runtime_method": runtime_method,
             "samples": n, "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
             "context": cfg.context, "child_budget": cfg.child_budget, "token_budget": cfg.token_budget,
             "max_children": cfg.max_children, "max_depth": cfg.max_depth, "max_total_tokens": cfg.max_total_tokens,
-            "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path)}
+            "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path),
+            **exact.identity(cfg.arithmetic)}
     folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
     if engine is None:
         from apr.engine.model_runner import resolve_device

@@ -57,6 +57,9 @@ class ModelInfo:
     # median child count of its training demonstrations, or the best budget of a validation
     # sweep. None: the runtime derives one from the task (apr.runtime_config.default_child_budget).
     child_budget: int | None = None
+    # "exact": RL rollouts of this model (or of a model it was trained from) ran with exact
+    # arithmetic, the engine writing operation results (apr.arithmetic_labels); None: never.
+    rl_arithmetic: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":
@@ -165,7 +168,11 @@ def model_card(info: ModelInfo) -> str:
             f"published trace language (Pan et al., 2025, *Learning Adaptive Parallel Reasoning with Language "
             f"Models*). Task: {task}. Context: {info.context} tokens per thread. What it was trained for is in "
             f"`apr.json`.\n\nUse it through the spawn/join runtime: `apr eval --model DIR --method {info.method} "
-            f"--out RUN_DIR`, or serve it (`apr serve --model DIR`). Plain `generate` gives the root thread only.\n")
+            f"--out RUN_DIR`, or serve it (`apr serve --model DIR`). Plain `generate` gives the root thread only.\n"
+            + ("\nTrained by RL with exact arithmetic in its rollouts (an ablation): the engine wrote the results of "
+               "its operation lines (those tokens carried no gradient), so RL rewarded searches whose arithmetic the "
+               "model did not do (`rl_arithmetic` in `apr.json`; docs/evaluation.md).\n"
+               if info.rl_arithmetic == "exact" else ""))
 
 
 def load_model_info(model_dir: str | Path) -> ModelInfo:
@@ -194,6 +201,8 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"apr.json: budget_prefix must be true or false, got {info.budget_prefix!r}", str(path))
     if info.child_budget is not None and (not isinstance(info.child_budget, int) or info.child_budget < 1):
         raise UserError(f"apr.json: child_budget must be a positive integer, got {info.child_budget!r}", str(path))
+    if info.rl_arithmetic not in (None, "exact"):
+        raise UserError(f"apr.json: rl_arithmetic must be null or exact, got {info.rl_arithmetic!r}", str(path))
     return info
 
 

@@ -7,6 +7,10 @@ Reads the `summary.json` of each `apr eval` run folder and writes
 - report.md: our figures next to the published ones, every run's numbers, where the
   arithmetic errors are (`apr.report_errors`), why samples failed, and notes.
 Error bars are Wilson 95% intervals.
+
+Runs with exact arithmetic (an ablation: apr.arithmetic_labels) are labelled so in every row
+and legend, drawn apart from the unassisted runs, left out of the comparisons with the
+published figures, and set beside their unassisted twins in a table of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from apr import arithmetic_labels as exact
 from apr.errors import UserError
 from apr.io import atomic_write
 from apr.report_errors import NOTE as ERRORS_NOTE
@@ -45,6 +50,7 @@ def load_runs(dirs: list[str]) -> list[dict]:
         if not isinstance(s, dict) or "accuracy" not in s or "family" not in s:
             raise UserError("summary.json lacks accuracy/family; rerun `apr eval`", str(folder.summary_json))
         s["dir"] = str(d)
+        s["label"] = exact.labelled(str(s.get("label", "?")), s.get("arithmetic"))  # whatever label it was given
         runs.append(s)
     if not runs:
         raise UserError("give at least one run folder")
@@ -85,14 +91,16 @@ def shown(path: str | Path) -> str:
     return p.name
 
 
-def single(runs: list[dict], family: str) -> list[dict]:
-    return [r for r in runs if r["family"] == family and r["samples"] == 1]
+def single(runs: list[dict], family: str, exact_runs: bool = False) -> list[dict]:
+    """A family's one-sample runs: the unassisted ones, or (`exact_runs`) those with exact arithmetic."""
+    return [r for r in runs if r["family"] == family and r["samples"] == 1 and exact.is_exact(r) == exact_runs]
 
 
-def primary(runs: list[dict], family: str) -> dict | None:
+def primary(runs: list[dict], family: str, exact_runs: bool = False) -> dict | None:
     """The run that stands for a family in the context plot and the headline table: its
-    greedy single-sample run on the most problems (the first given on a tie)."""
-    cands = [r for r in single(runs, family) if r.get("temperature", 0) == 0]
+    greedy single-sample run on the most problems (the first given on a tie); unassisted
+    unless `exact_runs`."""
+    cands = [r for r in single(runs, family, exact_runs) if r.get("temperature", 0) == 0]
     return max(cands, key=lambda r: r["problems"], default=None)
 
 
@@ -109,15 +117,19 @@ def cost_series(runs: list[dict], xkey: str) -> list[tuple[str, str, str, list]]
     """(label, colour, line style, points) for accuracy against a mean cost."""
     out = []
     for fam in ("apr", "sos"):
-        pts = sorted(_run_point(r, xkey) for r in single(runs, fam))
-        if pts:
-            out.append((f"{NAMES[fam]} (one sample" + (", budgets" if len(pts) > 1 else "") + ")", COLORS[fam], "-o", pts))
+        for ex in (False, True):  # exact arithmetic: a line of its own, dash-dotted, named so
+            pts = sorted(_run_point(r, xkey) for r in single(runs, fam, ex))
+            if pts:
+                out.append((f"{NAMES[fam]}{', ' + exact.LABEL if ex else ''} (one sample"
+                            + (", budgets" if len(pts) > 1 else "") + ")", COLORS[fam], "-.o" if ex else "-o", pts))
         for r in runs:
             if r["family"] != fam or "by_samples" not in r:
                 continue
+            mode = f", {exact.LABEL}" if exact.is_exact(r) else ""
             for kind, style in (("cons@", "--s"), ("pass@", ":^")):
                 pts = [_pt(p, xkey) for _, p in sorted(r["by_samples"][kind].items(), key=lambda kv: int(kv[0]))]
-                out.append((f"{NAMES[fam]} {kind}n (n=1..{r['samples']}, T={r['temperature']:g})", COLORS[fam], style, pts))
+                out.append((f"{NAMES[fam]} {kind}n (n=1..{r['samples']}, T={r['temperature']:g}{mode})", COLORS[fam],
+                            "-." + style[-1] if mode else style, pts))
     for r in runs:
         if r["family"] == "solver":
             out.append((r["label"], COLORS["apr" if "apr" in r["method"] else "sos"], "D", [_run_point(r, xkey)]))
@@ -158,12 +170,13 @@ def plot_all(runs: list[dict], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series = []
     for fam in ("apr", "sos", "solver"):
-        runs_f = [primary(runs, fam)] if fam != "solver" else [r for r in runs if r["family"] == "solver"]
+        runs_f = ([primary(runs, fam), primary(runs, fam, True)] if fam != "solver"
+                  else [r for r in runs if r["family"] == "solver"])
         for r in filter(None, runs_f):
             pts = [(int(w), 100 * p["accuracy"], 100 * p["ci95"][0], 100 * p["ci95"][1])
                    for w, p in sorted(r["accuracy_within_context"].items(), key=lambda kv: int(kv[0]))]
             color = COLORS[fam] if fam != "solver" else COLORS["apr" if "apr" in r["method"] else "sos"]
-            series.append((r["label"], color, ":D" if fam == "solver" else "-o", pts))
+            series.append((r["label"], color, ":D" if fam == "solver" else "-.o" if exact.is_exact(r) else "-o", pts))
     _draw(ax, series, "context window (tokens per thread)", "(a) accuracy vs context window")
     paths.append(_save(fig, out / "context.png"))
     # (b) accuracy vs total tokens
@@ -211,7 +224,7 @@ def matched_cons(runs: list[dict], tokens: float) -> tuple[str, dict] | None:
     """SoS+ cons@n whose mean total tokens is closest to `tokens`."""
     best = None
     for r in runs:
-        if r["family"] == "sos" and "by_samples" in r:
+        if r["family"] == "sos" and "by_samples" in r and not exact.is_exact(r):
             for n, p in r["by_samples"]["cons@"].items():
                 if best is None or abs(p["total_tokens"] - tokens) < abs(best[1]["total_tokens"] - tokens):
                     best = (f"cons@{n}", p)
@@ -232,7 +245,7 @@ def headline(runs: list[dict]) -> list[str]:
     wa, pa = top_window(apr)
     ws, ps = top_window(sos)
     rows.append(f"| {PUBLISHED[1][0]} | {PUBLISHED[1][1]} | {PUBLISHED[1][2]} | {_acc(pa)} at {wa} | {_acc(ps)} at {ws} |")
-    aprs = single(runs, "apr")
+    aprs = single(runs, "apr")  # published comparisons: unassisted runs only
     if aprs:
         big = max(aprs, key=lambda r: r["metrics"]["total_tokens"]["mean"])
         t = big["metrics"]["total_tokens"]["mean"]
@@ -258,6 +271,8 @@ def _competence_cells(r: dict) -> str:
     claims = f"{100 * c['false_claim_join_rate']:.1f} ({c['joins']})" if c["joins"] else "– (0)"
     if c.get("rejected_claims"):
         claims += f", {c['rejected_claims']} rejected"
+    if exact.is_exact(r):  # errors are near 0 by construction: say how many results the engine wrote
+        arith += f", {c.get('forced_results', '?')} results forced"
     return f"{arith} | {claims}"
 
 
@@ -268,11 +283,35 @@ def runs_table(runs: list[dict]) -> list[str]:
     for r in runs:
         m = r["metrics"]
         mach = r.get("machine", {})
+        forced = f"; {m['forced_tokens']['mean']:.0f} forced" if exact.is_exact(r) and "forced_tokens" in m else ""
         rows.append(
             f"| {r['label']} | {r['method']} | {r.get('join_rule') or '–'} | {r.get('temperature', 0):g} | {r['problems']} | {_acc(r)} | "
-            f"{m['total_tokens']['mean']:.0f} (p90 {m['total_tokens']['p90']:.0f}) | {m['sequential_tokens']['mean']:.0f} | "
+            f"{m['total_tokens']['mean']:.0f} (p90 {m['total_tokens']['p90']:.0f}{forced}) | {m['sequential_tokens']['mean']:.0f} | "
             f"{m['longest_thread']['mean']:.0f} (p99 {m['longest_thread']['p99']:.0f}) | {m['children']['mean']:.1f} | "
             f"{m['latency_s']['mean']:.3f} | {_competence_cells(r)} | {mach.get('gpu') or mach.get('cpu', '?')} |")
+    return rows
+
+
+# What an exact-arithmetic run and its unassisted twin share.
+TWIN_KEYS = ("model", "method", "temperature", "top_k", "top_p", "seed", "context", "child_budget", "token_budget",
+             "join_rule", "problems_file", "problems")
+
+
+def exact_table(runs: list[dict]) -> list[str]:
+    """Each exact-arithmetic run beside its unassisted twin (same model, method, settings and
+    problems), when one was given: the ablation's effect. [] without exact runs."""
+    ablations = [r for r in runs if exact.is_exact(r)]
+    if not ablations:
+        return []
+    rows = ["| run | unassisted % [95% CI] | exact arithmetic % [95% CI] | change (points) | forced tokens per problem "
+            "| results forced / operations |", "|---|---|---|---|---|---|"]
+    for r in ablations:
+        twin = next((u for u in runs if not exact.is_exact(u) and all(u.get(k) == r.get(k) for k in TWIN_KEYS)), None)
+        change = f"{100 * (r['accuracy'] - twin['accuracy']):+.1f}" if twin else "–"
+        c, m = r.get("competence") or {}, r["metrics"]
+        forced = f"{m['forced_tokens']['mean']:.0f}" if "forced_tokens" in m else "–"
+        rows.append(f"| {r['label']} | {_acc(twin) if twin else '– (no unassisted run given)'} | {_acc(r)} | {change} | "
+                    f"{forced} | {c.get('forced_results', '–')} / {c.get('operations', '–')} |")
     return rows
 
 
@@ -296,6 +335,11 @@ def notes(runs: list[dict]) -> list[str]:
     models = {r["model"]: _model_note(r) for r in runs if r["family"] != "solver"}
     for path, note in models.items():
         out.append(f"- model `{shown(path)}`: {note}.")
+    if any(exact.is_exact(r) for r in runs):
+        out.append(f"- Runs labelled *{exact.LABEL}* are an ablation, not results about the models: the engine kept "
+                   "each operation's operands among the current numbers and wrote its result, so their accuracy "
+                   "measures the search with arithmetic errors taken out. The comparisons with the published "
+                   "figures use unassisted runs only. Forced tokens are counted in every token figure and shown apart.")
     if apr and sos:
         overlap = apr["ci95"][0] <= sos["ci95"][1] and sos["ci95"][0] <= apr["ci95"][1]
         diff = 100 * (apr["accuracy"] - sos["accuracy"])
@@ -338,7 +382,13 @@ def write_report(dirs: list[str], out: Path) -> Path:
              "child's path was passed on as a success but does not replay from the child's start state "
              "(`apr.competence`).", "",
              "## Where the arithmetic errors are", "", *errors_table(runs), "", ERRORS_NOTE, "",
-             "## Why samples failed", "", *failures_table(runs), "", "## Plots", ""]
+             "## Why samples failed", "", *failures_table(runs), ""]
+    ablation = exact_table(runs)
+    if ablation:
+        lines += [f"## {exact.LABEL.capitalize()} (an ablation)", "", *ablation, "",
+                  "The engine wrote the results of the model's operation lines (docs/evaluation.md); operations are "
+                  "still the model's choices of pair and operator.", ""]
+    lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Notes", "", *notes(runs), ""]
     with atomic_write(out / "report.md") as f:

@@ -4,7 +4,8 @@ Reads each run's `metrics.jsonl` and `config.yaml`; writes `rl_curve.png` (train
 smoothed, and greedy validation accuracy with Wilson 95% intervals, per step) and `rl.md`
 (one row per run: accuracy before and after with intervals, the change, children and total
 tokens per rollout over the first and last steps, KL, zero-advantage groups), beside the
-published figures.
+published figures. A run whose rollouts had exact arithmetic (config `rollout.arithmetic: exact`)
+is labelled so in its row and legend (apr.arithmetic_labels).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from apr import arithmetic_labels as exact
 from apr.errors import UserError
 from apr.io import atomic_write
 from apr.report import shown
@@ -41,7 +43,9 @@ def load_rl_run(d: Path) -> dict:
     val = {r["step"]: r["val_accuracy"] for r in rows if "val_accuracy" in r}  # the last line of a step wins
     if not steps or not val:
         raise UserError("no training steps or no validation accuracy yet", str(d))
-    return {"dir": str(d), "method": method, "steps": steps, "val": sorted(val.items()), "n_val": int(cfg.get("val_limit", 200)),
+    rollout = cfg.get("rollout") if isinstance(cfg.get("rollout"), dict) else {}
+    name = exact.labelled(str(method), rollout.get("arithmetic"))  # e.g. `apr, exact arithmetic`
+    return {"dir": str(d), "method": method, "name": name, "steps": steps, "val": sorted(val.items()), "n_val": int(cfg.get("val_limit", 200)),
             "config": cfg}
 
 
@@ -62,7 +66,7 @@ def table(runs: list[dict], k: int = 5) -> list[str]:
         first, last = r["steps"][:k], r["steps"][-k:]
         zero = _mean(r["steps"], "zero_adv_groups")  # each step logs its share of all-equal groups
         lines.append(
-            f"| {r['method']} `{shown(r['dir'])}` | {100 * a0:.1f} [{100 * lo0:.1f}, {100 * hi0:.1f}] (step {s0}) | "
+            f"| {r['name']} `{shown(r['dir'])}` | {100 * a0:.1f} [{100 * lo0:.1f}, {100 * hi0:.1f}] (step {s0}) | "
             f"{100 * a1:.1f} [{100 * lo1:.1f}, {100 * hi1:.1f}] (step {s1}) | {100 * (a1 - a0):+.1f} | "
             f"{_mean(first, 'children'):.1f} / {_mean(last, 'children'):.1f} | "
             f"{_mean(first, 'total_tokens'):,.0f} / {_mean(last, 'total_tokens'):,.0f} | {_mean(r['steps'], 'kl'):.4f} | "
@@ -78,7 +82,7 @@ def plot(runs: list[dict], out: Path) -> Path:
 
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
-        label = f"{r['method']} ({Path(r['dir']).name})"
+        label = f"{r['name']} ({Path(r['dir']).name})"
         xs = [s["step"] for s in r["steps"]]
         ys = [s["reward"] for s in r["steps"]]
         w = 5  # trailing mean: a step's reward is a mean over few groups

@@ -114,19 +114,21 @@ class RunFolder:
             json.dump(summary, f, indent=2)
 
 
-def records_to_resume(path: Path, model: str, method: str) -> dict[int, Record]:
+def records_to_resume(path: Path, model: str, method: str, arithmetic: str = "model") -> dict[int, Record]:
     """The records an `apr run` into `path` resumes from, by problem index: none when the
     file does not exist. A file that is not a records file, or holds records of another
-    model or method, is refused untouched (check it before loading a model)."""
+    model, method or arithmetic mode, is refused untouched (check it before loading a model)."""
     done: dict[int, Record] = {}
     try:
         found = read_records(path)
     except UserError as e:
         raise UserError(f"`out` is not an `apr run` records file: {e}", fields=("out",)) from None
     for k, rec in found:
-        for key, want in (("model", model), ("method", method)):
-            if getattr(rec, key) != want:
-                raise UserError(f"holds records of another run ({key} {getattr(rec, key)!r}, not {want!r}); "
+        # a record without `arithmetic` is unassisted (the key is written only for exact)
+        for key, have, want in (("model", rec.model, model), ("method", rec.method, method),
+                                ("arithmetic", rec.arithmetic or "model", arithmetic)):
+            if have != want:
+                raise UserError(f"holds records of another run ({key} {have!r}, not {want!r}); "
                                 "use another `out`", str(path), k, fields=("out",))
         done[rec.index] = rec
     return done
@@ -139,7 +141,7 @@ def run_to_file(engine, cfg, problems: list[tuple[int, Problem]], path: Path, mo
     holding records of another model or method is refused untouched."""
     from apr.runtime import Runtime
 
-    done = records_to_resume(path, model, cfg.method)
+    done = records_to_resume(path, model, cfg.method, cfg.arithmetic)
     todo = [(i, p) for i, p in problems if i not in done]
 
     def labelled():

@@ -24,7 +24,6 @@ from typing import Callable, Iterable, Iterator
 
 from apr import protocol as P
 from apr.checker import check
-from apr.errors import UserError
 from apr.countdown import Problem
 from apr.engine.base import Completion, Engine, EngineError, Request, SamplingParams
 from apr.protocol.joins import JOIN_RULES
@@ -86,9 +85,7 @@ class Runtime:
         self.tok = tokenizer if tokenizer is not None else engine.tokenizer
         if self.tok is None:
             raise ValueError("the runtime needs a tokenizer to count tokens")
-        if cfg.arithmetic not in engine.arithmetic_modes:
-            raise UserError(f"`arithmetic` {cfg.arithmetic} needs an engine that supports it (the local engine, "
-                            "apr serve)", fields=("arithmetic",))
+        engine.check_arithmetic(cfg.arithmetic)
         self.step = 0
         self.engine_seconds = 0.0  # time spent inside engine.poll (the rest is orchestration)
         self._requests: dict[str, tuple[ProblemRun, ThreadRun]] = {}

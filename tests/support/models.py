@@ -61,3 +61,15 @@ def save_apr_model_dir(path: Path, method: str = "apr") -> Path:
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     save_model(LlamaForCausalLM(cfg), tok, ModelInfo(method=method, preset="test"), path)
     return path
+
+
+def tiny_model(tok, seed=0):
+    """A one-layer random Llama for `tok` (RL loss and GRPO tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg)

@@ -9,6 +9,8 @@ import threading
 import pytest
 import torch
 
+from support.models import tiny_model
+
 from apr import protocol as P
 from apr.commands import main
 from apr.errors import UserError
@@ -18,15 +20,6 @@ from tolerance import kernel_approx, tensors_close
 
 # ---------------------------------------------------------------------------- fixtures
 
-
-def tiny_model(tok, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg)
 
 
 @pytest.fixture(scope="module")

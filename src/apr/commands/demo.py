@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from apr.arithmetic_labels import EXACT, LABEL
 from apr.checker import check
 from apr.commands.options import HelpFormatter, add_config_options, non_negative_int, positive_int
 from apr.commands.trees import record_tree, solver_tree
@@ -44,10 +45,12 @@ def find_default_model() -> Path | None:
     return None
 
 
-def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_budget: int | None = None) -> int:
+def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_budget: int | None = None,
+               arithmetic: str = "model") -> int:
     """Solve the first `pool` validation problems with the model on CPU (greedy), report how
     many it solved, and show n thread trees (spawned children under their parent): solved
-    problems first, then unsolved ones, each labelled with the checker's verdict."""
+    problems first, then unsolved ones, each labelled with the checker's verdict.
+    `arithmetic` exact: the engine writes the results (an ablation; the header says so)."""
     from apr.engine.spec import EngineSpec, make_engine
     from apr.datasets import default_problems, load_problems
     from apr.model_folder import load_model_info
@@ -56,8 +59,9 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
     info = load_model_info(model_dir)
     problems = load_problems(default_problems(str(model_dir), info.task), max(n, pool))
     cfg = RuntimeConfig(child_budget=child_budget, context=min(default_context(info), 4096),  # bounded on CPU
-                        max_in_flight=len(problems)).resolve(info)
-    console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy, "
+                        max_in_flight=len(problems), arithmetic=arithmetic).resolve(info)
+    mode = f", {LABEL} (the engine writes every operation's result)" if arithmetic == EXACT else ""
+    console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy{mode}, "
                   f"{len(problems)} validation problems:[/]")
     with make_engine(EngineSpec(model=str(model_dir), max_slots=64, context=cfg.context, device="cpu")) as engine:
         records = sorted(Runtime(engine, cfg).run(problems), key=lambda r: r.index)
@@ -69,7 +73,8 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
         console.print(f"[bold]problem {r.nums} -> {r.target}[/]")
         console.print(record_tree(r))
         verdict = f"[green]correct[/] {', '.join(r.answer)}" if r.correct else f"[red]incorrect[/]: {r.reason}"
-        console.print(f"  checker: {verdict}; children {r.children}, total tokens {r.total_tokens}, "
+        forced = f" ({r.forced_tokens} forced)" if r.arithmetic == EXACT else ""
+        console.print(f"  checker: {verdict}; children {r.children}, total tokens {r.total_tokens}{forced}, "
                       f"sequential tokens {r.sequential_tokens}, {r.latency_s:.1f} s\n")
     return 0
 
@@ -80,7 +85,10 @@ def cmd_demo(args) -> int:
     console = Console()
     model = Path(args.model) if args.model else (None if args.solver else find_default_model())
     if model is not None:
-        return model_demo(model, args.n, console, args.pool, args.child_budget)
+        return model_demo(model, args.n, console, args.pool, args.child_budget, args.arithmetic)
+    if args.arithmetic == EXACT:
+        raise UserError("`arithmetic` exact needs a model (the symbolic solver's arithmetic is exact already)",
+                        fields=("arithmetic",))
     console.print("[bold]No trained model found (models/default): showing the symbolic APR solver's threads.[/]")
     return solver_demo(args.n, args.seed, console)
 
@@ -90,7 +98,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=positive_int, default=3, help="thread trees to show")
     p.add_argument("--pool", type=positive_int, default=16, help="validation problems to solve (model demo)")
-    add_config_options(p, RuntimeConfig, names=("child_budget",))
+    add_config_options(p, RuntimeConfig, names=("child_budget", "arithmetic"))
     p.add_argument("--seed", type=non_negative_int, default=0, help="solver demo: seed of the problems drawn")
     p.add_argument("--model", metavar="DIR", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")

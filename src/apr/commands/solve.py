@@ -20,10 +20,12 @@ from apr.commands.options import (
     refuse_output_over_input,
     runtime_config,
 )
+from apr.arithmetic_labels import EXACT, LABEL
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
 from apr.datasets import load_problems
 from apr.model_folder import model_info
+from apr.records import Record
 from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
 
@@ -36,11 +38,11 @@ def cmd_run(args) -> int:
     problems = load_problems(args.problems, args.limit)
     cfg = runtime_config(args).resolve(model_info(spec.model))
     label = str(args.model or args.server)
-    records_to_resume(Path(args.out), label, cfg.method)
+    records_to_resume(Path(args.out), label, cfg.method, cfg.arithmetic)
     with make_engine(spec) as engine:
         done = run_to_file(engine, cfg, problems, Path(args.out), label, progress=not args.quiet)
     acc = sum(r.correct for r in done.values()) / max(len(done), 1)
-    print(f"{len(done)} records in {args.out}; accuracy {acc:.3f}", file=sys.stderr)
+    print(f"{len(done)} records in {args.out}; accuracy {acc:.3f}{exact_note(list(done.values()))}", file=sys.stderr)
     return 0
 
 
@@ -64,8 +66,16 @@ def cmd_solve(args) -> int:
     console.print(
         f"total tokens {rec.total_tokens}, sequential tokens {rec.sequential_tokens}, "
         f"longest thread {rec.longest_thread}, children {rec.children}, latency {rec.latency_s:.2f} s"
-    )
+        + exact_note([rec]), markup=False)
     return 0
+
+
+def exact_note(records: list[Record]) -> str:
+    """What a command prints after its counts under exact arithmetic (nothing otherwise)."""
+    if not any(r.arithmetic == EXACT for r in records):
+        return ""
+    forced = sum(r.forced_tokens or 0 for r in records)
+    return f" ({LABEL}: {forced} tokens written by the engine, counted in the totals)"
 
 
 def register(sub) -> None:

@@ -16,7 +16,9 @@ def record_tree(rec: Record) -> Tree:
         first = t.prompt.split("\n")[0]
         status = {"done": "[green]done[/]", "cut": "[red]cut[/]", "failed": "[red]failed[/]"}.get(t.status, t.status)
         won = " [bold green]goal[/]" if t.text().count("equal: Goal Reached") >= 2 else ""
-        return f"{first}  [dim]{t.tokens} tokens, context {t.context_tokens}, steps {t.start_step}-{t.end_step}[/] {status}{won}"
+        forced = f" ({t.forced_tokens} forced)" if t.forced_spans is not None else ""  # exact arithmetic
+        return (f"{first}  [dim]{t.tokens} tokens{forced}, context {t.context_tokens}, "
+                f"steps {t.start_step}-{t.end_step}[/] {status}{won}")
 
     def add(node: Tree, t: Thread) -> None:
         for g in t.children:

@@ -84,6 +84,13 @@ class Engine(ABC):
     vocab_size: int | None = None  # the model's vocabulary size (None: not known here)
     arithmetic_modes: tuple[str, ...] = ("model",)  # the `Request.arithmetic` values it honours
 
+    def check_arithmetic(self, mode: str) -> None:
+        """UserError unless requests with `arithmetic=mode` are honoured (asked once, before a
+        run: an engine that ignored the mode would mislabel every result)."""
+        if mode not in self.arithmetic_modes:
+            raise UserError(f"`arithmetic` {mode} needs an engine that supports it (the local engine, apr serve)",
+                            fields=("arithmetic",))
+
     @abstractmethod
     def submit(self, req: Request) -> None:
         """Queue a request; it runs as soon as there is room."""

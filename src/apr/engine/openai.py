@@ -10,6 +10,12 @@ Requests are not streamed, so `first_token_time` is the time the response arrive
 KV-cache reuse is the server's business (vLLM/SGLang prefix caching); `cache_key` is only
 sent when `send_cache_key=True` (understood by `apr serve`), and `release` is a no-op.
 
+Exact arithmetic (`Request.arithmetic == "exact"`) is sent as the request field `arithmetic`,
+which only `apr serve` understands; other servers ignore unknown fields, which would label
+unassisted results as exact. So the mode is checked with the server before a run
+(`check_arithmetic`: one tiny request whose answer must count `usage.forced_tokens`), and
+every exact answer without that count is an error completion.
+
 `api_key` (default: the `APR_API_KEY` environment variable) is sent as `Authorization:
 Bearer KEY`. Servers refuse `max_tokens` past their window (`max_model_len` in
 /v1/models); with a tokenizer, requests are clipped to it, as the local engine clips to
@@ -33,6 +39,8 @@ _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class OpenAIEngine(Engine):
+    arithmetic_modes = ("model", "exact")  # exact: only on a server that honours it (check_arithmetic)
+
     def __init__(
         self,
         base_url: str,
@@ -86,6 +94,7 @@ class OpenAIEngine(Engine):
         self.running: dict[Future, Request] = {}
         self.done: list[Completion] = []
         self._lock = threading.Lock()
+        self._exact_checked = False
 
     # ---- interface ---------------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -155,6 +164,25 @@ class OpenAIEngine(Engine):
             msg = body.get("message") or body.get("error") or r.text[:200]
             raise UserError(f"server could not reload weights from {path}: {msg}")
 
+    def check_arithmetic(self, mode: str) -> None:
+        """Exact arithmetic only where the server honours it: asked once with a one-token
+        request (a server that does not know the field ignores it or refuses it)."""
+        super().check_arithmetic(mode)
+        if mode != "exact" or self._exact_checked:
+            return
+        body = {"model": self.model, "prompt": "Exploring Operation:", "max_tokens": 1, "temperature": 0.0,
+                "arithmetic": "exact"}
+        try:
+            r = self.client.post(self.api + "/completions", json=body)
+            ok = r.status_code == 200 and _forced_count(r.json()) is not None
+        except (httpx.HTTPError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"`arithmetic` exact: the server at {self.root} does not support exact arithmetic (its "
+                            "answers carry no usage.forced_tokens); use the local engine or `apr serve`",
+                            fields=("arithmetic",))
+        self._exact_checked = True
+
     # ---- one request -------------------------------------------------------------
     def _body(self, req: Request) -> dict:
         sp = req.sampling
@@ -171,6 +199,8 @@ class OpenAIEngine(Engine):
             body["stop"] = list(req.stop)
         if self.send_cache_key and req.cache_key is not None:
             body["cache_key"] = req.cache_key
+        if req.arithmetic != "model":
+            body["arithmetic"] = req.arithmetic
         return body
 
     def _run(self, req: Request) -> Completion:
@@ -223,6 +253,20 @@ class OpenAIEngine(Engine):
         else:
             cached = 0
         now = time.perf_counter()
+        error = None if reason != "error" else f"finish_reason {ch.get('finish_reason')!r}"
+        forced, spans = 0, []
+        if req.arithmetic == "exact":  # the server must say what it wrote, else it ignored the mode
+            forced, spans = _forced_count(data), ch.get("forced_spans")
+            if forced is None or not isinstance(spans, list):
+                reason, forced, spans = "error", 0, []
+                error = f"the server at {self.root} does not support exact arithmetic (no usage.forced_tokens)"
+            else:
+                spans = [(int(a), min(int(b), len(text))) for a, b in spans]
         return Completion(req.id, text, [], int(n_gen or 0), reason, int(n_prompt or 0), int(cached),
-                          first_token_time=now, end_time=now,
-                          error=None if reason != "error" else f"finish_reason {ch.get('finish_reason')!r}")
+                          first_token_time=now, end_time=now, error=error, forced_tokens=forced, forced_spans=spans)
+
+
+def _forced_count(data: dict) -> int | None:
+    """`usage.forced_tokens` of an answer (`apr serve`'s exact arithmetic), None without it."""
+    n = (data.get("usage") or {}).get("forced_tokens") if isinstance(data, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None

@@ -22,6 +22,8 @@ class TrainingString:
     prompt_end: int  # text[:prompt_end] is the thread's given prompt
     inserted: list[tuple[int, int]]  # char spans the runtime inserted (join results)
     new_from: int  # text[:new_from] was already part of an earlier segment of this thread
+    # Exact arithmetic: char spans of this segment's tokens the engine wrote (not the model's choices)
+    forced: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -84,11 +86,14 @@ class Thread:
 
     def strings(self) -> list[TrainingString]:
         """One training string per segment of this thread (not its children's); join text
-        is marked so training can mask it."""
+        and forced tokens are marked so training can mask them."""
         out: list[TrainingString] = []
         inserted: list[tuple[int, int]] = []
+        forced = self.forced_spans or []
         for i, (before, seg) in enumerate(zip(self.contexts(), self.segments)):
-            out.append(TrainingString(before + seg, len(self.prompt), list(inserted), len(before)))
+            # forced spans are per segment, relative to it: the segment starts at len(before) here
+            spans = [(len(before) + a, len(before) + b) for a, b in (forced[i] if i < len(forced) else [])]
+            out.append(TrainingString(before + seg, len(self.prompt), list(inserted), len(before), spans))
             if i < len(self.joins):
                 at = len(before) + len(self.kept(i))
                 inserted.append((at, at + len(self.joins[i])))

@@ -56,6 +56,7 @@ class App:
         self.tokenizer = eng.tokenizer
         self.context = min(cfg.context, eng.max_len) if eng.max_len is not None else cfg.context
         self.vocab_size = eng.vocab_size
+        self.arithmetic_modes = eng.arithmetic_modes  # what a request's `arithmetic` may ask for
         self.key = cfg.api_key.encode() if cfg.api_key else None
         self.root = Path(cfg.reload_root).resolve() if cfg.reload_root is not None else None
         self.places = threading.BoundedSemaphore(cfg.max_concurrency)

@@ -1,5 +1,10 @@
 """Completions requests: strict JSON, every field of a body checked before the engine sees it
-(a bad request fails alone, 400 naming the field), and the vLLM-shaped answer."""
+(a bad request fails alone, 400 naming the field), and the vLLM-shaped answer.
+
+One field is ours: `"arithmetic": "exact"` asks for exact arithmetic (apr.arithmetic: the
+engine writes the results of `Exploring Operation` lines). Its answers carry what was written
+for the model, as extensions: `usage.forced_tokens` and per choice `forced_spans` (character
+spans of its text). Clients check for them, so a server that ignores the field is caught."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from apr.arithmetic import MODES as ARITHMETIC_MODES
 from apr.engine.base import Completion, Request, SamplingParams
 from apr.serve.config import Limits
 
@@ -86,7 +92,7 @@ def _get_bool(body: dict, name: str, default: bool = False) -> bool:
 # else is refused by name rather than silently ignored.
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "best_of",
            "stream", "stream_options", "logprobs", "echo", "cache_key", "include_stop_str_in_output", "user",
-           "presence_penalty", "frequency_penalty", "logit_bias", "suffix"}
+           "presence_penalty", "frequency_penalty", "logit_bias", "suffix", "arithmetic"}
 
 
 @dataclass
@@ -100,11 +106,14 @@ class CompletionJob:
     echo: bool
     stream: bool
     include_usage: bool
+    arithmetic: str = "model"  # exact: answers report forced tokens
 
 
 def parse_completion(body: dict, *, model_name: str, context: int, vocab_size: int | None, tokenizer,
-                     limits: Limits, ids: itertools.count) -> CompletionJob:
-    """Check every field of a completions body; HTTPError (400/404) names the first bad one."""
+                     limits: Limits, ids: itertools.count,
+                     arithmetic_modes: tuple[str, ...] = ("model",)) -> CompletionJob:
+    """Check every field of a completions body; HTTPError (400/404) names the first bad one.
+    `arithmetic_modes`: those the engine honours."""
     unknown = sorted(k for k in body if k not in _FIELDS)
     if unknown:
         raise BadRequest(f"unknown field '{unknown[0]}' (not supported by this server)", unknown[0])
@@ -175,6 +184,14 @@ def parse_completion(body: dict, *, model_name: str, context: int, vocab_size: i
         raise BadRequest(f"'cache_key' must be a non-empty string of at most {limits.max_cache_key_chars} characters",
                          "cache_key")
 
+    arithmetic = body.get("arithmetic")
+    arithmetic = "model" if arithmetic is None else arithmetic
+    if not isinstance(arithmetic, str) or arithmetic not in ARITHMETIC_MODES:
+        raise BadRequest(f"'arithmetic' must be one of {', '.join(ARITHMETIC_MODES)}, got {json.dumps(arithmetic)[:40]}",
+                         "arithmetic")
+    if arithmetic not in arithmetic_modes:
+        raise BadRequest(f"'arithmetic' {arithmetic} is not supported by this server's engine", "arithmetic")
+
     max_tokens = _get_int(body, "max_tokens", None, 0, context)
     default_max = max_tokens is None
     if default_max:
@@ -202,24 +219,28 @@ def parse_completion(body: dict, *, model_name: str, context: int, vocab_size: i
             k = i * n + j
             sp = SamplingParams(temperature=temperature, top_k=max(top_k, 0), top_p=top_p, seed=seed + k)
             ck = None if key is None else f"{key}#{k}" if total > 1 else key
-            reqs.append(Request(f"cmpl-{next(ids)}", p, budgets[i], list(stop), sp, cache_key=ck))
+            reqs.append(Request(f"cmpl-{next(ids)}", p, budgets[i], list(stop), sp, cache_key=ck, arithmetic=arithmetic))
             prompt_of.append(i)
-    return CompletionJob(reqs, prompts, prompt_of, keep_stop, echo, stream, include_usage)
+    return CompletionJob(reqs, prompts, prompt_of, keep_stop, echo, stream, include_usage, arithmetic)
 
 
 # ---------------------------------------------------------------------------- answers
 
 
-def choice(i: int, c: Completion, stops: list[str], keep_stop: bool, prefix: str = "") -> dict:
+def choice(i: int, c: Completion, stops: list[str], keep_stop: bool, prefix: str = "", exact: bool = False) -> dict:
     """One choice as vLLM shapes it: the stop string cut from `text` (unless kept) and named
-    in `stop_reason`, null for EOS."""
+    in `stop_reason`, null for EOS. `exact`: with `forced_spans`, in the text as sent."""
     text, matched = c.text, None
     if c.finish_reason == "stop":
         matched = max((s for s in stops if s and text.endswith(s)), key=len, default=None)
         if matched is not None and not keep_stop:
             text = text[: len(text) - len(matched)]
     finish = "length" if c.finish_reason == "length" else "stop"
-    return {"index": i, "text": prefix + text, "logprobs": None, "finish_reason": finish, "stop_reason": matched}
+    out = {"index": i, "text": prefix + text, "logprobs": None, "finish_reason": finish, "stop_reason": matched}
+    if exact:
+        n = len(prefix)
+        out["forced_spans"] = [[n + a, n + min(b, len(text))] for a, b in c.forced_spans if a < len(text)]
+    return out
 
 
 def usage(job: CompletionJob, comps: list[Completion]) -> dict:
@@ -229,5 +250,7 @@ def usage(job: CompletionJob, comps: list[Completion]) -> dict:
     out = {"prompt_tokens": sum(prompt_tokens.values()), "completion_tokens": sum(c.n_tokens for c in comps)}
     out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
     out["prompt_tokens_details"] = {"cached_tokens": sum(c.cached_tokens for c in comps)}
+    if job.arithmetic == "exact":  # of completion_tokens, those the engine wrote
+        out["forced_tokens"] = sum(c.forced_tokens for c in comps)
     return out
 

@@ -142,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             job = parse_completion(body, model_name=self.cfg.model_name, context=self.app.context,
                                    vocab_size=self.app.vocab_size, tokenizer=self.app.tokenizer, limits=self.cfg.limits,
-                                   ids=self.app.ids)
+                                   ids=self.app.ids, arithmetic_modes=self.app.arithmetic_modes)
         except HTTPError as e:
             return self._error(e.code, str(e), e.param)
         if not self.app.places.acquire(timeout=self.cfg.queue_timeout):
@@ -162,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             bad = [c for c in comps if c.finish_reason == "error"]
             if bad:
                 return self._error(400, bad[0].error or "request failed")
-            choices = [choice(k, c, r.stop, job.keep_stop, job.prompts[p] if job.echo else "")
+            choices = [choice(k, c, r.stop, job.keep_stop, job.prompts[p] if job.echo else "", job.arithmetic == "exact")
                        for k, (r, c, p) in enumerate(zip(job.reqs, comps, job.prompt_of))]
             self._send(200, {"id": job.reqs[0].id, "object": "text_completion", "created": int(time.time()),
                              "model": self.cfg.model_name, "choices": choices, "usage": usage(job, comps)})
@@ -204,7 +204,8 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 comps[k] = c
                 r = job.reqs[k]
-                ch = choice(k, c, r.stop, job.keep_stop, job.prompts[job.prompt_of[k]] if job.echo else "")
+                ch = choice(k, c, r.stop, job.keep_stop, job.prompts[job.prompt_of[k]] if job.echo else "",
+                            job.arithmetic == "exact")
                 self._event({**head, "choices": [ch]})
             else:
                 if job.include_usage:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from apr import arithmetic_labels as exact
 from apr.countdown import Problem, read_problems
 from apr.datasets import packaged_validation_set
 from apr.engine.base import EngineError
@@ -106,6 +107,8 @@ class RLTrainer:
         except UserError as e:
             raise in_section(e, "rollout") from None
         self.method = self.rt.method
+        if self.rt.arithmetic == "exact":  # every saved policy's apr.json and model card say so
+            self.info = dataclasses.replace(self.info, rl_arithmetic="exact")
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.policy.train()
         self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
@@ -225,9 +228,7 @@ class RLTrainer:
             **{k: v.item() for k, v in sums.items()},
             "sequences": len(seqs),
             "train_tokens": float(train_tokens * (cfg.inner_steps + 1)),  # policy passes + the reference pass
-            "malformed_threads": stats.malformed_threads,
-            "empty_segments": stats.empty_segments,
-            "long_segments": stats.long_segments,
+            **{k: getattr(stats, k) for k in ("malformed_threads", "empty_segments", "long_segments")},
         }
 
     # ------------------------------------------------------------------ one step
@@ -270,6 +271,7 @@ class RLTrainer:
             "children": sum(r.children for r in records),
             "total_tokens": sum(r.total_tokens for r in records),
             "sequential_tokens": sum(r.sequential_tokens for r in records),
+            **({"forced_tokens": sum(r.forced_tokens or 0 for r in records)} if self.rt.arithmetic == "exact" else {}),
             **m,  # learn(): loss, pg, kl, clipped, tokens (trained), entropy, sequences, ...
             "zero_groups": zero_groups,
             "rollout_s": t1 - t0,
@@ -289,6 +291,7 @@ class RLTrainer:
             "children": tot["children"] / n,
             "total_tokens": tot["total_tokens"] / n,
             "sequential_tokens": tot["sequential_tokens"] / n,
+            **({"forced_tokens": tot["forced_tokens"] / n} if "forced_tokens" in tot else {}),  # exact arithmetic
             "segments": tot["sequences"] / n,
             "trained_tokens": tot["tokens"] / steps,
             "zero_adv_groups": tot["zero_groups"] / max(cfg.batch_size, 1),
@@ -360,14 +363,8 @@ class RLTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _meta(self) -> dict:
-        return {
-            "step": self.step,
-            "kind": "rl",
-            "preset": self.info.preset,
-            "tokenizer": self.fingerprint,
-            "method": self.method,
-            "init": str(Path(self.cfg.init).resolve()),
-        }
+        return {"step": self.step, "kind": "rl", "preset": self.info.preset, "tokenizer": self.fingerprint,
+                "method": self.method, "init": str(Path(self.cfg.init).resolve()), **exact.identity(self.rt.arithmetic)}
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
@@ -377,7 +374,8 @@ class RLTrainer:
 
     def _resume(self) -> None:
         now = self._meta()
-        state = load_checkpoint(self.out, {k: now[k] for k in ("kind", "preset", "tokenizer", "method")})
+        keys = ("kind", "preset", "tokenizer", "method", "arithmetic")  # arithmetic: only exact runs have it
+        state = load_checkpoint(self.out, {k: now.get(k) for k in keys})
         try:
             self.policy.load_state_dict(state["model"])
         except RuntimeError as e:

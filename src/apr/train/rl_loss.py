@@ -3,8 +3,10 @@
 A rollout is one runtime record: a thread tree. Every segment of every thread (the parent
 before a spawn, the parent after each join, every child) is one training sequence carrying
 the rollout's advantage. Only tokens the model generated in that segment are trained:
-not the prompt, not text of earlier segments (already trained in their own sequence), and
-not join text the runtime inserted. The loss of a batch is
+not the prompt, not text of earlier segments (already trained in their own sequence), not
+join text the runtime inserted, and not tokens the engine forced under exact arithmetic (the
+results of operation lines: not the model's choices, so neither gradient nor KL). The loss
+of a batch is
 
     L = 1/N  sum_rollouts  1/S_i  sum_segments  1/|T_s|  sum_{t in T_s}  l_t
     l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta * k3_t
@@ -66,12 +68,14 @@ def thread_strings(thread: P.Thread) -> list[tuple[P.TrainingString, bool]]:
 
 def encode_segment(ts: P.TrainingString, eos: bool, tokenizer) -> tuple[list[int], list[bool]]:
     """BOS + tokens (+ EOS); a token is trained when it starts at or after `new_from` (this
-    segment's own text) and overlaps no inserted span (join text)."""
+    segment's own text) and overlaps no inserted span (join text) and no forced span (exact
+    arithmetic: the engine wrote it, so it carries no policy gradient and no KL)."""
     enc = tokenizer(ts.text, add_special_tokens=False, return_offsets_mapping=True)
     trained = []
     for start, end in enc["offset_mapping"]:
         end = max(end, start + 1)
-        ok = start >= ts.new_from and start >= ts.prompt_end and not any(start < b and end > a for a, b in ts.inserted)
+        ok = (start >= ts.new_from and start >= ts.prompt_end
+              and not any(start < b and end > a for a, b in ts.inserted + ts.forced))
         trained.append(ok)
     ids = [tokenizer.bos_token_id, *enc["input_ids"]]
     trained = [False, *trained]
