@@ -395,6 +395,6 @@ def test_runtime_default_records_say_nothing_and_scripted_engine_refuses_exact()
         d = r.to_json()
         assert "arithmetic" not in d and "forced_tokens" not in d and "forced_tokens" not in d["threads"]
     with pytest.raises(UserError, match="arithmetic"):
-        Runtime(ScriptedEngine(tok, script), RuntimeConfig(method="apr", temperature=0.0, arithmetic="exact"))
+        Runtime(ScriptedEngine(tok, script), RuntimeConfig(method="apr", context=4096, temperature=0.0, arithmetic="exact"))
     with pytest.raises(UserError, match="arithmetic"):
         RuntimeConfig(arithmetic="rounded")

@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from support.models import save_apr_model_dir, tiny_model  # noqa: E402,F401
-from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, solver_threads, steer  # noqa: E402
+from support.traces import solver_traces  # noqa: E402
+from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, steer  # noqa: E402
 
 from apr import protocol as P  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
@@ -35,7 +36,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exact_records(model_dir):
     """APR solver traces with corrupted results, written back by exact arithmetic."""
-    trees = solver_threads(3)
+    trees = solver_traces(3)
     script: dict[str, str] = {}
     for t in trees:
         script_from_thread(t, script)

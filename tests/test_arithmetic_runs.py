@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from support.models import save_apr_model_dir, tiny_model  # noqa: E402,F401
-from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, solver_threads, steer  # noqa: E402
+from support.traces import solver_traces  # noqa: E402
+from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, steer  # noqa: E402
 
 from apr.checker import check  # noqa: E402
 
@@ -23,7 +24,9 @@ from apr.engine.spec import EngineSpec  # noqa: E402
 from apr.eval import EvalSpec, evaluate  # noqa: E402
 from apr.runtime_config import RuntimeConfig  # noqa: E402
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+from apr.datasets import packaged_validation_set  # noqa: E402
+
+VAL = str(packaged_validation_set())
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +110,7 @@ def side_by_side(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exact_eval")
     model = save_apr_model_dir(tmp / "model")
     script: dict[str, str] = {}
-    for t in solver_threads(3):
+    for t in solver_traces(3):
         script_from_thread(t, script)
     dirs = {}
     for mode in ("model", "exact"):
@@ -134,7 +137,7 @@ def test_eval_counts_forced_tokens_apart_and_competence_honestly(side_by_side):
     assert s["exact"]["metrics"]["forced_tokens"]["mean"] == pytest.approx(sum(r["forced_tokens"] for r in recs) / 3)
     # forced tokens are in the totals: the same trace, token for token, costs as much either way
     assert s["exact"]["metrics"]["total_tokens"]["mean"] == s["model"]["metrics"]["total_tokens"]["mean"]
-    solved = [check(p.nums, p.target, t.text()).correct for p, t in zip(PROBS, solver_threads(3))]
+    solved = [check(p.nums, p.target, t.text()).correct for p, t in zip(PROBS, solver_traces(3))]
     assert s["exact"]["accuracy"] == sum(solved) / 3 > 0 and s["model"]["accuracy"] == 0  # wrong arithmetic fails
 
 

@@ -19,10 +19,11 @@ from apr.commands import main  # noqa: E402
 from apr.engine.base import Request  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
 from apr.engine.openai import OpenAIEngine  # noqa: E402
+from apr.datasets import packaged_validation_set  # noqa: E402
 from apr.errors import UserError  # noqa: E402
 from apr.serve import ServeConfig, start_server  # noqa: E402
 
-VAL = "src/apr/data/countdown4_val1000.jsonl"
+VAL = str(packaged_validation_set())
 # A prompt that ends where the result is due: under exact arithmetic the next token is `6`.
 AT_RESULT = "Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\nExploring Operation: 9-3="
 
