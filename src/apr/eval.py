@@ -301,11 +301,12 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
             "context": cfg.context, "child_budget": cfg.child_budget, "token_budget": cfg.token_budget,
             "max_children": cfg.max_children, "max_depth": cfg.max_depth, "max_total_tokens": cfg.max_total_tokens,
             "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path)}
-    folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
-    if engine is None:
-        from apr.engine.model_runner import resolve_device
+    if engine is None:  # the device checked before run.json is written
+        from apr.device import resolve_device
 
         meta["device"] = "server" if spec.engine.server else str(resolve_device(spec.engine.device))
+    folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
+    if engine is None:
         with make_engine(spec.engine) as eng:
             records = run_model(eng, cfg, problems, folder, meta, spec.progress)
     else:

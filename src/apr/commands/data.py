@@ -17,13 +17,12 @@ from apr.commands.options import (
     non_negative_int,
     positive_int,
     probability,
-    refuse_output_over_input,
     splits,
 )
 from apr.countdown import TaskConfig, problem_keys
 from apr.data import write_problems, write_traces
 from apr.errors import UserError
-from apr.io import atomic_write, read_records
+from apr.io import atomic_write, check_output_dir, check_output_file, read_records
 from apr.search import AprConfig, SosConfig
 
 
@@ -35,12 +34,11 @@ def _task_from_args(args) -> TaskConfig:
 
 def cmd_problems(args) -> int:
     task = _task_from_args(args)
+    inputs = {"exclude": args.exclude or []}
     if args.splits:
         if args.n is not None:
             raise UserError("give --n or --splits, not both")
-        out_dir = Path(args.out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError("with --splits, --out must be a directory", str(out_dir))
+        check_output_dir(args.out, inputs)
         parts = args.splits
     else:
         if args.n is None:
@@ -48,9 +46,10 @@ def cmd_problems(args) -> int:
         parts = [(None, args.n)]
     paths = [(Path(args.out) / f"{name}.jsonl" if name else Path(args.out), n) for name, n in parts]
     for path, _ in paths:
-        refuse_output_over_input(path, [("--exclude", x) for x in args.exclude or []])
+        check_output_file(path, inputs)
     exclude = problem_keys(args.exclude or [])
-    write_problems(paths, args.seed, task, exclude, args.workers, progress=not args.quiet)
+    write_problems(paths, args.seed, task, exclude, args.workers, progress=not args.quiet,
+                   field="splits" if args.splits else "n")
     for path, n in paths:
         print(f"wrote {n} problems to {path}", file=sys.stderr)
     return 0
@@ -79,7 +78,7 @@ def _solver_config(args) -> AprConfig | SosConfig:
 
 
 def cmd_traces(args) -> int:
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_output_file(args.out, {"problems": args.problems})
     count, solved = write_traces(Path(args.problems), Path(args.out), _solver_config(args), args.seed, args.workers,
                                  progress=not args.quiet)
     print(f"wrote {count} {args.solver} demonstrations to {args.out} ({solved} solved)", file=sys.stderr)
@@ -88,7 +87,7 @@ def cmd_traces(args) -> int:
 
 def cmd_verify(args) -> int:
     if args.out:
-        refuse_output_over_input(args.out, [("--input", args.input)])
+        check_output_file(args.out, {"input": args.input})
 
     def results() -> Iterator[str]:
         for line, rec in read_records(args.input):

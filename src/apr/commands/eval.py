@@ -15,10 +15,10 @@ from apr.commands.options import (
     check_server_has_model,
     engine_spec,
     positive_int,
-    refuse_output_over_input,
     runtime_config,
 )
 from apr.eval import EvalSpec, evaluate
+from apr.io import check_output_dir
 
 
 def method(text: str) -> str:
@@ -35,7 +35,7 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
 
 
 def cmd_eval(args) -> int:
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_output_dir(args.out, {"problems": args.problems})
     if not args.method.startswith("solver-"):
         check_server_has_model(args)
     s = evaluate(eval_spec(args))

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import re
 import sys
 import typing
-from pathlib import Path
 from typing import Callable, Iterable
 
+from apr.device import DEVICE_NAMES, is_device_name
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
 from apr.runtime_config import CONTEXT_MAX, CONTEXT_MIN, RuntimeConfig
@@ -25,7 +24,6 @@ from apr.runtime_config import CONTEXT_MAX, CONTEXT_MIN, RuntimeConfig
 # ---------------------------------------------------------------------------- help
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -121,8 +119,8 @@ def dtype(text: str) -> str:
 
 
 def device(text: str) -> str:
-    if text not in DEVICES and not re.fullmatch(r"cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"must be {DEVICE_NAMES}, got {text!r}")
     return text
 
 
@@ -182,25 +180,6 @@ def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None
     """Keep `old` working as a hidden alias of the option `new` (already added to `p`)."""
     target = p._option_string_actions[new]
     p.add_argument(old, dest=target.dest, action=_DeprecatedAlias, target=target)
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def refuse_output_over_input(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
-                             out_option: str = "--out") -> None:
-    """One-line error when an output path is one of the command's input files."""
-    for option, path in inputs:
-        if path is not None and same_file(out, path):
-            raise UserError(f"{out_option} names the {option} file; it would be overwritten: choose another file",
-                            str(out))
 
 
 def add_quiet(p: argparse.ArgumentParser, what: str = "progress bars and status lines") -> None:

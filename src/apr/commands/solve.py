@@ -17,19 +17,19 @@ from apr.commands.options import (
     engine_spec,
     non_negative_int,
     positive_int,
-    refuse_output_over_input,
     runtime_config,
 )
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
 from apr.eval import load_problems, model_info
+from apr.io import check_output_file
 from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
 
 
 def cmd_run(args) -> int:
     # Everything is checked before a model loads: the options, the problem file, the output file.
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_output_file(args.out, {"problems": args.problems})
     check_server_has_model(args)
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)

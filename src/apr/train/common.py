@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from apr.device import resolve_device
 from apr.io import atomic_write
 from apr.rng import derive_seed
 from apr.train.config import dump_config
@@ -21,13 +22,16 @@ from apr.train.metrics import MetricsLog
 
 
 def setup_device(pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when launched by torchrun."""
+    """(rank, world size, device); joins the process group when launched by torchrun. The
+    device is checked as the engine checks it (`apr.device.resolve_device`): a name that is
+    no device, CUDA on a machine without it or a missing GPU is one line, before any work."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if pref == "auto" else pref.startswith("cuda")
+    chosen = resolve_device(pref)
+    cuda = chosen.type == "cuda"
     if cuda:
-        device = torch.device(f"cuda:{local}" if world > 1 or pref in ("auto", "cuda") else pref)
+        device = resolve_device(f"cuda:{local}") if world > 1 or pref in ("auto", "cuda") else chosen
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

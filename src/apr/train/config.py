@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import yaml
 
+from apr.device import DEVICE_NAMES, is_device_name
 from apr.errors import UserError
 from apr.runtime_config import RuntimeConfig
 
@@ -115,6 +116,8 @@ class SFTConfig:
             raise UserError("config: `time_budget_clock` must be wall or cpu")
         if not 0 <= self.arithmetic_facts <= 10:
             raise UserError("config: `arithmetic_facts` must be in [0, 10]")
+        if not is_device_name(self.device):
+            raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -235,6 +238,8 @@ class RLConfig:
             raise UserError("config: need 0 < clip < 1, kl_coef >= 0, lr > 0")
         if self.dtype not in ("auto", "float32", "bfloat16") or self.rollout_dtype not in ("auto", "float32", "bfloat16"):
             raise UserError("config: `dtype`/`rollout_dtype` must be auto, float32 or bfloat16")
+        if not is_device_name(self.device):
+            raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
