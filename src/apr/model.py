@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -105,10 +107,28 @@ def count_params(model, non_embedding: bool = True) -> int:
 
 
 def save_model(model, tokenizer, info: ModelInfo, out_dir: str | Path, max_shard_size: str = "5GB") -> Path:
-    """Write a standard HF folder plus apr.json; returns the folder."""
+    """Write a standard HF folder plus apr.json; returns the folder. A new folder appears
+    whole or not at all (written beside it under a temporary name, then renamed), so a crash
+    mid-save never leaves a half model that looks finished; an existing one is written into."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        return _write_model(model, tokenizer, info, out_dir, max_shard_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder gets the mode mkdir would give
+    try:
+        _write_model(model, tokenizer, info, tmp, max_shard_size)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_model(model, tokenizer, info: ModelInfo, out_dir: Path, max_shard_size: str) -> Path:
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     model.generation_config = GenerationConfig(
@@ -180,6 +200,7 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"unreadable apr.json: {e}", str(path)) from None
     if info.method not in ("apr", "sos"):
         raise UserError(f"apr.json: unknown method {info.method!r} (apr or sos)", str(path))
+    TaskConfig.from_dict(info.task, str(path))  # an object of well-formed ranges: callers read it
     if not isinstance(info.context, int) or isinstance(info.context, bool) or info.context < 1:
         raise UserError(f"apr.json: context must be a positive integer, got {info.context!r}", str(path))
     if not isinstance(info.budget_prefix, bool):
