@@ -32,7 +32,7 @@ from apr.checker import check, claimed_ops
 from apr.countdown import Problem, iter_problems
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
-from apr.model import DEFAULT_TASK, ModelInfo, load_model_info
+from apr.model import DEFAULT_TASK, ModelInfo, load_model_info, position_limit
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runfolder import RunFolder, append_records
@@ -245,10 +245,18 @@ def file_sha(path: Path) -> str:
 
 
 def model_info(spec: EngineSpec) -> ModelInfo:
-    """The apr.json of the model an engine spec names (defaults for a bare server)."""
+    """The apr.json of the model an engine spec names (defaults for a bare server), read
+    before anything loads. A window asked for past the local model's positions (config.json
+    `max_position_embeddings`) is refused: the model has no positions there. (The default
+    window is kept as it was for models with fewer positions: it is part of what earlier
+    run folders record.)"""
     if spec.model:
         if not Path(spec.model).is_dir():
             raise UserError("model folder not found", spec.model)
+        limit = position_limit(spec.model)
+        if not spec.server and limit and spec.context > limit and spec.context != EngineSpec.context:
+            raise UserError(f"`context` {spec.context} is more than the model's {limit} positions "
+                            "(max_position_embeddings)", str(Path(spec.model) / "config.json"), fields=("context",))
         return load_model_info(spec.model)
     return ModelInfo()
 
@@ -261,6 +269,8 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
     if method.startswith("solver-"):
         unused = [n for n in spec.runtime.changed() if n not in SOLVER_SETTINGS[method]]
         unused += [n for n, v in (("model", spec.engine.model), ("server", spec.engine.server)) if v]
+        given, defaults = dataclasses.asdict(spec.engine), dataclasses.asdict(EngineSpec())
+        unused += [n for n in ("served_model", "device", "dtype", "max_slots") if given[n] != defaults[n]]
         if unused:
             raise UserError(f"`{unused[0]}` does not apply to {method}: a symbolic solver runs, no model",
                             fields=(unused[0],))

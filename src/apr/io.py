@@ -156,12 +156,12 @@ def _check_writable_folder(folder: Path, path: Path, field: str) -> None:
         raise UserError(f"`{field}` cannot be written: {folder}: {e.strerror or e}", str(path), fields=(field,)) from None
 
 
-def _check_not_an_input(path: Path, inputs: Mapping[str, Any], field: str) -> None:
+def _check_not_an_input(path: Path, inputs: Mapping[str, Any], field: str, kind: str) -> None:
     """`inputs`: name -> a path, or several (a repeatable option), or None."""
     for name, given in inputs.items():
         for p in [given] if isinstance(given, (str, os.PathLike)) else list(given or ()):
             if p is not None and same_path(path, p):
-                kind = "folder" if Path(p).is_dir() else "file"
+                kind = "folder" if Path(p).is_dir() else "file" if Path(p).exists() else kind
                 raise UserError(f"`{field}` names the `{name}` {kind}; it would be overwritten: choose another",
                                 str(path), fields=(field, name))
 
@@ -181,7 +181,7 @@ def check_output_file(path: str | os.PathLike, inputs: Mapping[str, Any] | None 
     """A file a command will write (replace): not a folder, in a folder that exists or can
     be made and is writable, and none of the command's `inputs` (name -> path or paths)."""
     path = Path(path)
-    _check_not_an_input(path, inputs or {}, field)
+    _check_not_an_input(path, inputs or {}, field, "file")
     if path.is_dir():
         raise UserError(f"`{field}` is a folder; a file is expected here", str(path), fields=(field,))
     if path.exists() and not path.is_file():
@@ -194,7 +194,7 @@ def check_output_dir(path: str | os.PathLike, inputs: Mapping[str, Any] | None =
     """A folder a command will write into: not a file, itself (or the nearest folder it
     would be made in) writable, and none of the command's `inputs`, nor inside a file."""
     path = Path(path)
-    _check_not_an_input(path, inputs or {}, field)
+    _check_not_an_input(path, inputs or {}, field, "folder")
     if path.exists() and not path.is_dir():
         raise UserError(f"`{field}` is a file; a folder is expected here", str(path), fields=(field,))
     _check_writable_folder(path if path.is_dir() else _existing_ancestor(path), path, field)

@@ -12,7 +12,7 @@ from apr.commands.options import (
     add_engine_options,
     add_quiet,
     add_runtime_options,
-    check_server_has_model,
+    check_engine_options,
     engine_spec,
     positive_int,
     runtime_config,
@@ -37,7 +37,7 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
 def cmd_eval(args) -> int:
     check_output_dir(args.out, {"problems": args.problems})
     if not args.method.startswith("solver-"):
-        check_server_has_model(args)
+        check_engine_options(args)
     s = evaluate(eval_spec(args))
     print(apr.eval.describe(s, args.out), file=sys.stderr)
     return 0

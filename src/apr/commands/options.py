@@ -205,14 +205,27 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model", metavar="NAME",
                    help="with --server: the model name to ask for (default: the first it lists)")
     add_device_options(p)
-    p.add_argument("--max-slots", type=positive_int, default=64, metavar="N",
+    p.add_argument("--max-slots", type=positive_int, default=EngineSpec.max_slots, metavar="N",
                    help="local engine: sequences decoded together")
 
 
-def check_server_has_model(args: argparse.Namespace) -> None:
-    """The runtime counts tokens with the model folder's tokenizer, also for a server."""
+def check_engine_options(args: argparse.Namespace) -> None:
+    """The engine options given apply to the engine that runs: the runtime counts tokens with
+    the model folder's tokenizer, also for a server; --served-model names a server's model;
+    the local engine's options (device, dtype, slots) do nothing for a server and are refused."""
     if args.server and not args.model:
         raise UserError("--server needs --model DIR too: the model folder whose tokenizer the server's model uses")
+    if args.served_model and not args.server:
+        raise UserError("--served-model names a server's model; it needs --server")
+    if args.server:
+        for name in LOCAL_ENGINE_OPTIONS:
+            if getattr(args, name) != getattr(EngineSpec, name):
+                raise UserError(f"--{name.replace('_', '-')} applies to the local engine; with --server the server "
+                                "decides it")
+
+
+# EngineSpec fields the local engine reads and a server ignores.
+LOCAL_ENGINE_OPTIONS = ("device", "dtype", "max_slots")
 
 
 def engine_spec(args: argparse.Namespace) -> EngineSpec:

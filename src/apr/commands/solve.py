@@ -13,7 +13,7 @@ from apr.commands.options import (
     add_engine_options,
     add_quiet,
     add_runtime_options,
-    check_server_has_model,
+    check_engine_options,
     engine_spec,
     non_negative_int,
     positive_int,
@@ -30,7 +30,7 @@ from apr.runtime import Runtime
 def cmd_run(args) -> int:
     # Everything is checked before a model loads: the options, the problem file, the output file.
     check_output_file(args.out, {"problems": args.problems})
-    check_server_has_model(args)
+    check_engine_options(args)
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)
     cfg = runtime_config(args).resolve(model_info(spec))
@@ -49,7 +49,7 @@ def cmd_solve(args) -> int:
     from apr.commands.trees import record_tree
 
     problem = problem_from_record({"nums": args.nums, "target": args.target}, "command line")
-    check_server_has_model(args)
+    check_engine_options(args)
     spec = engine_spec(args)
     cfg = runtime_config(args).resolve(model_info(spec))
     with make_engine(spec) as engine:
