@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from apr.engine.base import Request  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
-from apr.engine.model_runner import resolve_device, resolve_dtype  # noqa: E402
+from apr.device import resolve_device  # noqa: E402
+from apr.engine.model_runner import resolve_dtype  # noqa: E402
 
 PRESETS = {  # random Llama shapes; "paper" is the published APR model (228M non-embedding)
     "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),

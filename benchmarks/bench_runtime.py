@@ -52,7 +52,7 @@ def main() -> None:
     from apr.countdown import read_problems
     from apr.datasets import packaged_validation_set
     from apr.engine import EngineSpec, Request, SamplingParams, make_engine
-    from apr.engine.model_runner import resolve_device
+    from apr.device import resolve_device
     from apr.model_folder import load_model_info
     from apr.protocol import Thread
     from apr.runtime import Runtime, RuntimeConfig

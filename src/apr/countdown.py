@@ -12,7 +12,10 @@ problem, a JSON record and whole files.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import math
 import random
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -63,6 +66,46 @@ class TaskConfig:
             "num_range": [self.num_min, self.num_max],
             "target_range": [self.target_min, self.target_max],
         }
+
+    @classmethod
+    def from_dict(cls, d: object, path: str | None = None, line: int | None = None) -> "TaskConfig":
+        """The task an `as_dict` record describes (apr.json `task`, a demonstration's `task`),
+        checked: an object whose keys, where present, hold an integer count and [low, high]
+        integer ranges (missing keys: the published task's). A UserError names `path`."""
+        if not isinstance(d, dict):
+            raise UserError(f"`task` must be an object like {TaskConfig().as_dict()}, got {d!r}"[:200], path, line)
+        default = cls()
+        count = d.get("num_count", default.num_count)
+        ranges = []
+        for key, fallback in (("num_range", (default.num_min, default.num_max)),
+                              ("target_range", (default.target_min, default.target_max))):
+            r = d.get(key, list(fallback))
+            if not (isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r)):
+                raise UserError(f"`task.{key}` must be [low, high] integers, got {r!r}"[:200], path, line)
+            ranges.append(r)
+        if not _is_int(count):
+            raise UserError(f"`task.num_count` must be an integer, got {count!r}"[:200], path, line)
+        task = cls(count, *ranges[0], *ranges[1])
+        try:
+            task.validate()
+        except UserError as e:
+            raise UserError(f"`task`: {e.message}", path, line) from None
+        return task
+
+    def outside(self, nums: list[int], target: int) -> str | None:
+        """What puts a problem outside this task (None: nothing)."""
+        if len(nums) != self.num_count:
+            return f"{len(nums)} numbers; the task has {self.num_count}"
+        bad = [x for x in nums if not self.num_min <= x <= self.num_max]
+        if bad:
+            return f"number {bad[0]} outside the task's {self.num_min}..{self.num_max}"
+        if not self.target_min <= target <= self.target_max:
+            return f"target {target} outside the task's {self.target_min}..{self.target_max}"
+        return None
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 ProblemKey = tuple[tuple[int, ...], int]
@@ -135,6 +178,47 @@ def solve(nums: list[int], target: int, first: bool = True) -> list[list[str]]:
 # redraws; these bounds only end settings that would otherwise loop forever.
 REDRAWS_PER_TARGET = 10_000
 TARGETS_PER_PROBLEM = 20
+
+
+# Counting a task's problems exactly walks every multiset of numbers through every order of
+# operations; above this many leaves of that walk, a combinatorial upper bound stands in.
+EXACT_COUNT_WORK = 3_000_000
+
+
+def count_problems_possible(task: TaskConfig) -> int:
+    """How many distinct problems (sorted numbers, target) this task setting can produce,
+    exactly when the task is small enough to count (EXACT_COUNT_WORK), else an upper bound:
+    the multisets of numbers times the targets in range. `apr data problems` refuses a
+    count above it before drawing anything."""
+    task.validate()
+    k, span = task.num_count, task.num_max - task.num_min + 1
+    multisets = math.comb(span + k - 1, k)
+    targets = min(task.target_max, task.largest_reachable()) - task.target_min + 1
+    leaves = math.prod(4 * math.comb(j, 2) for j in range(2, k + 1))  # operation orders of k numbers
+    if multisets * leaves > EXACT_COUNT_WORK:
+        return multisets * targets
+    values = range(task.num_min, task.num_max + 1)
+    return sum(sum(1 for v in _finals(nums) if task.target_min <= v <= task.target_max)
+               for nums in itertools.combinations_with_replacement(values, k))
+
+
+@functools.lru_cache(maxsize=100_000)
+def _finals(nums: tuple[int, ...]) -> frozenset[int]:
+    """Every value the operations can end with, using all of `nums` (sorted)."""
+    if len(nums) == 1:
+        return frozenset(nums)
+    out: set[int] = set()
+    for _, rest in expand(list(nums)):
+        out |= _finals(tuple(sorted(rest)))
+    return frozenset(out)
+
+
+def problem_record_bytes(task: TaskConfig) -> int:
+    """About the bytes one problem line of this task takes in a problem file (its largest
+    numbers, a solution of as many products of them), for sizing an output before writing."""
+    m = task.num_max
+    big = Problem([m] * task.num_count, task.target_max, [f"{m}*{m}={m * m}"] * (task.num_count - 1))
+    return len(json.dumps(big.to_dict())) + 1
 
 
 def _draw(task: TaskConfig, seed: int, index: int) -> Problem:

@@ -9,6 +9,7 @@ output identical for any worker count (`apr data traces` writes them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 from apr.checker import check
-from apr.countdown import Problem, TaskConfig, generate, iter_problems
+from apr.countdown import Problem, TaskConfig, count_problems_possible, generate, iter_problems, problem_record_bytes
+from apr.device import check_memory
 from apr.errors import UserError
-from apr.io import atomic_write
+from apr.io import atomic_write, check_free_disk
 from apr.model_folder import DEFAULT_TASK
 from apr.rng import derive_seed
 from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
@@ -96,21 +98,50 @@ def demonstrations(problems: Iterator[Problem], seed: int, cfg, workers: int = 1
         yield from pool.imap(_demo_job, jobs, chunksize=64)
 
 
+# Bytes a drawn problem's key takes while duplicates are dropped (a tuple of ints in a set).
+KEY_BYTES = 200
+
+
+def check_problem_request(task: TaskConfig, n: int, exclude: set, out: Path, field: str = "n") -> None:
+    """Refuse, before drawing, a count this task setting cannot produce (its distinct problems
+    less the excluded ones, `count_problems_possible`), or one whose keys would not fit in
+    memory or whose file would not fit on the disk."""
+    possible = count_problems_possible(task)
+    inside = sum(1 for nums, target in exclude if task.outside(list(nums), target) is None)
+    if n > possible - inside:
+        task_text = (f"{task.num_count} numbers in {task.num_min}..{task.num_max}, targets in "
+                     f"{task.target_min}..{task.target_max}")
+        excluded = f", {inside:,} of them excluded" if inside else ""
+        raise UserError(f"`{field}`: {n:,} distinct problems asked; this task setting ({task_text}) has at most "
+                        f"{possible:,}{excluded}", fields=(field,))
+    check_memory((n + len(exclude)) * KEY_BYTES, f"drawing {n:,} distinct problems (the keys kept to drop duplicates)",
+                 fields=(field,))
+    check_free_disk(out, n * problem_record_bytes(task), f"a file of {n:,} problems")
+
+
 def write_problems(splits: list[tuple[Path, int]], seed: int, task: TaskConfig, exclude: set,
-                   workers: int = 1, progress: bool = False) -> None:
+                   workers: int = 1, progress: bool = False, field: str = "n") -> None:
     """Draw sum(n) solvable problems from one seeded stream into the files of `splits`
-    ((path, n) in order), none of them in `exclude` (problem keys) or in two files. A
+    ((path, n) in order), none of them in `exclude` (problem keys) or in two files. The
+    request is checked first (`check_problem_request`; `field` names the count in errors),
+    and the files appear together at the end: a failure leaves none of them written. A
     progress bar when `progress` and stderr is a terminal."""
     from tqdm import tqdm
 
     total = sum(n for _, n in splits)
+    check_problem_request(task, total, exclude, splits[0][0], field)
     stream = generate(total, seed, task, exclude, workers=workers)
-    with tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=None if progress else True) as bar:
+    with tqdm(total=total, desc="problems", unit="prob", file=sys.stderr, disable=None if progress else True) as bar, \
+            contextlib.ExitStack() as files:
         for path, n in splits:
-            with atomic_write(path) as f:
-                for _ in range(n):
-                    f.write(json.dumps(next(stream).to_dict()) + "\n")
-                    bar.update()
+            f = files.enter_context(atomic_write(path))
+            for _ in range(n):
+                f.write(json.dumps(next(stream).to_dict()) + "\n")
+                bar.update()
+
+
+# The fewest bytes a demonstration line takes (a Countdown-3 SoS+ trace and its fields).
+TRACE_BYTES = 1000
 
 
 def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: int, workers: int = 1,
@@ -120,7 +151,8 @@ def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: in
     bar when `progress` and stderr is a terminal."""
     from tqdm import tqdm
 
-    count = sum(1 for _ in iter_problems(problems))
+    count = sum(1 for _ in iter_problems(problems))  # every line checked; an empty file refused
+    check_free_disk(out, count * TRACE_BYTES, f"{count:,} demonstrations")
     solved = 0
     with atomic_write(out) as f:
         lines = demonstrations((p for _, p in iter_problems(problems)), seed, cfg, workers)

@@ -33,7 +33,7 @@ from apr.countdown import Problem
 from apr.datasets import default_problems, load_problems, packaged_validation_set
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
-from apr.model_folder import model_info
+from apr.model_folder import check_window, model_info
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runfolder import RunFolder, append_records
@@ -240,6 +240,8 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
     if method.startswith("solver-"):
         unused = [n for n in spec.runtime.changed() if n not in SOLVER_SETTINGS[method]]
         unused += [n for n, v in (("model", spec.engine.model), ("server", spec.engine.server)) if v]
+        given, defaults = dataclasses.asdict(spec.engine), dataclasses.asdict(EngineSpec())
+        unused += [n for n in ("served_model", "device", "dtype", "max_slots") if given[n] != defaults[n]]
         if unused:
             raise UserError(f"`{unused[0]}` does not apply to {method}: a symbolic solver runs, no model",
                             fields=(unused[0],))
@@ -282,11 +284,14 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
             "max_children": cfg.max_children, "max_depth": cfg.max_depth, "max_total_tokens": cfg.max_total_tokens,
             "join_rule": cfg.join_rule if runtime_method == "apr" else None, "problems_file": str(path), "problems_sha": file_sha(path),
             **exact.identity(cfg.arithmetic)}
-    folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
-    if engine is None:
-        from apr.engine.model_runner import resolve_device
+    if engine is None:  # the device and the window checked before run.json is written
+        from apr.device import resolve_device
 
         meta["device"] = "server" if spec.engine.server else str(resolve_device(spec.engine.device))
+        if spec.engine.model and not spec.engine.server:
+            check_window(spec.engine.model, cfg.context)
+    folder.open(meta, IDENTITY, OLD_META_KEYS)  # refuse a foreign folder before loading a model
+    if engine is None:
         with make_engine(spec.engine.for_window(cfg.context)) as eng:
             records = run_model(eng, cfg, problems, folder, meta, spec.progress)
     else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -113,10 +115,28 @@ def count_params(model, non_embedding: bool = True) -> int:
 
 
 def save_model(model, tokenizer, info: ModelInfo, out_dir: str | Path, max_shard_size: str = "5GB") -> Path:
-    """Write a standard HF folder plus apr.json; returns the folder."""
+    """Write a standard HF folder plus apr.json; returns the folder. A new folder appears
+    whole or not at all (written beside it under a temporary name, then renamed), so a crash
+    mid-save never leaves a half model that looks finished; an existing one is written into."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        return _write_model(model, tokenizer, info, out_dir, max_shard_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the folder gets the mode mkdir would give
+    try:
+        _write_model(model, tokenizer, info, tmp, max_shard_size)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_model(model, tokenizer, info: ModelInfo, out_dir: Path, max_shard_size: str) -> Path:
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     model.generation_config = GenerationConfig(
@@ -192,6 +212,7 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"unreadable apr.json: {e}", str(path)) from None
     if info.method not in ("apr", "sos"):
         raise UserError(f"apr.json: unknown method {info.method!r} (apr or sos)", str(path))
+    TaskConfig.from_dict(info.task, str(path))  # an object of well-formed ranges: callers read it
     if not isinstance(info.context, int) or isinstance(info.context, bool) or info.context < 1:
         raise UserError(f"apr.json: context must be a positive integer, got {info.context!r}", str(path))
     if info.eval_context is not None and (not isinstance(info.eval_context, int) or isinstance(info.eval_context, bool)
@@ -214,6 +235,15 @@ def model_info(model_dir: str | Path | None) -> ModelInfo:
             raise UserError("model folder not found", str(model_dir))
         return load_model_info(model_dir)
     return ModelInfo()
+
+
+def check_window(model_dir: str | Path, context: int) -> None:
+    """Refuse a window past a local model's positions (config.json `max_position_embeddings`):
+    the model has no positions there."""
+    limit = position_limit(model_dir)
+    if limit and context > limit:
+        raise UserError(f"`context` {context} is more than the model's {limit} positions (max_position_embeddings)",
+                        str(Path(model_dir) / "config.json"), fields=("context",))
 
 
 def position_limit(model_dir: str | Path) -> int | None:

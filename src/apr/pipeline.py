@@ -26,8 +26,9 @@ from apr.countdown import TaskConfig, problem_keys
 from apr.datasets import packaged_validation_set, write_problems, write_traces
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
+from apr.device import resolve_device
 from apr.eval import EvalSpec, evaluate
-from apr.io import atomic_write
+from apr.io import atomic_write, check_output_dir
 from apr.report import write_report
 from apr.runtime_config import RuntimeConfig
 from apr.search import AprConfig, SosConfig
@@ -84,15 +85,57 @@ def val_file(out: Path, p: Preset) -> Path:
 
 # ---------------------------------------------------------------------------- stages
 
+def _read_done(path: Path, yaml_file: bool = False) -> dict:
+    """A finished stage's record (data/done.json, train/*/config.yaml), or a one-line error."""
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text()) if yaml_file else json.loads(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"unreadable ({type(e).__name__}); delete the stage's folder or use another `out`", str(path),
+                        fields=("out",)) from None
+    if not isinstance(d, dict) or (not yaml_file and not isinstance(d.get("preset"), dict)):
+        raise UserError("not what a finished stage writes; delete the stage's folder or use another `out`", str(path),
+                        fields=("out",))
+    return d
+
+
+def _trained_with(out: Path, method: str) -> dict:
+    return _read_done(out / "train" / method / "config.yaml", yaml_file=True)
+
+
+def check_done(out: Path, p: Preset) -> None:
+    """The stages already finished under `out` were made with these settings, or a one-line
+    error; checked before a run writes anything, so a mismatch leaves the folder untouched."""
+    done = out / "data" / "done.json"
+    if done.exists():
+        old = _read_done(done)["preset"]
+        now = dataclasses.asdict(p)
+        for key in ("num_count", "train_problems", "val_problems"):
+            if old.get(key) != now[key]:
+                raise UserError(f"data/ was made with {key} {old.get(key)}, not {now[key]}; "
+                                "delete it or use another `out`", str(out), fields=("out",))
+    steps = p.steps
+    for method in ("apr", "sos"):  # APR first: with train_seconds it fixes the step count
+        if not (out / "train" / method / "final" / "config.json").exists():
+            continue
+        trained = _trained_with(out, method)
+        for key, want in (("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
+            if trained.get(key) != want:
+                raise UserError(f"train/{method} was trained with {key} {trained.get(key)}, not {want}; "
+                                "delete it or use another `out`", str(out), fields=("out",))
+        budget = p.train_seconds if method == "apr" else 0.0
+        if trained.get("max_steps") != steps and not budget:
+            raise UserError(f"train/{method} was trained for {trained.get('max_steps')} steps, not {steps}; "
+                            "delete it or use another `out`", str(out), fields=("out",))
+        if method == "apr":
+            steps = trained.get("max_steps")
+
+
 def stage_data(out: Path, p: Preset, seed: int, progress: bool = False) -> None:
     d = out / "data"
     if (d / "done.json").exists():
-        old = json.loads((d / "done.json").read_text())
-        now = {"preset": dataclasses.asdict(p), "seed": seed}
-        for key in ("num_count", "train_problems", "val_problems"):
-            if old["preset"].get(key) != now["preset"][key]:
-                raise UserError(f"data/ was made with {key} {old['preset'].get(key)}, not {now['preset'][key]}; "
-                                "delete it or use another `out`", str(out), fields=("out",))
+        check_done(out, p)
         log.info(f"data: exists ({d})")
         return
     task = TaskConfig(num_count=p.num_count)
@@ -116,8 +159,6 @@ def stage_data(out: Path, p: Preset, seed: int, progress: bool = False) -> None:
 
 
 def stage_train(out: Path, p: Preset, seed: int, device: str, progress: bool = True) -> dict[str, Path]:
-    import yaml
-
     from apr.train.config import load_config
     from apr.train.sft import train_sft
 
@@ -127,14 +168,7 @@ def stage_train(out: Path, p: Preset, seed: int, device: str, progress: bool = T
         final = run / "final"
         budget = p.train_seconds if method == "apr" else 0.0
         if (final / "config.json").exists():
-            done = yaml.safe_load((run / "config.yaml").read_text())
-            for key, want in (("batch_size", p.batch_size), ("context", p.context), ("model", p.model)):
-                if done.get(key) != want:
-                    raise UserError(f"train/{method} was trained with {key} {done.get(key)}, not {want}; "
-                                    "delete it or use another `out`", str(out), fields=("out",))
-            if done.get("max_steps") != steps and not budget:
-                raise UserError(f"train/{method} was trained for {done.get('max_steps')} steps, not {steps}; "
-                                "delete it or use another `out`", str(out), fields=("out",))
+            check_done(out, p)
         else:
             sets = [f"data={out / 'data' / (method + '.jsonl')}", f"model={p.model}", f"out_dir={run}",
                     f"max_steps={steps}", f"batch_size={p.batch_size}", f"context={p.context}", f"seed={seed}",
@@ -152,7 +186,7 @@ def stage_train(out: Path, p: Preset, seed: int, device: str, progress: bool = T
             with atomic_write(run / "time.json") as f:
                 json.dump({"train_seconds": time.perf_counter() - t0, "resumed": resume}, f)
         if method == "apr":
-            steps = yaml.safe_load((run / "config.yaml").read_text())["max_steps"]  # as resolved by the budget
+            steps = _trained_with(out, method)["max_steps"]  # as resolved by the budget
         if p.val_problems:
             shutil.copyfile(val_file(out, p), final / "val_problems.jsonl")
         finals[method] = final
@@ -227,6 +261,14 @@ def run_pipeline(preset: str, p: Preset, out: Path, stages: list[str], seed: int
         raise UserError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
     if "export" in stages and export is None:
         raise UserError("the export stage needs `export` (a folder, e.g. models/default)", fields=("export",))
+    # Everything checked before the first write: the folders, the device, finished stages.
+    check_output_dir(out)
+    if export is not None:
+        for folder in (export, export.with_name(export.name + "-sos")):
+            check_output_dir(folder, {"out": out}, field="export")
+    if {"train", "eval", "export"} & set(stages):
+        resolve_device(device)
+    check_done(out, p)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "pipeline.json") as f:
         json.dump({"preset": preset, "settings": dataclasses.asdict(p), "stages": stages, "command": command}, f, indent=2)

@@ -10,14 +10,15 @@ is labelled so in its row and legend (apr.arithmetic_labels).
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import yaml
 
 from apr import arithmetic_labels as exact
 from apr.errors import UserError
-from apr.io import atomic_write
+from apr.io import atomic_write, parse_json
+from apr.model_folder import load_model_info
 from apr.report import shown
 from apr.runfolder import RunFolder
 from apr.stats import paired_bootstrap, wilson
@@ -31,22 +32,60 @@ def load_rl_run(d: Path) -> dict:
     if not path.is_file():
         raise UserError("no metrics.jsonl; not an `apr train rl` folder", str(d))
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"bad JSON: {e.msg}", str(path), n) from None
-    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
-    info_path = Path(cfg.get("init", "")) / "apr.json"
-    method = cfg.get("method") or (json.loads(info_path.read_text()).get("method") if info_path.is_file() else "?")
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, str(path), n)
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UserError("not a metrics line (an object with an integer `step`)", str(path), n)
+        bad = [k for k in METRIC_KEYS if k in row and not _number(row[k])]
+        if bad:
+            raise UserError(f"`{bad[0]}` is not a number", str(path), n)
+        rows.append(row)
+    cfg = _read_config(d / "config.yaml")
+    method = _method(cfg)
     steps = [r for r in rows if "reward" in r]
     val = {r["step"]: r["val_accuracy"] for r in rows if "val_accuracy" in r}  # the last line of a step wins
     if not steps or not val:
         raise UserError("no training steps or no validation accuracy yet", str(d))
+    n_val = cfg.get("val_limit", 200)
+    if not _number(n_val) or n_val < 1:
+        raise UserError(f"`val_limit` must be a positive integer, got {n_val!r}", str(d / "config.yaml"))
     rollout = cfg.get("rollout") if isinstance(cfg.get("rollout"), dict) else {}
     name = exact.labelled(str(method), rollout.get("arithmetic"))  # e.g. `apr, exact arithmetic`
-    return {"dir": str(d), "method": method, "name": name, "steps": steps, "val": sorted(val.items()), "n_val": int(cfg.get("val_limit", 200)),
+    return {"dir": str(d), "method": method, "name": name, "steps": steps, "val": sorted(val.items()), "n_val": int(n_val),
             "config": cfg}
+
+
+# Numbers the report reads from metrics lines.
+METRIC_KEYS = ("reward", "val_accuracy", "children", "total_tokens", "kl", "zero_adv_groups")
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _read_config(path: Path) -> dict:
+    """The run's config.yaml ({} when there is none), or a one-line error."""
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"unreadable config.yaml: {str(e).splitlines()[0]}", str(path)) from None
+    if not isinstance(cfg, (dict, type(None))):
+        raise UserError("config.yaml is not a mapping of keys to values", str(path))
+    return cfg or {}
+
+
+def _method(cfg: dict) -> str:
+    """The method the run trained: its config's, else its initial model's apr.json; `?` when unknown."""
+    if cfg.get("method"):
+        return str(cfg["method"])
+    try:
+        return str(load_model_info(str(cfg.get("init", ""))).method) if cfg.get("init") else "?"
+    except UserError:
+        return "?"
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -101,9 +140,9 @@ def plot(runs: list[dict], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "rl_curve.png"
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -138,6 +177,7 @@ def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:
 
 def write_rl_report(dirs: list[str], out: Path, pairs: list[tuple[str, str]] = ()) -> Path:
     runs = [load_rl_run(Path(d)) for d in dirs]
+    paired = paired_lines(list(pairs)) if pairs else []  # every input read before the first file is written
     png = plot(runs, out)
     lines = ["# GRPO runs", "", f"![reward and validation accuracy]({png.name})", "", *table(runs), "",
              "Accuracy: greedy, on the run's first `val_limit` validation problems, Wilson 95% intervals. Children and "

@@ -219,7 +219,7 @@ BAD = [
     ("run --problems {tmp}/p.jsonl --out {tmp}/p.jsonl --model {model}", "names the --problems file"),
     ("run --problems {tmp}/p.jsonl --out {tmp}/notes.txt --model {model}", "not an `apr run` records file"),
     ("run --problems {tmp}/p.jsonl --out {tmp}/v.jsonl --model {model}", "not an `apr run` records file"),
-    ("run --problems {tmp}/p.jsonl --out {tmp} --model {model}", "is a directory"),
+    ("run --problems {tmp}/p.jsonl --out {tmp} --model {model}", "--out is a folder"),
     # apr serve
     ("serve", "required: --model"),
     ("serve --model {model} --port 70000", "--port"),

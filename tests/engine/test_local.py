@@ -307,7 +307,7 @@ def test_reload_weights_is_one_checked_path(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("device, piece", [("tpu", "unknown device 'tpu'"), ("meta", "unknown device 'meta'"),
                                            ("cuda:99", "cuda:99")])
 def test_a_device_the_machine_lacks_is_a_one_line_error(device, piece):
-    from apr.engine.model_runner import resolve_device
+    from apr.device import resolve_device
 
     with pytest.raises(UserError, match=piece) as e:
         resolve_device(device)

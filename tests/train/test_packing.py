@@ -114,6 +114,9 @@ def test_bad_dataset_line_names_file_and_line(tmp_path):
     with pytest.raises(UserError, match=r"demo.jsonl:3: invalid JSON"):
         packing.read_demonstrations(bad)
     bad.write_text(good + "\n" + json.dumps({"nums": [1], "target": 1, "trace_dict": {"main_calls": []}}) + "\n")
+    with pytest.raises(UserError, match=r"demo.jsonl:2: `nums` must hold 2..6 numbers"):
+        packing.read_demonstrations(bad)
+    bad.write_text(good + "\n" + json.dumps({"nums": [1, 2], "target": 3, "trace_dict": {"main_calls": []}}) + "\n")
     with pytest.raises(UserError, match=r"demo.jsonl:2: bad trace"):
         packing.demonstrations(list(packing.read_demonstrations(bad)), None, budget_prefix=False)
 

@@ -46,8 +46,10 @@ def test_arithmetic_facts_are_true_large_results_in_trace_syntax(sos_records):
 def test_config_checks_recipe_fields():
     from apr.errors import UserError
 
-    cfg = load_config(None, ["data=x.jsonl", "time_budget_clock=cpu", "arithmetic_facts=0.5"])
+    cfg = load_config(None, ["data=x.jsonl", "time_budget_s=60", "time_budget_clock=cpu", "arithmetic_facts=0.5"])
     assert (cfg.time_budget_clock, cfg.arithmetic_facts) == ("cpu", 0.5)
+    with pytest.raises(UserError, match="`time_budget_clock` applies to a time budget"):  # used or refused
+        load_config(None, ["data=x.jsonl", "time_budget_clock=cpu"])
     with pytest.raises(UserError, match="time_budget_clock"):
         load_config(None, ["data=x.jsonl", "time_budget_clock=gpu"])
     with pytest.raises(UserError, match="arithmetic_facts"):

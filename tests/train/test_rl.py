@@ -294,7 +294,7 @@ def test_a_server_that_cannot_reload_weights_fails_before_training(files, tmp_pa
 
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         with pytest.raises(UserError, match="cannot reload weights"):
-            RLTrainer(config(files, tmp_path / "o", "engine=server", f"server={url}"))
+            RLTrainer(config(files, tmp_path / "o", "engine=server", f"server={url}", "max_slots=64"))  # a local-engine setting back at its default
         assert not (tmp_path / "o" / "metrics.jsonl").exists()
     finally:
         srv.shutdown()

@@ -17,13 +17,12 @@ from apr.commands.options import (
     non_negative_int,
     positive_int,
     probability,
-    refuse_output_over_input,
     splits,
 )
 from apr.countdown import TaskConfig, problem_keys
 from apr.datasets import write_problems, write_traces
 from apr.errors import UserError
-from apr.io import atomic_write, read_records
+from apr.io import atomic_write, check_output_dir, check_output_file, read_records
 from apr.search import AprConfig, SosConfig
 
 
@@ -35,12 +34,11 @@ def _task_from_args(args) -> TaskConfig:
 
 def cmd_problems(args) -> int:
     task = _task_from_args(args)
+    inputs = {"exclude": args.exclude or []}
     if args.splits:
         if args.n is not None:
             raise UserError("give --n or --splits, not both")
-        out_dir = Path(args.out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError("with --splits, --out must be a directory", str(out_dir))
+        check_output_dir(args.out, inputs)
         parts = args.splits
     else:
         if args.n is None:
@@ -48,38 +46,34 @@ def cmd_problems(args) -> int:
         parts = [(None, args.n)]
     paths = [(Path(args.out) / f"{name}.jsonl" if name else Path(args.out), n) for name, n in parts]
     for path, _ in paths:
-        refuse_output_over_input(path, [("--exclude", x) for x in args.exclude or []])
+        check_output_file(path, inputs)
     exclude = problem_keys(args.exclude or [])
-    write_problems(paths, args.seed, task, exclude, args.workers, progress=not args.quiet)
+    write_problems(paths, args.seed, task, exclude, args.workers, progress=not args.quiet,
+                   field="splits" if args.splits else "n")
     for path, n in paths:
         print(f"wrote {n} problems to {path}", file=sys.stderr)
     return 0
+
+
+# Options of one solver: given with the other solver they are refused, never ignored.
+SOLVER_OPTIONS = {"apr": ("child_beam_max", "spawn_prob", "max_depth", "budget_prefix"), "sos": ("sub_search_prob",)}
 
 
 def _solver_config(args) -> AprConfig | SosConfig:
     lo, hi = args.beam_min or 1, args.beam_max or (10 if args.solver == "apr" else 5)
     if lo > hi:
         raise UserError(f"--beam-min must be <= --beam-max, got {lo}..{hi}")
-    if args.solver == "apr":
-        return AprConfig(
-            beam_min=args.beam_min or 1,
-            beam_max=args.beam_max or 10,
-            child_beam_max=args.child_beam_max,
-            spawn_prob=args.spawn_prob,
-            max_depth=args.max_depth,
-            heuristic=args.heuristic,
-            budget_prefix=args.budget_prefix,
-        )
-    return SosConfig(
-        beam_min=args.beam_min or 1,
-        beam_max=args.beam_max or 5,
-        sub_search_prob=args.sub_search_prob,
-        heuristic=args.heuristic,
-    )
+    other = "sos" if args.solver == "apr" else "apr"
+    for name in SOLVER_OPTIONS[other]:
+        if getattr(args, name) not in (None, False):
+            raise UserError(f"--{name.replace('_', '-')} applies to the {other} solver only; this is --solver {args.solver}")
+    given = {name: getattr(args, name) for name in SOLVER_OPTIONS[args.solver] if getattr(args, name) is not None}
+    cls = AprConfig if args.solver == "apr" else SosConfig
+    return cls(beam_min=lo, beam_max=hi, heuristic=args.heuristic, **given)
 
 
 def cmd_traces(args) -> int:
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_output_file(args.out, {"problems": args.problems})
     count, solved = write_traces(Path(args.problems), Path(args.out), _solver_config(args), args.seed, args.workers,
                                  progress=not args.quiet)
     print(f"wrote {count} {args.solver} demonstrations to {args.out} ({solved} solved)", file=sys.stderr)
@@ -88,7 +82,7 @@ def cmd_traces(args) -> int:
 
 def cmd_verify(args) -> int:
     if args.out:
-        refuse_output_over_input(args.out, [("--input", args.input)])
+        check_output_file(args.out, {"input": args.input})
 
     def results() -> Iterator[str]:
         for line, rec in read_records(args.input):
@@ -143,13 +137,15 @@ def register(sub) -> None:
     t.add_argument("--workers", type=positive_int, default=1, help="processes running the solver")
     t.add_argument("--beam-min", type=positive_int, help="smallest beam width (default 1)")
     t.add_argument("--beam-max", type=positive_int, help="largest beam width (default 10 for apr, 5 for sos)")
-    t.add_argument("--child-beam-max", type=positive_int, default=15,
-                   help="apr: a child's beam width is uniform in parent beam..this")
-    t.add_argument("--spawn-prob", type=probability, default=0.9, help="apr: chance to spawn when >1 node was kept, 0..1")
-    t.add_argument("--max-depth", type=non_negative_int, default=1,
-                   help="apr: levels of spawning (children spawn again when > 1)")
-    t.add_argument("--sub-search-prob", type=probability, default=0.5,
-                   help="sos: chance to double down per expansion, 0..1")
+    # The solver's own options default to None (its config's defaults): one given to the other solver is refused.
+    t.add_argument("--child-beam-max", type=positive_int,
+                   help=f"apr: a child's beam width is uniform in parent beam..this (default {AprConfig.child_beam_max})")
+    t.add_argument("--spawn-prob", type=probability,
+                   help=f"apr: chance to spawn when >1 node was kept, 0..1 (default {AprConfig.spawn_prob})")
+    t.add_argument("--max-depth", type=non_negative_int,
+                   help=f"apr: levels of spawning (children spawn again when > 1; default {AprConfig.max_depth})")
+    t.add_argument("--sub-search-prob", type=probability,
+                   help=f"sos: chance to double down per expansion, 0..1 (default {SosConfig.sub_search_prob})")
     t.add_argument("--heuristic", choices=["mult", "sum"], default="mult", help="node ordering heuristic")
     t.add_argument("--budget-prefix", action="store_true",
                    help="apr: prefix each root prompt with its child count, `Sub Call Budget: N `")

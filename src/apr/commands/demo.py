@@ -79,11 +79,22 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
     return 0
 
 
+# Options of one demo, with their defaults: given to the other demo they are refused.
+MODEL_DEMO_OPTIONS, SOLVER_DEMO_OPTIONS = {"pool": 16, "child_budget": None}, {"seed": 0}
+
+
 def cmd_demo(args) -> int:
+    if args.model and args.solver:
+        raise UserError("give --model (the model demo) or --solver (the solver demo), not both")
     if args.model and not (Path(args.model) / "config.json").is_file():
         raise UserError("not a model folder (no config.json)", args.model)
     console = Console()
     model = Path(args.model) if args.model else (None if args.solver else find_default_model())
+    unused = SOLVER_DEMO_OPTIONS if model is not None else MODEL_DEMO_OPTIONS
+    for name, default in unused.items():
+        if getattr(args, name) != default:
+            demo = f"the model demo ({model})" if model is not None else "the solver demo (no model)"
+            raise UserError(f"--{name.replace('_', '-')} does not apply to {demo}")
     if model is not None:
         return model_demo(model, args.n, console, args.pool, args.child_budget, args.arithmetic)
     if args.arithmetic == EXACT:
@@ -97,9 +108,11 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="start here: solve a few problems, show their threads",
                        description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=positive_int, default=3, help="thread trees to show")
-    p.add_argument("--pool", type=positive_int, default=16, help="validation problems to solve (model demo)")
+    p.add_argument("--pool", type=positive_int, default=MODEL_DEMO_OPTIONS["pool"],
+                   help="validation problems to solve (model demo)")
     add_config_options(p, RuntimeConfig, names=("child_budget", "arithmetic"))
-    p.add_argument("--seed", type=non_negative_int, default=0, help="solver demo: seed of the problems drawn")
+    p.add_argument("--seed", type=non_negative_int, default=SOLVER_DEMO_OPTIONS["seed"],
+                   help="solver demo: seed of the problems drawn")
     p.add_argument("--model", metavar="DIR", help="model folder (default: models/default when it exists)")
     p.add_argument("--solver", action="store_true", help="show the symbolic solver even when a model exists")
     p.set_defaults(func=cmd_demo)

@@ -12,13 +12,13 @@ from apr.commands.options import (
     add_engine_options,
     add_quiet,
     add_runtime_options,
-    check_server_has_model,
+    check_engine_options,
     engine_spec,
     positive_int,
-    refuse_output_over_input,
     runtime_config,
 )
 from apr.eval import EvalSpec, evaluate
+from apr.io import check_output_dir
 
 
 def method(text: str) -> str:
@@ -35,9 +35,9 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
 
 
 def cmd_eval(args) -> int:
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
+    check_output_dir(args.out, {"problems": args.problems})
     if not args.method.startswith("solver-"):
-        check_server_has_model(args)
+        check_engine_options(args)
     s = evaluate(eval_spec(args))
     print(apr.eval.describe(s, args.out), file=sys.stderr)
     return 0

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import re
 import sys
 import typing
-from pathlib import Path
 from typing import Callable, Iterable
 
+from apr.device import DEVICE_NAMES, is_device_name
 from apr.engine.spec import EngineSpec
 from apr.errors import UserError
 from apr.runtime_config import CONTEXT_MAX, CONTEXT_MIN, RuntimeConfig
@@ -25,7 +24,6 @@ from apr.runtime_config import CONTEXT_MAX, CONTEXT_MIN, RuntimeConfig
 # ---------------------------------------------------------------------------- help
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -121,8 +119,8 @@ def dtype(text: str) -> str:
 
 
 def device(text: str) -> str:
-    if text not in DEVICES and not re.fullmatch(r"cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if not is_device_name(text):
+        raise argparse.ArgumentTypeError(f"must be {DEVICE_NAMES}, got {text!r}")
     return text
 
 
@@ -184,25 +182,6 @@ def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None
     p.add_argument(old, dest=target.dest, action=_DeprecatedAlias, target=target)
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def refuse_output_over_input(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
-                             out_option: str = "--out") -> None:
-    """One-line error when an output path is one of the command's input files."""
-    for option, path in inputs:
-        if path is not None and same_file(out, path):
-            raise UserError(f"{out_option} names the {option} file; it would be overwritten: choose another file",
-                            str(out))
-
-
 def add_quiet(p: argparse.ArgumentParser, what: str = "progress bars and status lines") -> None:
     p.add_argument("--quiet", action="store_true",
                    help=f"no {what} (bars are off anyway when stderr is not a terminal)")
@@ -226,14 +205,27 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model", metavar="NAME",
                    help="with --server: the model name to ask for (default: the first it lists)")
     add_device_options(p)
-    p.add_argument("--max-slots", type=positive_int, default=64, metavar="N",
+    p.add_argument("--max-slots", type=positive_int, default=EngineSpec.max_slots, metavar="N",
                    help="local engine: sequences decoded together")
 
 
-def check_server_has_model(args: argparse.Namespace) -> None:
-    """The runtime counts tokens with the model folder's tokenizer, also for a server."""
+def check_engine_options(args: argparse.Namespace) -> None:
+    """The engine options given apply to the engine that runs: the runtime counts tokens with
+    the model folder's tokenizer, also for a server; --served-model names a server's model;
+    the local engine's options (device, dtype, slots) do nothing for a server and are refused."""
     if args.server and not args.model:
         raise UserError("--server needs --model DIR too: the model folder whose tokenizer the server's model uses")
+    if args.served_model and not args.server:
+        raise UserError("--served-model names a server's model; it needs --server")
+    if args.server:
+        for name in LOCAL_ENGINE_OPTIONS:
+            if getattr(args, name) != getattr(EngineSpec, name):
+                raise UserError(f"--{name.replace('_', '-')} applies to the local engine; with --server the server "
+                                "decides it")
+
+
+# EngineSpec fields the local engine reads and a server ignores.
+LOCAL_ENGINE_OPTIONS = ("device", "dtype", "max_slots")
 
 
 def engine_spec(args: argparse.Namespace) -> EngineSpec:

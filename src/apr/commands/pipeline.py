@@ -20,6 +20,7 @@ from apr.commands.options import (
     non_negative_int,
     positive_int,
 )
+from apr.errors import UserError
 from apr.model_folder import PRESETS as MODEL_PRESETS
 from apr.pipeline import PRESETS, STAGES, Preset, run_pipeline
 
@@ -43,6 +44,9 @@ def preset_from_args(args) -> Preset:
 
 def cmd_pipeline(args) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(STAGES[:4]) + (["export"] if args.export else [])
+    if args.export and "export" not in stages:
+        raise UserError(f"--export names a folder, but --stages {args.stages} has no export stage: add it, or drop "
+                        "--export")
     p = preset_from_args(args)
     out = Path(args.out or f"runs/pipeline_{args.preset}")
     command = "apr pipeline " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pipeline"] else "apr pipeline (from Python)"

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from apr.commands.options import dir_pair
 from apr.errors import UserError
+from apr.io import check_output_dir
 
 
 def cmd_report(args) -> int:
     if args.paired and not args.rl:
         raise UserError("--paired needs --rl")
+    # The run folders are only read: --out may be none of them (nor a file).
+    check_output_dir(args.out, {"RUN_DIR": args.runs, "paired": [d for pair in args.paired or [] for d in pair]})
     if args.rl:
         from apr.report_rl import write_rl_report
 

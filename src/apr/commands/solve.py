@@ -13,11 +13,10 @@ from apr.commands.options import (
     add_engine_options,
     add_quiet,
     add_runtime_options,
-    check_server_has_model,
+    check_engine_options,
     engine_spec,
     non_negative_int,
     positive_int,
-    refuse_output_over_input,
     runtime_config,
 )
 from apr.arithmetic_labels import EXACT, LABEL
@@ -26,14 +25,15 @@ from apr.engine.spec import make_engine
 from apr.datasets import load_problems
 from apr.model_folder import model_info
 from apr.records import Record
+from apr.io import check_output_file
 from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
 
 
 def cmd_run(args) -> int:
     # Everything is checked before a model loads: the options, the problem file, the output file.
-    refuse_output_over_input(args.out, [("--problems", args.problems)])
-    check_server_has_model(args)
+    check_output_file(args.out, {"problems": args.problems})
+    check_engine_options(args)
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)
     cfg = runtime_config(args).resolve(model_info(spec.model))
@@ -52,7 +52,7 @@ def cmd_solve(args) -> int:
     from apr.commands.trees import record_tree
 
     problem = problem_from_record({"nums": args.nums, "target": args.target}, "command line")
-    check_server_has_model(args)
+    check_engine_options(args)
     spec = engine_spec(args)
     cfg = runtime_config(args).resolve(model_info(spec.model))
     with make_engine(spec) as engine:

@@ -25,7 +25,8 @@ from torch import Tensor
 
 import apr.engine.weights as weights
 from apr.engine.base import Completion, Engine, Request, StagedWeights, SwapFailed
-from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_device, resolve_dtype
+from apr.device import resolve_device
+from apr.engine.model_runner import ModelRunner, load_hf_causal_lm, resolve_dtype
 from apr.engine.batch import DecodeBatch
 from apr.engine.exact import ExactRow, TokenTable, constrain
 from apr.engine.finish import FinishTable

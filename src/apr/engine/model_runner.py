@@ -37,29 +37,8 @@ from apr.engine.batch import DecodeBatch, SlotState
 from apr.engine.cuda_graphs import DecodeGraphs
 from apr.engine.llama import Transformer
 from apr.engine.scheduler import Seq
+from apr.device import check_memory
 from apr.errors import UserError
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """The device `device` names (auto: a GPU when there is one), checked before anything is
-    placed on it: a name torch does not know, CUDA on a machine without it or a GPU index the
-    machine lacks is a one-line UserError, not a traceback from deep inside a load."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):  # the engine runs (and is tested) on these only
-        raise UserError(f"unknown device {str(device)!r} (auto, cpu, cuda or cuda:N)")
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise UserError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu or auto)")
-        if dev.index is not None and dev.index >= n:
-            raise UserError(f"device {str(device)!r}: this machine has {n} CUDA device{'s' * (n > 1)} "
-                            f"(cuda:0..cuda:{n - 1})")
-    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -118,6 +97,12 @@ class ModelRunner:
     ):
         self.device, self.max_len = device, max_len
         self.model = Transformer.from_hf(hf_model, device=device, dtype=dtype)
+        a = self.model.args
+        # Checked before allocating: a window or slot count past the machine is one line, not
+        # an allocator error (or, on a host that overcommits, a process killed later).
+        kv = 2 * a.n_layers * max_slots * a.n_kv_heads * (max_len + 1) * a.head_dim * self.model.embed.weight.element_size()
+        check_memory(kv, f"a KV cache of {max_slots} slots x {max_len} tokens (lower `max_slots` or `context`)", device,
+                     fields=("max_slots", "context"))
         self.model.setup_cache(max_slots, max_len)
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget or (8192 if device.type == "cuda" else 2048)

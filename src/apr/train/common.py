@@ -12,8 +12,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from apr.device import check_memory, resolve_device
+from apr.errors import UserError
 from apr.io import atomic_write
 from apr.rng import derive_seed
+from apr.train.checkpoint import clear_run_folder
 from apr.train.config import dump_config
 from apr.train.metrics import MetricsLog
 
@@ -21,13 +24,16 @@ from apr.train.metrics import MetricsLog
 
 
 def setup_device(pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when launched by torchrun."""
+    """(rank, world size, device); joins the process group when launched by torchrun. The
+    device is checked as the engine checks it (`apr.device.resolve_device`): a name that is
+    no device, CUDA on a machine without it or a missing GPU is one line, before any work."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if pref == "auto" else pref.startswith("cuda")
+    chosen = resolve_device(pref)
+    cuda = chosen.type == "cuda"
     if cuda:
-        device = torch.device(f"cuda:{local}" if world > 1 or pref in ("auto", "cuda") else pref)
+        device = resolve_device(f"cuda:{local}") if world > 1 or pref in ("auto", "cuda") else chosen
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -120,12 +126,44 @@ def write_config(out_dir: Path, config) -> None:
         f.write(dump_config(config))
 
 
-def start_run(out_dir: Path, config, metrics: MetricsLog, step: int) -> None:
-    """The main process, as training starts at `step`: make the run folder, write the
-    config, and drop metrics lines after `step` (a resumed run logs them again)."""
+def start_run(out_dir: Path, config, metrics: MetricsLog, step: int, overwrite: bool = False) -> None:
+    """The main process, as training starts at `step`: make the run folder (emptied of an
+    earlier run's model and checkpoints when `overwrite`), write the config, and drop metrics
+    lines after `step` (a resumed run logs them again)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_run_folder(out_dir)
     write_config(out_dir, config)
     metrics.trim(step)
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def check_batch_memory(model, tokens: int, device: torch.device, dtype: str, what: str, fields: tuple[str, ...]) -> None:
+    """Refuse a forward and backward over `tokens` tokens at once that cannot fit: a lower
+    bound of what it keeps for the backward pass (per token: the logits, and per layer a few
+    hidden-size and MLP-size activations) and of the optimizer's state, against the memory
+    free on `device`. A bound, not a forecast: a batch that passes may still not fit, and is
+    then caught as it runs (`out_of_memory_is_user_error`)."""
+    cfg = model.config
+    act = 2 if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda") else 4
+    per_token = 3 * cfg.vocab_size * 4 + cfg.num_hidden_layers * (6 * cfg.hidden_size + 2 * cfg.intermediate_size) * act
+    weights = 16 * sum(p.numel() for p in model.parameters())  # fp32 weights, gradients, two Adam moments
+    check_memory(tokens * per_token + weights, what, device, fields)
+
+
+@contextlib.contextmanager
+def out_of_memory_is_user_error(what: str, fields: tuple[str, ...]):
+    """An allocation that fails inside (CUDA or host) as a one-line UserError saying what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(f"{what} ran out of memory", fields=fields) from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        raise UserError(f"{what} ran out of memory", fields=fields) from None
 
 
 # ---------------------------------------------------------------------------- learning rate

@@ -24,7 +24,9 @@ from typing import ClassVar
 
 import yaml
 
+from apr.device import DEVICE_NAMES, is_device_name
 from apr.errors import UserError
+from apr.model_folder import PRESETS
 from apr.runtime_config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,12 @@ class SFTConfig:
     def validate(self) -> None:
         if not self.data:
             raise UserError("config: `data` (the demonstrations file) is required")
+        if self.model not in PRESETS:
+            raise UserError(f"config: `model` must be a preset ({', '.join(PRESETS)}), got {self.model!r}")
+        positions = PRESETS[self.model][4]
+        if self.context > positions:
+            raise UserError(f"config: `context` {self.context} is more than the {self.model} preset's {positions} "
+                            "positions")
         for name in ("max_steps", "batch_size", "grad_accum", "context", "log_every", "eval_batches", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: `{name}` must be >= 1")
@@ -113,8 +121,12 @@ class SFTConfig:
             raise UserError("config: `dtype` must be auto, float32 or bfloat16")
         if self.time_budget_clock not in ("wall", "cpu"):
             raise UserError("config: `time_budget_clock` must be wall or cpu")
+        if self.time_budget_clock != "wall" and not self.time_budget_s:
+            raise UserError("config: `time_budget_clock` applies to a time budget; `time_budget_s` is 0 (none)")
         if not 0 <= self.arithmetic_facts <= 10:
             raise UserError("config: `arithmetic_facts` must be in [0, 10]")
+        if not is_device_name(self.device):
+            raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -228,6 +240,12 @@ class RLConfig:
             raise UserError("config: `engine` must be local or server")
         if self.engine == "server" and not self.server:
             raise UserError("config: engine=server needs `server` (the server URL)")
+        # Settings of the other engine are refused, not ignored.
+        others = ("server", "served_model") if self.engine == "local" else ("max_slots", "rollout_dtype")
+        for name in others:
+            if getattr(self, name) != getattr(RLConfig, name):
+                raise UserError(f"config: `{name}` applies to engine={'server' if self.engine == 'local' else 'local'} "
+                                f"only; this run's engine is {self.engine}")
         reward_source(self.reward, self.trust_reward_code)
         if self.warmup_steps < 0:
             raise UserError("config: `warmup_steps` must be >= 0")
@@ -235,6 +253,8 @@ class RLConfig:
             raise UserError("config: need 0 < clip < 1, kl_coef >= 0, lr > 0")
         if self.dtype not in ("auto", "float32", "bfloat16") or self.rollout_dtype not in ("auto", "float32", "bfloat16"):
             raise UserError("config: `dtype`/`rollout_dtype` must be auto, float32 or bfloat16")
+        if not is_device_name(self.device):
+            raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -39,9 +39,10 @@ from apr.model_folder import load_model, save_model
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runtime import Runtime
+from apr.runtime_config import RuntimeConfig
 from apr.tokenizer import tokenizer_fingerprint
 from apr.train import rl_loss as L
-from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from apr.train.checkpoint import FINAL, check_run_folder, load_checkpoint, load_states, save_checkpoint
 from apr.train.common import (
     EpochSampler,
     all_sum,
@@ -49,7 +50,9 @@ from apr.train.common import (
     all_sum_named,
     autocast_for,
     barrier,
+    check_batch_memory,
     end_processes,
+    out_of_memory_is_user_error,
     setup_device,
     start_run,
     warmup_constant,
@@ -66,17 +69,17 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class RLTrainer:
-    def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True):
+    def __init__(self, cfg: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True,
+                 overwrite: bool = False):
         self.progress = progress
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
+        self.overwrite = overwrite
         self.metrics = MetricsLog(self.out)
         self.rank, self.world, self.device = setup_device(cfg.device)
         if cfg.batch_size % self.world:
             raise UserError(f"config: batch_size {cfg.batch_size} must be a multiple of the {self.world} processes")
-        if not resume and has_checkpoint(self.out):
-            raise UserError("holds a checkpoint: resume it (`resume`), or choose another out_dir", str(self.out),
-                            fields=("resume",))
+        check_run_folder(self.out, resume, overwrite)  # a finished run is never overwritten unasked
 
         # problems: training must not overlap validation
         self.train_problems = read_problems(cfg.problems)
@@ -85,10 +88,8 @@ class RLTrainer:
         self.val_problems = val_problems[: cfg.val_limit]
         overlap = {p.key for p in self.train_problems} & {p.key for p in val_problems}
         if overlap:
-            raise UserError(f"{len(overlap)} training problem(s) are also validation problems in {val_path} "
-                            "(same sorted nums and target); remove them or choose `val_problems`", cfg.problems)
-        if not self.train_problems:
-            raise UserError("no training problems", cfg.problems)
+            raise UserError(f"{len(overlap)} training problem(s) are also validation problems in {val_path} (same "
+                            "sorted nums and target); remove them or choose `val_problems`", cfg.problems)
         self.sampler = EpochSampler(len(self.train_problems), cfg.batch_size, cfg.seed)
         self.reward_fn = reward_fn or resolve_reward(cfg.reward)
 
@@ -112,6 +113,11 @@ class RLTrainer:
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.policy.train()
         self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
+        if self.rt.context > self.max_len and self.rt.context != RuntimeConfig.context:  # asked for: see eval.model_info
+            raise UserError(f"config: `rollout.context` {self.rt.context} is more than the model's {self.max_len} positions")
+        # The policy and the frozen reference both run forwards over micro_tokens at once.
+        self.batch_what = f"a learner micro-batch of {cfg.micro_tokens} tokens (lower `micro_tokens`)"
+        check_batch_memory(self.policy, 2 * cfg.micro_tokens, self.device, cfg.dtype, self.batch_what, ("micro_tokens",))
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         self.autocast = autocast_for(cfg.dtype, self.device)
         self.step = 0
@@ -314,11 +320,15 @@ class RLTrainer:
     # ------------------------------------------------------------------ loop
 
     def train(self) -> Path:
+        with out_of_memory_is_user_error(self.batch_what, ("micro_tokens",)):
+            return self._train()
+
+    def _train(self) -> Path:
         from tqdm import tqdm
 
         cfg, main = self.cfg, self.rank == 0
         if main:
-            start_run(self.out, cfg, self.metrics, self.step)
+            start_run(self.out, cfg, self.metrics, self.step, self.overwrite)
             log.info(f"rl: {self.method} model {cfg.init}, {len(self.train_problems)} training problems, "
                      f"{cfg.batch_size} x {cfg.group_size} rollouts per step, {self.world} process(es) on "
                      f"{self.device.type}")
@@ -349,7 +359,7 @@ class RLTrainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and not done:
                 self.save_checkpoint()
         bar.close()
-        final = self.out / "final"
+        final = self.out / FINAL
         if main:
             save_model(self.policy, self.tok, self.info, final)  # apr.json preserved from `init`
         barrier(self.world)
@@ -376,19 +386,16 @@ class RLTrainer:
         now = self._meta()
         keys = ("kind", "preset", "tokenizer", "method", "arithmetic")  # arithmetic: only exact runs have it
         state = load_checkpoint(self.out, {k: now.get(k) for k in keys})
-        try:
-            self.policy.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise UserError(f"`resume`: checkpoint does not fit the model: {str(e).splitlines()[0]}", state["path"],
-                            fields=("resume",)) from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_states(state, {"model": self.policy, "optimizer": self.optimizer})
         self.step = state["step"]
 
 
-def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True) -> Path:
+def train_rl(config: RLConfig, resume: bool = False, reward_fn: RewardFn | None = None, progress: bool = True,
+             overwrite: bool = False) -> Path:
     """Run GRPO from `config.init`; returns OUT_DIR/final. `progress`: a progress bar when
-    stderr is a terminal (else a status line per step, at INFO)."""
-    trainer = RLTrainer(config, resume=resume, reward_fn=reward_fn, progress=progress)
+    stderr is a terminal (else a status line per step, at INFO). A folder holding a finished
+    run is refused unless `overwrite` (which starts it over)."""
+    trainer = RLTrainer(config, resume=resume, reward_fn=reward_fn, progress=progress, overwrite=overwrite)
     try:
         return trainer.train()
     finally:

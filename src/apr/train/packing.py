@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from apr import protocol
-from apr.countdown import record_key
+from apr.checker import apply_op
+from apr.countdown import TaskConfig, problem_from_record, record_key
 from apr.errors import UserError
 from apr.io import read_records
 
@@ -90,19 +91,65 @@ def check_no_overlap(records: list[tuple[str, int, dict]], eval_problems: str | 
 
 
 def read_demonstrations(path: str | Path) -> list[tuple[str, int, dict]]:
-    """(path, line, record) for every record, checking the fields training needs."""
+    """(path, line, record) for every record, checking the fields training needs and the
+    task they are trained for (`check_task`); errors name the file and line."""
     out = []
-    for lineno, r in read_records(path):
-        try:
-            record_key(r)
-        except (KeyError, TypeError, ValueError):
-            raise UserError("record needs integer `nums` and `target`", str(path), lineno) from None
+    for lineno, r in read_records(path):  # an empty file is refused there
+        problem_from_record(r, str(path), lineno)  # integers, not negative, 2..6 numbers
         if "trace_dict" not in r and "search_path" not in r:
             raise UserError("record has neither `trace_dict` nor `search_path`", str(path), lineno)
         out.append((str(path), lineno, r))
-    if not out:
-        raise UserError("no demonstrations in file", str(path))
+    check_task(out)
     return out
+
+
+def check_task(records: list[tuple[str, int, dict]]) -> TaskConfig | None:
+    """The task the records are demonstrations of, and every record inside it: the `task`
+    they carry (`apr pipeline` tags them; all tags alike), each record's numbers and target
+    within its ranges. Untagged records must at least agree on how many numbers a problem
+    has. Returns the tagged task (None: untagged); the first record outside is a UserError."""
+    task, tagged_at = None, None
+    for path, line, r in records:
+        if r.get("task") is None:
+            continue
+        this = TaskConfig.from_dict(r["task"], path, line)
+        if task is None:
+            task, tagged_at = this, line
+        elif this != task:
+            raise UserError(f"`task` differs from line {tagged_at}'s: one task per training run", path, line)
+    first = len(records[0][2]["nums"]) if records else 0
+    for path, line, r in records:
+        why = task.outside(r["nums"], r["target"]) if task else (
+            None if len(r["nums"]) == first else f"{len(r['nums'])} numbers; line {records[0][1]} has {first}")
+        if why:
+            raise UserError(f"record outside the task it is trained for: {why}", path, line)
+    return task
+
+
+_EXPLORE = "Exploring Operation: "
+_OPERATION = re.compile(r"(\d+)([+\-*/])(\d+)=(\d+)")
+_MAX_CHARS = 80  # keeps int() cheap; no Countdown operation is near it
+
+
+def check_trace(thread: protocol.Thread, record: dict, path: str, line: int) -> None:
+    """A demonstration's trace is of its own problem and does the task's arithmetic: the root
+    thread starts from the record's numbers and target, and every `Exploring Operation` of
+    every thread is one of + - * / with its right result (`checker.apply_op`). Fast on purpose:
+    this runs over every demonstration before training."""
+    start = protocol.start_state(thread.prompt)
+    if start is None or sorted(start.nums) != sorted(record["nums"]) or start.target != record["target"]:
+        got = "no `Current State` line" if start is None else f"{start.nums} -> {start.target}"
+        raise UserError(f"bad trace: its root starts from {got}, the record's problem is "
+                        f"{record['nums']} -> {record['target']}", path, line)
+    seen: set[str] = set()
+    for t in thread.walk():
+        # A search repeats its operations: each distinct one is checked once.
+        for head in {part.split(",", 1)[0] for part in t.own_text().split(_EXPLORE)[1:]} - seen:
+            seen.add(head)
+            m = _OPERATION.fullmatch(head)
+            if not m or len(head) > _MAX_CHARS or apply_op(int(m[1]), m[2], int(m[3])) != int(m[4]):
+                raise UserError(f"bad trace: thread {t.node} explores {head[:60]!r}, which is not the task's "
+                                "arithmetic (a+b, a*b, a-b or a/b with its result)", path, line)
 
 
 def record_method(record: dict, thread: protocol.Thread) -> str:
@@ -136,6 +183,7 @@ def demonstrations(
             thread = protocol.thread_from_record(r)
         except ValueError as e:
             raise UserError(f"bad trace: {e}", path, line) from None
+        check_trace(thread, r, path, line)
         method = record_method(r, thread)
         strings = thread.training_strings()
         if method == "sos" and budget_prefix and not strings[0].text.startswith("Token Budget:"):

@@ -34,13 +34,15 @@ from apr.io import atomic_write
 from apr.model_folder import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
 from apr.train import packing
-from apr.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from apr.train.checkpoint import FINAL, check_run_folder, load_checkpoint, load_states, save_checkpoint
 from apr.train.common import (
     EpochSampler,
     all_sum,
     autocast_for,
     barrier,
+    check_batch_memory,
     end_processes,
+    out_of_memory_is_user_error,
     setup_device,
     start_run,
     warmup_cosine,
@@ -56,13 +58,15 @@ class SFTTrainer:
     """Builds data, model and optimizer from a config; `train()` runs to max_steps."""
 
     def __init__(self, config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None,
-                 progress: bool = True):
+                 progress: bool = True, overwrite: bool = False):
         self.cfg = cfg = config
         self.progress = progress
         self.out = Path(cfg.out_dir)
+        self.overwrite = overwrite
         self.metrics = MetricsLog(self.out)
         self.evaluate_accuracy = evaluate_accuracy
         self.rank, self.world, self.device = setup_device(cfg.device)
+        check_run_folder(self.out, resume, overwrite)  # a finished run is never overwritten unasked
         per_rank, rem = divmod(cfg.batch_size, self.world * cfg.grad_accum)
         if rem or per_rank == 0:
             raise UserError(
@@ -70,9 +74,6 @@ class SFTTrainer:
                 f"({self.world} x {cfg.grad_accum})"
             )
         self.micro = per_rank
-        if not resume and has_checkpoint(self.out):
-            raise UserError("holds a checkpoint: resume it (`resume`), or choose another out_dir", str(self.out),
-                            fields=("resume",))
 
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         self.stats, self.train_data, self.val_data, method, task = self._load_data()
@@ -94,6 +95,9 @@ class SFTTrainer:
                             "pip install flash-attn --no-build-isolation); or use flex_attention or sdpa")
         torch.manual_seed(cfg.seed)
         self.raw_model = make_model(cfg.model, self.tokenizer, cfg.attn_implementation).to(self.device)
+        self.batch_what = f"a micro-batch of {self.micro} rows x {cfg.context} tokens (lower `batch_size` or raise `grad_accum`)"
+        check_batch_memory(self.raw_model, self.micro * cfg.context, self.device, cfg.dtype, self.batch_what,
+                           ("batch_size", "grad_accum"))
         if cfg.init:
             self._load_init(cfg.init)
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
@@ -239,10 +243,12 @@ class SFTTrainer:
         if self.rank == 0:
             write_config(self.out, cfg)
 
-    def train(self) -> Path:
-        cfg, main = self.cfg, self.rank == 0
-        if main:
-            start_run(self.out, cfg, self.metrics, self.step)
+    def _start(self) -> None:
+        """The run folder's first writes, once the first step has run: a batch that does not
+        fit in memory fails before anything is written (or an earlier run removed)."""
+        cfg = self.cfg
+        if self.rank == 0:
+            start_run(self.out, cfg, self.metrics, self.first_step, self.overwrite)
             with atomic_write(self.out / "data_stats.json") as f:
                 json.dump(vars(self.stats), f, indent=2)
             s = self.stats
@@ -252,6 +258,15 @@ class SFTTrainer:
                 f"{count_params(self.raw_model) / 1e6:.1f}M non-embedding params; {self.world} process(es) on "
                 f"{self.device.type}"
             )
+        self.started = True
+
+    def train(self) -> Path:
+        with out_of_memory_is_user_error(self.batch_what, ("batch_size", "grad_accum")):
+            return self._train()
+
+    def _train(self) -> Path:
+        cfg, main = self.cfg, self.rank == 0
+        self.first_step, self.started = self.step, False
         self.model.train()
         # A bar on a terminal; elsewhere (a log file, --quiet off) one status line per logged step.
         bar = tqdm(total=cfg.max_steps, initial=self.step, file=sys.stderr, unit="step",
@@ -263,6 +278,8 @@ class SFTTrainer:
         t_window, window_from, plan_at = 0.0, first + self.PROBE_SKIP, first + self.PROBE_SKIP + self.PROBE_STEPS
         while self.step < cfg.max_steps:
             loss_acc += self.train_step()
+            if not self.started:
+                self._start()
             n_acc += 1
             bar.update(1)
             if cfg.time_budget_s > 0 and self.step in (window_from, plan_at):
@@ -294,7 +311,9 @@ class SFTTrainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and not done:
                 self.save_checkpoint()
         bar.close()
-        final = self.out / "final"
+        if not self.started:  # resumed at (or past) max_steps: no step ran
+            self._start()
+        final = self.out / FINAL
         if main:
             save_model(self.raw_model, self.tokenizer, self.info, final, cfg.max_shard_size)
             if self.evaluate_accuracy is not None:
@@ -342,23 +361,23 @@ class SFTTrainer:
     def _resume(self) -> None:
         expect = {"preset": self.cfg.model, "tokenizer": self.info.tokenizer, "context": self.cfg.context}
         state = load_checkpoint(self.out, expect, "this config")
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_states(state, {"model": self.raw_model, "optimizer": self.optimizer, "scheduler": self.scheduler})
         self.step = state["step"]
 
 
 def train_sft(
     config: SFTConfig, resume: bool = False, evaluate_accuracy: Callable[[Path], float] | None = None,
-    progress: bool = True,
+    progress: bool = True, overwrite: bool = False,
 ) -> Path:
     """Train a model from demonstrations; returns the final model folder (OUT_DIR/final).
+    A folder holding a finished run is refused unless `overwrite` (which starts it over).
 
     `evaluate_accuracy(model_dir) -> float`, when given, is called on the final model and
     its result logged as `val_accuracy` (a hook for the runtime's evaluation). `progress`:
     a progress bar when stderr is a terminal (else a status line per logged step, at INFO).
     """
-    trainer = SFTTrainer(config, resume=resume, evaluate_accuracy=evaluate_accuracy, progress=progress)
+    trainer = SFTTrainer(config, resume=resume, evaluate_accuracy=evaluate_accuracy, progress=progress,
+                         overwrite=overwrite)
     try:
         return trainer.train()
     finally:
