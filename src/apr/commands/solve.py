@@ -23,11 +23,17 @@ from apr.arithmetic_labels import EXACT, LABEL
 from apr.countdown import problem_from_record
 from apr.engine.spec import make_engine
 from apr.datasets import load_problems
-from apr.model_folder import model_info
+from apr.model_folder import check_window, model_info
 from apr.records import Record
 from apr.io import check_output_file
 from apr.runfolder import records_to_resume, run_to_file
 from apr.runtime import Runtime
+
+
+def check_spec_window(spec, context: int) -> None:
+    """A local model's window within its positions, checked before anything loads."""
+    if spec.model and not spec.server:
+        check_window(spec.model, context)
 
 
 def cmd_run(args) -> int:
@@ -37,9 +43,10 @@ def cmd_run(args) -> int:
     spec = engine_spec(args)
     problems = load_problems(args.problems, args.limit)
     cfg = runtime_config(args).resolve(model_info(spec.model))
+    check_spec_window(spec, cfg.context)
     label = str(args.model or args.server)
     records_to_resume(Path(args.out), label, cfg.method, cfg.arithmetic)
-    with make_engine(spec) as engine:
+    with make_engine(spec.for_window(cfg.context)) as engine:
         done = run_to_file(engine, cfg, problems, Path(args.out), label, progress=not args.quiet)
     acc = sum(r.correct for r in done.values()) / max(len(done), 1)
     print(f"{len(done)} records in {args.out}; accuracy {acc:.3f}{exact_note(list(done.values()))}", file=sys.stderr)
@@ -55,7 +62,8 @@ def cmd_solve(args) -> int:
     check_engine_options(args)
     spec = engine_spec(args)
     cfg = runtime_config(args).resolve(model_info(spec.model))
-    with make_engine(spec) as engine:
+    check_spec_window(spec, cfg.context)
+    with make_engine(spec.for_window(cfg.context)) as engine:
         rec = Runtime(engine, cfg).run([(0, problem)])[0]
     console = Console()
     console.print(record_tree(rec))
