@@ -6,6 +6,7 @@ marks the saved model (apr.json `rl_arithmetic`, model card) and its checkpoints
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -126,8 +127,12 @@ def test_rl_with_exact_rollouts_marks_the_model_and_its_checkpoints(model_dir, r
     assert info["rl_arithmetic"] == "exact" and "exact arithmetic" in (final / "README.md").read_text()
     latest = (out / "checkpoints" / "latest").read_text().strip()
     assert json.loads((out / "checkpoints" / latest / "meta.json").read_text())["arithmetic"] == "exact"
-    with pytest.raises(UserError, match="checkpoint has arithmetic 'exact'"):
+    with pytest.raises(UserError, match="holds a finished run"):  # a finished run is never resumed
         train_rl(rl_config(model_dir, rl_files, out, "max_steps=3"), resume=True, progress=False)
+    unfinished = tmp_path / "rl_unfinished"  # the same run before its final model: resumable
+    shutil.copytree(out, unfinished, ignore=shutil.ignore_patterns("final"))
+    with pytest.raises(UserError, match="checkpoint has arithmetic 'exact'"):
+        train_rl(rl_config(model_dir, rl_files, unfinished, "max_steps=3"), resume=True, progress=False)
     from apr.report_rl import write_rl_report
 
     md = write_rl_report([str(out)], tmp_path / "report").read_text()
