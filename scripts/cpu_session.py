@@ -18,8 +18,10 @@ A session (run it in the background, `nice`, while other work goes on):
          same window and budget: accuracy with Wilson intervals, arithmetic error rate,
          tokens per problem; `results.json`.
 `--apply` then appends one ledger row per model to docs/reports/cpu_runs.md and puts a new
-model in `--models DIR/<job>` only when it beats its starting model on these fresh problems
-(higher accuracy, or equal accuracy and fewer arithmetic errors). Only weights are kept,
+model in `--models DIR/<job>` (the CPU line, `models/cpu/`) only when it beats its starting
+model on these fresh problems (higher accuracy, or equal accuracy and fewer arithmetic
+errors). The committed `models/sft/` and `models/default*` stay as they are: they are the
+references the tests and the demo use, replaced by hand when the CPU line passes them. Only weights are kept,
 never optimizer state: the next session starts a new schedule on new problems.
 """
 
@@ -93,6 +95,7 @@ class Session:
     def __init__(self, args: argparse.Namespace):
         self.args, self.recipe = args, TOY if args.toy else Recipe()
         self.out, self.models = Path(args.out), Path(args.models)
+        self.start = Path(getattr(args, "start", None) or ROOT / "models" / "sft")
         self.data = self.out / "data"
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         # --jobs trains some; the others are read as they lie in out/train/<job> (a model
@@ -100,8 +103,12 @@ class Session:
         self.jobs = [j for j in JOBS if not getattr(args, "jobs", None) or j.method in args.jobs.split(",")]
 
     def init_of(self, job: Job) -> Path | None:
-        folder = self.models / job.name
-        return folder if model_matches(folder, self.recipe, job.method) else None
+        """Where this job starts: the CPU line's latest model (`--models DIR/<job>`), else the
+        committed supervised model (`--start DIR/<job>`), when it is of this recipe."""
+        for folder in (self.models / job.name, self.start / job.name):
+            if model_matches(folder, self.recipe, job.method):
+                return folder
+        return None
 
     def make_data(self) -> None:
         if (self.data / "done.json").exists():
@@ -275,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--session", type=int, default=1, help="session number: seeds 20000+N (training), 30000+N (eval)")
     ap.add_argument("--minutes", type=float, default=40.0, help="CPU minutes of training per model")
-    ap.add_argument("--models", default=str(ROOT / "models" / "cpu"), help="where each job's model lives")
+    ap.add_argument("--models", default=str(ROOT / "models" / "cpu"),
+                    help="the CPU line: where each job's latest model lives and an improved one goes")
+    ap.add_argument("--start", default=str(ROOT / "models" / "sft"),
+                    help="where a job starts when --models has no model of the recipe (the committed supervised pair)")
     ap.add_argument("--eval-problems", type=int, default=400)
     ap.add_argument("--exclude", action="append", default=[], help="problem file the fresh problems must avoid")
     ap.add_argument("--jobs", default="", help="methods to train (default all): apr,sos")

@@ -20,7 +20,8 @@ def load_script():
 def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     s = load_script()
     out, models, ledger = tmp_path / "s1", tmp_path / "models", tmp_path / "ledger.md"
-    argv = ["--toy", "--out", str(out), "--models", str(models), "--minutes", "0.05", "--eval-problems", "3"]
+    argv = ["--toy", "--out", str(out), "--models", str(models), "--start", str(tmp_path / "none"), "--minutes", "0.05",
+            "--eval-problems", "3"]
     assert s.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     for name in ("default", "default-sos"):
@@ -34,7 +35,8 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     history = json.loads((models / "default/training_history.json").read_text())
     assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
     # The next session starts from these models (same recipe) and evaluates them paired.
-    args = s.argparse.Namespace(toy=True, out=str(tmp_path / "s2"), models=str(models), session=2, jobs="")
+    args = s.argparse.Namespace(toy=True, out=str(tmp_path / "s2"), models=str(models), start=str(tmp_path / "none"),
+                                session=2, jobs="")
     assert s.Session(args).init_of(s.JOBS[0]) == models / "default"
 
 
