@@ -241,8 +241,10 @@ def apply(out: Path, models: Path, ledger: Path) -> list[str]:
         if "new" not in row:
             continue
         target = models / name
-        history_file = target / "training_history.json"
-        history = json.loads(history_file.read_text()) if row["init"] and history_file.exists() else []
+        # The start's own history (a CPU-line model has one; the committed supervised pair,
+        # 97M padded tokens on an H200, has none: cumulative counts CPU sessions).
+        history_file = Path(row["init"]) / "training_history.json" if row["init"] else None
+        history = json.loads(history_file.read_text()) if history_file and history_file.exists() else []
         cumulative = sum(h["tokens"] for h in history) + row["tokens"]
         lines.append(ledger_row(res, name, row, cumulative))
         if better(row["new"], row.get("old")):
