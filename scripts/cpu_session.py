@@ -91,6 +91,18 @@ def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
             and d.get("tokenizer") == tokenizer_fingerprint(build_tokenizer(recipe.tokenizer)))
 
 
+def keep_child_budget(final: Path, init: Path | None) -> None:
+    """A continued APR model keeps its start's child budget: SFT writes the median child count
+    of this session's demonstrations, but the start's budget was chosen by a sweep, and the
+    paired evaluation must ask both models for the same number of children."""
+    if init is None or not (final / "apr.json").is_file():
+        return
+    start = json.loads((init / "apr.json").read_text()).get("child_budget")
+    info = json.loads((final / "apr.json").read_text())
+    if start and info.get("method") == "apr" and info.get("child_budget") != start:
+        (final / "apr.json").write_text(json.dumps({**info, "child_budget": start}, indent=2) + "\n")
+
+
 class Session:
     def __init__(self, args: argparse.Namespace):
         self.args, self.recipe = args, TOY if args.toy else Recipe()
@@ -157,7 +169,10 @@ class Session:
                               + "optim:\n" + "".join(f"  {k[6:]}: {v}\n" for k, v in sets.items() if k.startswith("optim.")))
             argv = apr_cmd("train", "sft", "--quiet", "--config", str(config), *resume)
             procs[job.name] = run(argv, folder / "log.txt", self.env)
-        return {name: p.wait() for name, p in procs.items()}
+        codes = {name: p.wait() for name, p in procs.items()}
+        for job in self.jobs:
+            keep_child_budget(self.out / "train" / job.name / "final", self.init_of(job))
+        return codes
 
     def evaluate(self, job: Job, model: Path, name: str) -> dict:
         """Greedy `apr eval` of `model` on the fresh problems, at its own window and budget."""
