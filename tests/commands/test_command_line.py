@@ -168,7 +168,8 @@ BAD = [
     ("demo --sub-call-budget 0", "argument --sub-call-budget"),
     ("demo --child-budget 0", "argument --child-budget: must be a positive integer"),
     # apr data problems
-    ("data problems --n -1 --out {tmp}/o.jsonl", "argument --n: must be an integer >= 0"),
+    ("data problems --n 0 --out {tmp}/n0.jsonl", "argument --n: must be a positive integer, got '0'"),
+    ("data problems --n -1 --out {tmp}/o.jsonl", "argument --n: must be a positive integer"),
     ("data problems --n 5 --out {tmp}/o.jsonl --workers 0", "argument --workers: must be a positive integer"),
     ("data problems --n 5 --out {tmp}/o.jsonl --num-count 9", "argument --num-count: must be an integer in 2..6"),
     ("data problems --n 5 --out {tmp}/o.jsonl --seed x", "argument --seed: must be an integer >= 0, got 'x'"),

@@ -114,7 +114,7 @@ def register(sub) -> None:
 
     p = dsub.add_parser("problems", help="draw solvable Countdown problems",
                         description="Draw solvable Countdown problems into a JSONL file (or disjoint split files).")
-    p.add_argument("--n", type=non_negative_int, help="how many problems (or --splits)")
+    p.add_argument("--n", type=positive_int, help="how many problems, >= 1 (or --splits)")
     p.add_argument("--splits", type=splits, metavar="NAME=N,...",
                    help="several disjoint files, e.g. train=1000,val=100,test=100 (--out is then a folder)")
     p.add_argument("--seed", type=non_negative_int, default=0, metavar="SEED", help="random seed; same seed, same problems")
