@@ -113,7 +113,7 @@ def main() -> None:
 
 def compare_arithmetic(engine, cfg, problems, repeats: int, header: str) -> None:
     """Unassisted and exact arithmetic alternately: engine time per generated token."""
-    from apr.competence import operation_errors, own_text, walk
+    from apr.competence import measure
     from apr.runtime import Runtime
 
     runs: dict[str, list[dict]] = {"model": [], "exact": []}
@@ -125,11 +125,11 @@ def compare_arithmetic(engine, cfg, problems, repeats: int, header: str) -> None
                 recs = rt.run(list(enumerate(problems)))
                 wall = time.perf_counter() - t
             tokens = sum(r.total_tokens for r in recs)
-            ops = [operation_errors(own_text(th)) for r in recs for th in walk(r.threads)]
+            comp = measure(recs)
             runs[mode].append({"wall": wall, "engine": rt.engine_seconds, "tokens": tokens,
                                "forced": sum(r.forced_tokens or 0 for r in recs),
                                "accuracy": sum(r.correct for r in recs) / len(recs),
-                               "op_errors": sum(w for _, w in ops) / max(sum(n for n, _ in ops), 1)})
+                               "op_errors": comp["arithmetic_error_rate"]})
     print(f"machine: {header}; problems: {len(problems)}; repeats: {repeats} (medians)")
     per_tok = {}
     for mode, rs in runs.items():
