@@ -51,6 +51,7 @@ class Recipe:
     preset: str = "cpu-mini"
     tokenizer: str = "apr"
     arithmetic_facts: float = 0.0
+    arithmetic_facts_min_result: int = 100
     context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
     batch_size: int = 8
     lr: float = 2e-3  # from scratch
@@ -106,6 +107,9 @@ def keep_child_budget(final: Path, init: Path | None) -> None:
 class Session:
     def __init__(self, args: argparse.Namespace):
         self.args, self.recipe = args, TOY if args.toy else Recipe()
+        if getattr(args, "arithmetic_facts", None) is not None:  # an arm of this session (A/B)
+            self.recipe = dataclasses.replace(self.recipe, arithmetic_facts=args.arithmetic_facts,
+                                              arithmetic_facts_min_result=args.facts_min_result)
         self.out, self.models = Path(args.out), Path(args.models)
         self.start = Path(getattr(args, "start", None) or ROOT / "models" / "sft")
         self.data = self.out / "data"
@@ -155,6 +159,7 @@ class Session:
                 "tokenizer": r.tokenizer, "context": r.context, "batch_size": r.batch_size, "max_steps": 1_000_000,
                 "time_budget_s": self.args.minutes * 60, "time_budget_clock": "cpu", "eval_problems":
                 self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr").lower(), "arithmetic_facts": r.arithmetic_facts,
+                **({"arithmetic_facts_min_result": r.arithmetic_facts_min_result} if r.arithmetic_facts else {}),
                 "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
                 "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
                 "optim.warmup_steps": 10 if init else 30,
@@ -241,7 +246,11 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
     comp = s["competence"]
     sol = row["solver"]
     budget = f", budget {s.get('child_budget')}" if s.get("child_budget") else ""
-    return (f"| {res['date']} | {name} ({res['recipe']['preset']}, {res['recipe']['tokenizer']}) | "
+    rec = res["recipe"]
+    facts = (f", facts {rec['arithmetic_facts']:g} of results >= {rec.get('arithmetic_facts_min_result', 100)}"
+             if rec.get("arithmetic_facts") else "")
+    kept = "" if row.get("kept", True) else ", not kept"
+    return (f"| {res['date']} | {name} ({rec['preset']}, {rec['tokenizer']}{facts}{kept}) | "
             f"{res['minutes']:g} | {row['tokens'] / 1e6:.1f}M | {cumulative / 1e6:.1f}M | "
             f"{row['val_loss'] if row['val_loss'] is None else format(row['val_loss'], '.4f')} | "
             f"{100 * s['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] ({s['problems']}, window {s['context']}{budget}) | "
@@ -249,7 +258,9 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
             f"{s['metrics']['total_tokens']['mean']:.0f} |")
 
 
-def apply(out: Path, models: Path, ledger: Path) -> list[str]:
+def apply(out: Path, models: Path, ledger: Path, record_only: bool = False) -> list[str]:
+    """Ledger rows for a finished session; an improved model goes into the CPU line unless
+    `record_only` (the losing arm of an A/B, whose row is still written)."""
     res = json.loads((out / "results.json").read_text())
     lines = []
     for name, row in res["jobs"].items():
@@ -261,8 +272,9 @@ def apply(out: Path, models: Path, ledger: Path) -> list[str]:
         history_file = Path(row["init"]) / "training_history.json" if row["init"] else None
         history = json.loads(history_file.read_text()) if history_file and history_file.exists() else []
         cumulative = sum(h["tokens"] for h in history) + row["tokens"]
-        lines.append(ledger_row(res, name, row, cumulative))
-        if better(row["new"], row.get("old")):
+        keep = not record_only and better(row["new"], row.get("old"))
+        lines.append(ledger_row(res, name, {**row, "kept": keep}, cumulative))
+        if keep:
             staged = target.with_name(target.name + ".new")
             shutil.rmtree(staged, ignore_errors=True)
             shutil.copytree(out / "train" / name / "final", staged)
@@ -307,11 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude", action="append", default=[], help="problem file the fresh problems must avoid")
     ap.add_argument("--jobs", default="", help="methods to train (default all): apr,sos")
     ap.add_argument("--apply", action="store_true", help="append ledger rows; keep improved models")
+    ap.add_argument("--record-only", action="store_true", help="with --apply: the ledger rows only, keep no model")
+    ap.add_argument("--arithmetic-facts", type=float, default=None,
+                    help="an arm: mix in arithmetic facts worth this share of the demonstrations (recipe: 0)")
+    ap.add_argument("--facts-min-result", type=int, default=100, help="with --arithmetic-facts: smallest result drawn")
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
     args = ap.parse_args(argv)
     if args.apply:
-        for line in apply(args.out, Path(args.models), args.ledger):
+        for line in apply(args.out, Path(args.models), args.ledger, args.record_only):
             print(line)
         return 0
     s = Session(args)

@@ -34,10 +34,15 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert len(lines) == 2 and ledger.read_text().count("\n| 20") == 2
     history = json.loads((models / "default/training_history.json").read_text())
     assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
+    # The losing arm of an A/B: its rows are written, no model is kept.
+    lines = s.apply(out, tmp_path / "other", ledger, record_only=True)
+    assert all("not kept" in line for line in lines) and not (tmp_path / "other").exists()
     # The next session starts from these models (same recipe) and evaluates them paired.
     args = s.argparse.Namespace(toy=True, out=str(tmp_path / "s2"), models=str(models), start=str(tmp_path / "none"),
                                 session=2, jobs="")
     assert s.Session(args).init_of(s.JOBS[0]) == models / "default"
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "arithmetic_facts": 0.25, "facts_min_result": 0}))
+    assert (arm.recipe.arithmetic_facts, arm.recipe.arithmetic_facts_min_result) == (0.25, 0)
 
 
 def test_better_needs_accuracy_or_fewer_errors():

@@ -41,6 +41,11 @@ def test_arithmetic_facts_are_true_large_results_in_trace_syntax(sos_records):
         assert apply_op(a, op, b) == c and c >= packing.FACT_MIN_RESULT
     assert packing.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
     assert packing.arithmetic_facts(demos, 0.0, seed=0) == []
+    # min_result 0 draws from every operation: small results too, each one true
+    every = "".join(s.text for d in packing.arithmetic_facts(demos, 0.25, seed=0, min_result=0) for s in d.strings)
+    results = [int(m[4]) for m in re.finditer(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", every)]
+    assert min(results) < 10 and all(apply_op(int(m[1]), m[2], int(m[3])) == int(m[4])
+                                     for m in re.finditer(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", every))
 
 
 def test_config_checks_recipe_fields():
@@ -54,6 +59,10 @@ def test_config_checks_recipe_fields():
         load_config(None, ["data=x.jsonl", "time_budget_clock=gpu"])
     with pytest.raises(UserError, match="arithmetic_facts"):
         load_config(None, ["data=x.jsonl", "arithmetic_facts=-1"])
+    with pytest.raises(UserError, match="arithmetic_facts_min_result"):
+        load_config(None, ["data=x.jsonl", "arithmetic_facts=0.2", "arithmetic_facts_min_result=-1"])
+    with pytest.raises(UserError, match="applies to arithmetic facts"):  # used or refused
+        load_config(None, ["data=x.jsonl", "arithmetic_facts_min_result=0"])
 
 
 def test_teacher_forced_counts_every_result_and_classes(sos_records):

@@ -86,6 +86,11 @@ class SFTConfig:
     # 3+ digits drawn from the training demonstrations (where small models err), worth this
     # share of the demonstrations' characters (apr.train.packing.arithmetic_facts).
     arithmetic_facts: float = 0.0
+    # Facts are drawn from the operations whose result is at least this. 100 (3+ digits) aims
+    # at the large products a small SoS+ model gets wrong; 0 draws from every operation, in
+    # proportion to how often the demonstrations write it (the small results APR children
+    # get wrong on the path to the answer).
+    arithmetic_facts_min_result: int = 100
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -125,6 +130,10 @@ class SFTConfig:
             raise UserError("config: `time_budget_clock` applies to a time budget; `time_budget_s` is 0 (none)")
         if not 0 <= self.arithmetic_facts <= 10:
             raise UserError("config: `arithmetic_facts` must be in [0, 10]")
+        if self.arithmetic_facts_min_result < 0:
+            raise UserError("config: `arithmetic_facts_min_result` must be 0 or more")
+        if self.arithmetic_facts_min_result != 100 and not self.arithmetic_facts:
+            raise UserError("config: `arithmetic_facts_min_result` applies to arithmetic facts; `arithmetic_facts` is 0 (none)")
         if not is_device_name(self.device):
             raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 

@@ -203,17 +203,18 @@ FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails 
 _OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
 
 
-def arithmetic_facts(demos: list[Demonstration], share: float, seed: int) -> list[Demonstration]:
+def arithmetic_facts(demos: list[Demonstration], share: float, seed: int,
+                     min_result: int = FACT_MIN_RESULT) -> list[Demonstration]:
     """Documents of arithmetic facts in the trace's own syntax, `Exploring Operation: 87*72=6264`
     one per line, `FACT_LINES_PER_DOC` to a document, worth `share` of the demonstrations'
     characters. Lines are drawn (with replacement, so frequent operations stay frequent) from
-    the operations the demonstrations themselves write with a result of 3+ digits: the
-    facts a model needs, weighted toward the large results it gets wrong."""
+    the operations the demonstrations themselves write with a result of at least
+    `min_result` (by default 3+ digits: the large results small models get wrong)."""
     pool, chars = [], 0
     for d in demos:
         for ts in d.strings:
             chars += len(ts.text) - ts.new_from
-            pool.extend(m.group(1) for m in _OP_LINE.finditer(ts.text, ts.new_from) if int(m.group(2)) >= FACT_MIN_RESULT)
+            pool.extend(m.group(1) for m in _OP_LINE.finditer(ts.text, ts.new_from) if int(m.group(2)) >= min_result)
     if share <= 0 or not pool:
         return []
     rng, out, made = random.Random(seed), [], 0

@@ -143,7 +143,7 @@ class SFTTrainer:
         train = packing.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = packing.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
         self.child_budget = packing.child_budget(train) if cfg.budget_prefix else None
-        train += packing.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed)
+        train += packing.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
