@@ -160,3 +160,35 @@ def test_committed_reports_name_no_machine_folders():
     found = [f"{p.relative_to(reports)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
              if machine.search(line)]
     assert not found, found
+
+
+def test_headline_rows_say_when_our_model_had_rl(runs, tmp_path):
+    """The published rows compare supervised with supervised and RL with RL models: a cell
+    whose model differs says so, from `rl_steps` in its apr.json (absent: not recorded)."""
+    import shutil
+
+    def with_model(run, name, info):
+        d = shutil.copytree(run, tmp_path / name)
+        model = tmp_path / f"model-{name}"
+        model.mkdir()
+        if info is not None:
+            (model / "apr.json").write_text(json.dumps({"method": name[:3], "preset": "tiny", **info}))
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "model": str(model)}))
+        return d
+
+    apr = with_model(runs[0], "apr", {"rl_steps": 40})
+    sos = with_model(runs[1], "sos", {})  # written before rl_steps
+    assert main(["report", str(apr), str(sos), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    greedy = next(line for line in md.splitlines() if line.startswith("| greedy, no RL"))
+    assert "(after 40 RL steps)" in greedy and "(RL not recorded)" in greedy
+    at4k = next(line for line in md.splitlines() if line.startswith("| at 4k context"))
+    assert "after 40" not in at4k and "(RL not recorded)" in at4k  # RL against RL: nothing to say
+    assert "supervised, then 40 GRPO steps" in md and "RL not recorded in apr.json" in md
+
+    apr0 = with_model(runs[0], "apr0", {"rl_steps": 0})
+    assert main(["report", str(apr0), "--out", str(tmp_path / "r0")]) == 0
+    md = (tmp_path / "r0" / "report.md").read_text()
+    at4k = next(line for line in md.splitlines() if line.startswith("| at 4k context"))
+    assert "(no RL)" in at4k and "supervised only" in md

@@ -62,6 +62,9 @@ class ModelInfo:
     # "exact": RL rollouts of this model (or of a model it was trained from) ran with exact
     # arithmetic, the engine writing operation results (apr.arithmetic_labels); None: never.
     rl_arithmetic: str | None = None
+    # GRPO steps these weights have had, summed over the RL runs they came through; 0: supervised
+    # only. Folders written before the field say neither (reports then say "not recorded").
+    rl_steps: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelInfo":
@@ -189,6 +192,8 @@ def model_card(info: ModelInfo) -> str:
             f"Models*). Task: {task}. Context: {info.context} tokens per thread. What it was trained for is in "
             f"`apr.json`.\n\nUse it through the spawn/join runtime: `apr eval --model DIR --method {info.method} "
             f"--out RUN_DIR`, or serve it (`apr serve --model DIR`). Plain `generate` gives the root thread only.\n"
+            + (f"\nAfter supervised training, {info.rl_steps} steps of GRPO (`rl_steps` in `apr.json`).\n"
+               if info.rl_steps else "")
             + ("\nTrained by RL with exact arithmetic in its rollouts (an ablation): the engine wrote the results of "
                "its operation lines (those tokens carried no gradient), so RL rewarded searches whose arithmetic the "
                "model did not do (`rl_arithmetic` in `apr.json`; docs/evaluation.md).\n"
@@ -224,6 +229,8 @@ def load_model_info(model_dir: str | Path) -> ModelInfo:
         raise UserError(f"apr.json: child_budget must be a positive integer, got {info.child_budget!r}", str(path))
     if info.rl_arithmetic not in (None, "exact"):
         raise UserError(f"apr.json: rl_arithmetic must be null or exact, got {info.rl_arithmetic!r}", str(path))
+    if not isinstance(info.rl_steps, int) or isinstance(info.rl_steps, bool) or info.rl_steps < 0:
+        raise UserError(f"apr.json: rl_steps must be 0 or a positive integer, got {info.rl_steps!r}", str(path))
     return info
 
 

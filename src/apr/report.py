@@ -265,13 +265,44 @@ def _acc(p: dict | None) -> str:
     return f"{100 * p['accuracy']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
 
 
-def _model_note(r: dict) -> str:
-    """The model's preset and task from its folder's apr.json, when it is at hand."""
+def _apr_json(r: dict) -> dict | None:
     try:
         info = json.loads((Path(r["model"]) / "apr.json").read_text())
-        return f"preset {info.get('preset')}, task {info.get('task')}"
-    except (OSError, json.JSONDecodeError, TypeError):
+        return info if isinstance(info, dict) else None
+    except (OSError, json.JSONDecodeError, TypeError, KeyError):
+        return None
+
+
+def _rl_steps(r: dict | None) -> int | None:
+    """GRPO steps of a run's model (0: supervised only); None when its apr.json does not say
+    (folders written before `rl_steps`) or is not at hand."""
+    info = _apr_json(r) if r else None
+    steps = info.get("rl_steps") if info else None
+    return steps if isinstance(steps, int) else None
+
+
+def _rl_tag(r: dict | None, published_rl: bool) -> str:
+    """What a cell must say when our model's training differs from the published row's: the
+    rows compare supervised models with supervised ones and RL models with RL ones."""
+    steps = _rl_steps(r)
+    if r is None or r.get("family") == "solver":
+        return ""
+    if steps is None:
+        return " (RL not recorded)"
+    if published_rl != (steps > 0):
+        return f" (after {steps} RL steps)" if steps else " (no RL)"
+    return ""
+
+
+def _model_note(r: dict) -> str:
+    """The model's preset, task and RL from its folder's apr.json, when it is at hand."""
+    info = _apr_json(r)
+    if info is None:
         return "?"
+    steps = _rl_steps(r)
+    rl = ("RL not recorded in apr.json" if steps is None else
+          f"supervised, then {steps} GRPO steps" if steps else "supervised only")
+    return f"preset {info.get('preset')}, task {info.get('task')}, {rl}"
 
 
 def matched_cons(runs: list[dict], tokens: float) -> tuple[str, dict] | None:
@@ -295,20 +326,20 @@ def headline(runs: list[dict]) -> list[str]:
         w = max(r["accuracy_within_context"], key=int)
         return w, r["accuracy_within_context"][w]
 
-    rows.append(f"| {PUBLISHED[0][0]} | {PUBLISHED[0][1]} | {PUBLISHED[0][2]} | {_acc(apr and {'accuracy': apr['accuracy'], 'ci95': apr['ci95']})} | {_acc(sos and {'accuracy': sos['accuracy'], 'ci95': sos['ci95']})} |")
+    rows.append(f"| {PUBLISHED[0][0]} | {PUBLISHED[0][1]} | {PUBLISHED[0][2]} | {_acc(apr and {'accuracy': apr['accuracy'], 'ci95': apr['ci95']})}{_rl_tag(apr, False)} | {_acc(sos and {'accuracy': sos['accuracy'], 'ci95': sos['ci95']})}{_rl_tag(sos, False)} |")
     wa, pa = top_window(apr)
     ws, ps = top_window(sos)
-    rows.append(f"| {PUBLISHED[1][0]} | {PUBLISHED[1][1]} | {PUBLISHED[1][2]} | {_acc(pa)} at {wa} | {_acc(ps)} at {ws} |")
+    rows.append(f"| {PUBLISHED[1][0]} | {PUBLISHED[1][1]} | {PUBLISHED[1][2]} | {_acc(pa)} at {wa}{_rl_tag(apr, True)} | {_acc(ps)} at {ws}{_rl_tag(sos, True)} |")
     aprs = single(runs, "apr")  # published comparisons: unassisted runs only
     if aprs:
         big = max(aprs, key=lambda r: r["metrics"]["total_tokens"]["mean"])
         t = big["metrics"]["total_tokens"]["mean"]
         m = matched_cons(runs, t)
         ours_sos = f"{_acc(m[1])} ({m[0]}, {m[1]['total_tokens']:.0f} tokens)" if m else "– (no cons@N run)"
-        rows.append(f"| {PUBLISHED[2][0]} | {PUBLISHED[2][1]} | {PUBLISHED[2][2]} | {_acc(big)} ({big['label']}, {t:.0f} tokens) | {ours_sos} |")
+        rows.append(f"| {PUBLISHED[2][0]} | {PUBLISHED[2][1]} | {PUBLISHED[2][2]} | {_acc(big)} ({big['label']}, {t:.0f} tokens){_rl_tag(big, True)} | {ours_sos} |")
     if apr and sos:
         la, ls = apr["metrics"]["latency_s"]["mean"], sos["metrics"]["latency_s"]["mean"]
-        rows.append(f"| {PUBLISHED[3][0]} | {PUBLISHED[3][1]} | {PUBLISHED[3][2]} | {_acc(apr)} at {la:.2f} s | {_acc(sos)} at {ls:.2f} s |")
+        rows.append(f"| {PUBLISHED[3][0]} | {PUBLISHED[3][1]} | {PUBLISHED[3][2]} | {_acc(apr)} at {la:.2f} s{_rl_tag(apr, True)} | {_acc(sos)} at {ls:.2f} s{_rl_tag(sos, False)} |")
     for r in runs:
         if r["family"] == "solver":
             rows.append(f"| reference: {r['label']} (symbolic, checked) | – | – | {_acc(r)} | |")
@@ -407,7 +438,7 @@ def notes(runs: list[dict]) -> list[str]:
                    "trees in records.jsonl), and the solver rows show what the demonstrations would score.")
     out += [
         "- The published models are 228M-parameter Llamas trained on 500k problems for 19k steps, then (for the "
-        "headline numbers) with GRPO; ours are far smaller, trained on far less, with no RL. Compare shapes "
+        "headline numbers) with GRPO; ours are far smaller and trained on far less (RL as each model's note says). Compare shapes "
         "(which method wins, how accuracy moves with budget), not levels.",
         "- Accuracy within a context window W is derived from one run at the largest window: a problem counts only "
         "if it is correct and no thread exceeded W tokens (a thread cut earlier could not have gone on differently).",

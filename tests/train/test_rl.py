@@ -195,6 +195,7 @@ def test_cli_smoke_writes_metrics_and_final_model(files, tmp_path):
     assert [m["step"] for m in metrics(out) if "val_accuracy" in m] == [0, 1, 2]
     info = json.loads((out / "final" / "apr.json").read_text())
     assert info["method"] == "apr" and info["preset"] == "test"
+    assert info["rl_steps"] == 2 and "2 steps of GRPO" in (out / "final" / "README.md").read_text()
 
 
 def _index_reward(record, problem):

@@ -35,7 +35,7 @@ from apr.countdown import Problem, read_problems
 from apr.datasets import packaged_validation_set
 from apr.engine.base import EngineError
 from apr.errors import UserError
-from apr.model_folder import load_model, save_model
+from apr.model_folder import ModelInfo, load_model, save_model
 from apr.records import Record
 from apr.rng import derive_seed
 from apr.runtime import Runtime
@@ -110,6 +110,7 @@ class RLTrainer:
         self.method = self.rt.method
         if self.rt.arithmetic == "exact":  # every saved policy's apr.json and model card say so
             self.info = dataclasses.replace(self.info, rl_arithmetic="exact")
+        self.rl_steps_before = self.info.rl_steps  # the init's own RL, if it had any
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.policy.train()
         self.max_len = int(getattr(self.policy.config, "max_position_embeddings", 4096))
@@ -124,6 +125,10 @@ class RLTrainer:
         if resume:
             self._resume()
         self.engine = self._make_engine()
+
+    def saved_info(self) -> ModelInfo:
+        """apr.json of a saved policy: the init's, with the RL steps it has had so far."""
+        return dataclasses.replace(self.info, rl_steps=self.rl_steps_before + self.step)
 
     # ------------------------------------------------------------------ engine
 
@@ -149,7 +154,7 @@ class RLTrainer:
             return
         path = self.out / "policy"
         if self.rank == 0:
-            save_model(self.policy, self.tok, self.info, path)
+            save_model(self.policy, self.tok, self.saved_info(), path)
         barrier(self.world)
         if self.rank == 0:
             try:
@@ -361,7 +366,7 @@ class RLTrainer:
         bar.close()
         final = self.out / FINAL
         if main:
-            save_model(self.policy, self.tok, self.info, final)  # apr.json preserved from `init`
+            save_model(self.policy, self.tok, self.saved_info(), final)  # apr.json preserved from `init`
         barrier(self.world)
         return final
 
