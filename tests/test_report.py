@@ -192,3 +192,17 @@ def test_headline_rows_say_when_our_model_had_rl(runs, tmp_path):
     md = (tmp_path / "r0" / "report.md").read_text()
     at4k = next(line for line in md.splitlines() if line.startswith("| at 4k context"))
     assert "(no RL)" in at4k and "supervised only" in md
+
+
+def test_runs_under_another_join_rule_stay_out_of_the_published_rows(runs, tmp_path):
+    import shutil
+
+    d = shutil.copytree(runs[0], tmp_path / "verified")
+    s = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps({**s, "join_rule": "verified", "problems": 999, "accuracy": 0.987,
+                                                "label": "APR, verified join"}))
+    assert main(["report", str(d), str(runs[0]), str(runs[1]), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    greedy = next(line for line in md.splitlines() if line.startswith("| greedy, no RL"))
+    assert "98.7" not in greedy and f"{100 * s['accuracy']:.1f}" in greedy
+    assert "| APR, verified join | apr | verified |" in md  # still in the table of every run

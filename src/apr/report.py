@@ -146,8 +146,11 @@ def shown(path: str | Path) -> str:
 
 
 def single(runs: list[dict], family: str, exact_runs: bool = False) -> list[dict]:
-    """A family's one-sample runs: the unassisted ones, or (`exact_runs`) those with exact arithmetic."""
-    return [r for r in runs if r["family"] == family and r["samples"] == 1 and exact.is_exact(r) == exact_runs]
+    """A family's one-sample runs under the published join rule: the unassisted ones, or
+    (`exact_runs`) those with exact arithmetic. Runs under another join rule (`verified`) are
+    in the table of every run only: they are not the published evaluation."""
+    return [r for r in runs if r["family"] == family and r["samples"] == 1 and exact.is_exact(r) == exact_runs
+            and r.get("join_rule") in (None, "official")]
 
 
 def primary(runs: list[dict], family: str, exact_runs: bool = False) -> dict | None:
