@@ -70,6 +70,10 @@ def load_hf_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, SafetensorError) as e:
         raise UserError(f"cannot load model ({str(e).splitlines()[0]})", str(path)) from None
+    # The runtime tokenizes whole texts (a thread with its join text, a record) that may run past
+    # the trained length; the engine itself stops every thread at its window, so the tokenizer's
+    # "longer than the specified maximum ... indexing errors" warning would only mislead.
+    getattr(tok, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
     return model, tok
 
 
