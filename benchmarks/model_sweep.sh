@@ -9,6 +9,7 @@
 #
 #   bash benchmarks/model_sweep.sh runs/sweep17 docs/reports/cpu_sweep models/cpu/default models/cpu/default-sos \
 #       runs/s2/s1_train.jsonl runs/cpu_s2_plain/data/train.jsonl
+# (REF_APR=models/default REF_SOS=models/default-sos: the committed pair on the same problems)
 set -euo pipefail
 OUT=${1:-runs/sweep17}; REPORT=${2:-docs/reports/cpu_sweep}
 APR=${3:-models/cpu/default}; SOS=${4:-models/cpu/default-sos}
@@ -35,6 +36,10 @@ ev "$OUT/sos_exact" --model "$SOS" --method sos --arithmetic exact &
 ev "$OUT/apr_b${own}_exact" --model "$APR" --method apr --child-budget "$own" --arithmetic exact
 wait
 ev "$OUT/solver_sos" --method solver-sos
+refs=()  # REF_APR / REF_SOS: other models (e.g. the committed defaults) on the same problems, at the same budget
+if [ -n "${REF_APR:-}" ]; then ev "$OUT/ref_apr" --model "$REF_APR" --method apr --child-budget "$own" --label "APR greedy, budget $own, $REF_APR" & refs+=("$OUT/ref_apr"); fi
+if [ -n "${REF_SOS:-}" ]; then ev "$OUT/ref_sos" --model "$REF_SOS" --method sos --label "SoS+ greedy, $REF_SOS"; refs+=("$OUT/ref_sos"); fi
+wait
 solvers=(); for b in $BUDGETS; do solvers+=("$OUT/solver_apr_b$b"); done
 apr report "${runs[@]}" "$OUT/sos" "$OUT/apr_b${own}_verified" "$OUT/apr_b${own}_exact" "$OUT/sos_exact" \
-  "${solvers[@]}" "$OUT/solver_sos" --out "$REPORT"
+  "${refs[@]}" "${solvers[@]}" "$OUT/solver_sos" --out "$REPORT"
