@@ -271,6 +271,7 @@ def apply(out: Path, models: Path, ledger: Path, record_only: bool = False) -> l
         # 97M padded tokens on an H200, has none: cumulative counts CPU sessions).
         history_file = Path(row["init"]) / "training_history.json" if row["init"] else None
         history = json.loads(history_file.read_text()) if history_file and history_file.exists() else []
+        history = [h for h in history if h["session"] < res["session"]]  # as it was when this session started
         cumulative = sum(h["tokens"] for h in history) + row["tokens"]
         keep = not record_only and better(row["new"], row.get("old"))
         lines.append(ledger_row(res, name, {**row, "kept": keep}, cumulative))
