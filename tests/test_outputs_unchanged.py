@@ -71,15 +71,16 @@ def produce(tmp: Path) -> dict:
         cli("data", "traces", "--solver", solver, "--problems", probs, "--out", traces, "--seed", 1)
         out[f"data_traces_{solver}"] = traces.read_text()
 
-    # apr run with the committed APR model (greedy, child budget 4).
+    # apr run with the 2026-11-28 APR model after RL (greedy, child budget 4): models/rl/default,
+    # which was models/default when the reference was made (the name in the records stays).
     run = tmp / "run.jsonl"
-    cli("run", "--model", ROOT / "models/default", "--problems", probs, "--out", run, "--limit", 4,
+    cli("run", "--model", ROOT / "models/rl/default", "--problems", probs, "--out", run, "--limit", 4,
         "--child-budget", 4, "--context", 768, "--quiet")
     out["run_records"] = [{**r, "model": "models/default"} for r in jsonl(run)]
 
     # apr eval: greedy SoS+, APR cons@2 (sampled), and the solver row.
     evals = [("sos", ROOT / "models/default-sos", ["--limit", 4]),
-             ("cons@2", ROOT / "models/default", ["--limit", 3, "--child-budget", 3, "--seed", 5]),
+             ("cons@2", ROOT / "models/rl/default", ["--limit", 3, "--child-budget", 3, "--seed", 5]),
              ("solver-apr", None, ["--limit", 6])]
     for method, model, extra in evals:
         d = tmp / f"eval_{method}"
