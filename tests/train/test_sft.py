@@ -62,6 +62,17 @@ def test_overfits_a_few_dozen_traces(demos, tmp_path):
     assert (final / "apr.json").exists() and (tmp_path / "config.yaml").exists()
     info = json.loads((final / "apr.json").read_text())
     assert info["method"] == "apr" and info["preset"] == "tiny" and info["context"] == 256
+    assert info["task"]["num_count"] == TASK.num_count  # untagged traces: the task is read from them
+
+
+def test_the_task_of_untagged_demonstrations_holds_them():
+    from apr.train.packing import record_task
+
+    recs = [("d.jsonl", 1, {"nums": [3, 150, 7], "target": 5}), ("d.jsonl", 2, {"nums": [1, 2, 3], "target": 40})]
+    task = record_task(recs)
+    assert task == TaskConfig(num_count=3, num_max=150, target_min=5).as_dict()
+    tagged = [(p, n, {**r, "task": TaskConfig(num_count=3, num_max=200, target_min=1).as_dict()}) for p, n, r in recs]
+    assert record_task(tagged) == TaskConfig(num_count=3, num_max=200, target_min=1).as_dict()
 
 
 def test_time_budget_lowers_max_steps_and_ends_the_schedule(demos, tmp_path):

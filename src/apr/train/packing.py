@@ -126,6 +126,22 @@ def check_task(records: list[tuple[str, int, dict]]) -> TaskConfig | None:
     return task
 
 
+def record_task(records: list[tuple[str, int, dict]]) -> dict:
+    """The task a model trained on `records` is for, as apr.json records it: their `task` tag,
+    else (`apr data traces` writes none) the published ranges with the records' count of
+    numbers, widened to hold every number and target they have (check_task has checked that
+    they agree on the count). Without this, a model trained on 3-number traces said it was
+    for 4 numbers, and `apr eval`/`apr demo` without a problem file drew the wrong task."""
+    task = check_task(records)
+    if task is not None:
+        return task.as_dict()
+    nums = [n for _, _, r in records for n in r["nums"]]
+    targets = [r["target"] for _, _, r in records]
+    d = TaskConfig()
+    return TaskConfig(num_count=len(records[0][2]["nums"]), num_min=min(d.num_min, *nums), num_max=max(d.num_max, *nums),
+                      target_min=min(d.target_min, *targets), target_max=max(d.target_max, *targets)).as_dict()
+
+
 _EXPLORE = "Exploring Operation: "
 _OPERATION = re.compile(r"(\d+)([+\-*/])(\d+)=(\d+)")
 _MAX_CHARS = 80  # keeps int() cheap; no Countdown operation is near it

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from apr.datasets import packaged_validation_set
 from apr.errors import UserError
 from apr.io import atomic_write
-from apr.model_folder import DEFAULT_TASK, ModelInfo, count_params, make_model, save_model
+from apr.model_folder import ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
 from apr.train import packing
 from apr.train.checkpoint import FINAL, check_run_folder, load_checkpoint, load_states, save_checkpoint
@@ -159,7 +159,7 @@ class SFTTrainer:
             except UserError:  # a small held-out set whose documents are all longer than the context
                 log.warning(f"validation: none of {docs} held-out documents fits {cfg.context} tokens; "
                             "no validation loss")
-        task = records[0][2].get("task") or dict(DEFAULT_TASK)
+        task = packing.record_task(records)
         return stats, train_data, val_data, method, task
 
     def _batch(self, packed: packing.Packed, rows: np.ndarray):
