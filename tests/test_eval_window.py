@@ -51,6 +51,18 @@ def test_a_bad_eval_context_is_refused(model, tmp_path, bad):
         load_model_info(m)
 
 
+@pytest.mark.parametrize("bad", [-1, "40", True, 2.5, None])
+def test_a_bad_rl_steps_is_refused(model, tmp_path, bad):
+    import shutil
+
+    m = tmp_path / "m"
+    m.mkdir()
+    shutil.copy(model / "apr.json", m / "apr.json")
+    with_info(m, rl_steps=bad)
+    with pytest.raises(UserError, match="rl_steps must be 0 or a positive integer"):
+        load_model_info(m)
+
+
 def evaluate_once(model, out, *extra):
     argv = ["eval", "--model", str(model), "--method", "apr", "--limit", "1", "--quiet", "--device", "cpu",
             "--out", str(out), *map(str, extra)]

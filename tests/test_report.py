@@ -63,7 +63,7 @@ def test_report_summarizes_an_interrupted_run(runs, tmp_path):
     assert main(["report", str(d), str(runs[1]), "--out", str(tmp_path / "r")]) == 0
     assert f"(partial: first {gap})" in (tmp_path / "r" / "report.md").read_text()
     assert not (d / "summary.json").exists()  # the report reads run folders, never writes into them
-    from apr.report import load_runs
+    from apr.report_runs import load_runs
 
     assert load_runs([str(d)])[0]["problems"] == gap
 

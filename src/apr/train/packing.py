@@ -131,10 +131,11 @@ def record_task(records: list[tuple[str, int, dict]]) -> dict:
     else (`apr data traces` writes none) the published ranges with the records' count of
     numbers, widened to hold every number and target they have (check_task has checked that
     they agree on the count). Without this, a model trained on 3-number traces said it was
-    for 4 numbers, and `apr eval`/`apr demo` without a problem file drew the wrong task."""
-    task = check_task(records)
-    if task is not None:
-        return task.as_dict()
+    for 4 numbers, and `apr eval`/`apr demo` without a problem file drew the wrong task.
+    The records come from `read_demonstrations`, which has checked them against their tags."""
+    tag = next((r["task"] for _, _, r in records if r.get("task") is not None), None)
+    if tag is not None:
+        return TaskConfig.from_dict(tag).as_dict()
     nums = [n for _, _, r in records for n in r["nums"]]
     targets = [r["target"] for _, _, r in records]
     d = TaskConfig()
