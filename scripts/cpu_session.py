@@ -327,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
     args = ap.parse_args(argv)
+    # checked before any data is drawn (argparse: one line, exit 2), not after it by SFT
+    if args.arithmetic_facts is not None and not 0 < args.arithmetic_facts <= 10:
+        ap.error("--arithmetic-facts must be in (0, 10]")
+    if args.facts_min_result < 0:
+        ap.error("--facts-min-result must be 0 or more")
+    if args.facts_min_result != 100 and args.arithmetic_facts is None:
+        ap.error("--facts-min-result applies to --arithmetic-facts")
+    if args.record_only and not args.apply:
+        ap.error("--record-only applies to --apply")
     if args.apply:
         for line in apply(args.out, Path(args.models), args.ledger, args.record_only):
             print(line)

@@ -51,3 +51,16 @@ def test_better_needs_accuracy_or_fewer_errors():
     assert s.better(run(0.5, 0.1), None)
     assert s.better(run(0.5, 0.1), run(0.4, 0.0)) and s.better(run(0.5, 0.1), run(0.5, 0.2))
     assert not s.better(run(0.5, 0.1), run(0.5, 0.1)) and not s.better(run(0.4, 0.0), run(0.5, 0.3))
+
+
+def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
+    import pytest
+
+    s = load_script()
+    for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
+                 ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"]):
+        with pytest.raises(SystemExit) as e:
+            s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
+        assert e.value.code == 2
+        assert ": error: " in capsys.readouterr().err.strip().splitlines()[-1]  # one line says what is wrong
+    assert not (tmp_path / "s").exists()  # nothing written
