@@ -52,6 +52,7 @@ class Recipe:
     tokenizer: str = "apr"
     arithmetic_facts: float = 0.0
     arithmetic_facts_min_result: int = 100
+    node_drills: float = 0.0
     context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
     batch_size: int = 8
     lr: float = 2e-3  # from scratch
@@ -110,6 +111,8 @@ class Session:
         if getattr(args, "arithmetic_facts", None) is not None:  # an arm of this session (A/B)
             self.recipe = dataclasses.replace(self.recipe, arithmetic_facts=args.arithmetic_facts,
                                               arithmetic_facts_min_result=args.facts_min_result)
+        if getattr(args, "node_drills", None) is not None:
+            self.recipe = dataclasses.replace(self.recipe, node_drills=args.node_drills)
         self.out, self.models = Path(args.out), Path(args.models)
         self.start = Path(getattr(args, "start", None) or ROOT / "models" / "sft")
         self.data = self.out / "data"
@@ -160,6 +163,7 @@ class Session:
                 "time_budget_s": self.args.minutes * 60, "time_budget_clock": "cpu", "eval_problems":
                 self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr").lower(), "arithmetic_facts": r.arithmetic_facts,
                 **({"arithmetic_facts_min_result": r.arithmetic_facts_min_result} if r.arithmetic_facts else {}),
+                **({"node_drills": r.node_drills} if r.node_drills else {}),
                 "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
                 "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
                 "optim.warmup_steps": 10 if init else 30,
@@ -249,6 +253,7 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
     rec = res["recipe"]
     facts = (f", facts {rec['arithmetic_facts']:g} of results >= {rec.get('arithmetic_facts_min_result', 100)}"
              if rec.get("arithmetic_facts") else "")
+    facts += f", node drills {rec['node_drills']:g}" if rec.get("node_drills") else ""
     kept = "" if row.get("kept", True) else ", not kept"
     return (f"| {res['date']} | {name} ({rec['preset']}, {rec['tokenizer']}{facts}{kept}) | "
             f"{res['minutes']:g} | {row['tokens'] / 1e6:.1f}M | {cumulative / 1e6:.1f}M | "
@@ -324,12 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arithmetic-facts", type=float, default=None,
                     help="an arm: mix in arithmetic facts worth this share of the demonstrations (recipe: 0)")
     ap.add_argument("--facts-min-result", type=int, default=100, help="with --arithmetic-facts: smallest result drawn")
+    ap.add_argument("--node-drills", type=float, default=None,
+                    help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
     args = ap.parse_args(argv)
     # checked before any data is drawn (argparse: one line, exit 2), not after it by SFT
     if args.arithmetic_facts is not None and not 0 < args.arithmetic_facts <= 10:
         ap.error("--arithmetic-facts must be in (0, 10]")
+    if args.node_drills is not None and not 0 < args.node_drills <= 10:
+        ap.error("--node-drills must be in (0, 10]")
     if args.facts_min_result < 0:
         ap.error("--facts-min-result must be 0 or more")
     if args.facts_min_result != 100 and args.arithmetic_facts is None:

@@ -106,7 +106,7 @@ def test_summary_line_and_report_carry_competence(tmp_path):
     assert s["join_rule"] == "official" and s["competence"]["joins"] == 2
     line = describe(s, "RUN")
     assert line.startswith("APR greedy: accuracy 0.500 [")
-    assert "arithmetic errors 35.3% of 17 operations; false claims at 1/2 joins (50.0%) (official joins); RUN/summary.json" in line
+    assert "arithmetic errors 35.3% of 17 operations; false claims at 1/2 joins (50.0%); states copied wrong at 0/2 moves (0.0%) (official joins); RUN/summary.json" in line
 
     from apr.report import failures_table, runs_table
 
@@ -227,3 +227,26 @@ def test_summary_line_and_report_show_where_the_errors_are(tmp_path):
     old = {**s, "competence": {k: v for k, v in s["competence"].items() if k != "arithmetic_breakdown"}}
     assert errors_table([old])[2] == "| APR greedy | – | – | – | – | – | – | – | – | – |"
     assert "3+ digit" not in describe(old)
+
+
+SOS_TEXT = ("Current State: 24:[4, 9, 3], Operations: []\n"
+            "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,0: 24:[4, 6] Operation: 9-3=6\n"
+            "Exploring Operation: 9+3=12, Resulting Numbers: [4, 12]\nGenerated Node #0,1: 24:[4, 12] Operation: 9+3=12\n"
+            "Moving to Node #0,1\nCurrent State: 24:[4, 12], Operations: ['9+3=12']\n"  # right
+            "Exploring Operation: 4+12=16, Resulting Numbers: [16]\n16,24 unequal: No Solution\n"
+            "Moving to Node #0,0\nCurrent State: 24:[4, 12], Operations: ['9-3=6']\n"  # node 0,1's numbers
+            "Moving to Node #0,5\nCurrent State: 24:[1, 2], Operations: ['9-3=6']\n"  # never generated: not a copy
+            "Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\n")  # the root: not a copy
+
+
+def test_state_copies_are_checked_against_the_generated_node():
+    assert C.state_copy_errors(SOS_TEXT) == (2, 1)
+    moves = P.node_moves(SOS_TEXT)
+    assert [m.node for m in moves] == ["0,1", "0,0"] and SOS_TEXT[moves[1].at:].startswith("Moving to Node #0,0\n")
+    assert moves[1].named.nums == [4, 6] and moves[1].written.nums == [4, 12] and set(moves[1].generated) == {"0,0", "0,1"}
+    # an APR child's own start is handed to it, and a parent's root is no copy either
+    assert C.state_copy_errors(tree(True)["children"][0][0]["text"]) == (0, 0)
+    c = C.measure([record(text=SOS_TEXT)])
+    assert (c["moves"], c["state_copy_errors"], c["state_copy_error_rate"]) == (2, 1, 0.5)
+    assert "states copied wrong at 1/2 moves (50.0%)" in C.describe(c)
+    assert "states copied" not in C.describe(C.measure([record(text="")]))  # no moves, no clause

@@ -22,6 +22,13 @@ how often a parent is handed a false success claim by a child, and why samples f
   (`checker.replay`) from the child's start state (`Current State` of its prompt) to its
   target. Under the `verified` join rule such claims are joined as failures instead and
   counted in `Record.rejected_claims` (summed here as `rejected_claims`).
+- State copy error rate: the share of a thread's moves to a node it generated (`Moving to
+  Node #X` after `Generated Node #X`) whose next line, `Current State`, is not X's state as
+  generated (numbers and operations). A serial search copies the state of the node it moves
+  to from far back in its own text; a small SoS+ model learns to copy the state of the node
+  its heuristic ranks best whatever id it wrote (`apr.train.drills`), so a move can land on
+  a node the search never generated and skip the one it named. APR children are handed
+  their start state by the runtime, which does not count (it is no move in their own text).
 - Failure reasons: the reasons of the records that are not correct, grouped into the
   runtime's stops (`runtime.RUNTIME_FAILURES`) and the checker's verdict classes
   (`checker.reason_class`).
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from apr.checker import OP_RE, apply_op, claimed_ops, path_ops, reason_class, replay
-from apr.protocol import Thread, join_results, start_state
+from apr.protocol import Thread, join_results, node_moves, start_state
 from apr.records import Record
 from apr.runtime import RUNTIME_FAILURES
 
@@ -114,6 +121,14 @@ def operation_errors(text: str) -> tuple[int, int]:
     return len(lines), sum(line.wrong for line in lines)
 
 
+def state_copy_errors(text: str) -> tuple[int, int]:
+    """(moves to a generated node, moves whose `Current State` line is not that node's) of
+    one thread's own text."""
+    moves = node_moves(text)
+    wrong = sum(1 for m in moves if m.written is None or (m.written.nums, m.written.ops) != (m.named.nums, m.named.ops))
+    return len(moves), wrong
+
+
 def record_threads(rec: Record) -> Iterator[tuple[Thread | None, str, frozenset[str]]]:
     """(thread, `parent` | `child`, operations of the path it passed on) for every thread of a
     record, depth first; a record without a thread tree is one thread, None, its text."""
@@ -190,14 +205,17 @@ def failure_class(reason: str) -> tuple[str, str]:
 
 def measure(records: Iterable[Record]) -> dict:
     """The competence measures of some records (every sample counts)."""
-    ops = wrong = joins = bad_joins = bad_claims = rejected = 0
+    ops = wrong = joins = bad_joins = bad_claims = rejected = moves = bad_moves = 0
     where = Breakdown()
     reasons: dict[str, Counter] = {"runtime": Counter(), "checker": Counter()}
     for rec in records:
         for t, kind, path in record_threads(rec):
-            for line in operation_lines(rec.text if t is None else t.own_text()):
+            own = rec.text if t is None else t.own_text()
+            for line in operation_lines(own):
                 ops, wrong = ops + 1, wrong + line.wrong
                 where.add(line, kind, line.written in path, rec.target)
+            n, bad = state_copy_errors(own)
+            moves, bad_moves = moves + n, bad_moves + bad
             if t is None:
                 continue
             per_join = false_claims(t)
@@ -213,6 +231,9 @@ def measure(records: Iterable[Record]) -> dict:
         "operations": ops,
         "arithmetic_errors": wrong,
         "arithmetic_breakdown": where.to_json(),
+        "state_copy_error_rate": bad_moves / moves if moves else 0.0,
+        "moves": moves,
+        "state_copy_errors": bad_moves,
         "false_claim_join_rate": bad_joins / joins if joins else 0.0,
         "joins": joins,
         "false_claim_joins": bad_joins,
@@ -241,6 +262,8 @@ def describe(c: dict) -> str:
             f"false claims at {c['false_claim_joins']}/{c['joins']} joins ({100 * c['false_claim_join_rate']:.1f}%)")
     if c.get("rejected_claims"):
         line += f", {c['rejected_claims']} rejected"
+    if c.get("moves"):
+        line += f"; states copied wrong at {c['state_copy_errors']}/{c['moves']} moves ({100 * c['state_copy_error_rate']:.1f}%)"
     return line
 
 

@@ -253,24 +253,26 @@ def headline(runs: list[dict]) -> list[str]:
 
 
 def _competence_cells(r: dict) -> str:
-    """Arithmetic error rate and false-claim join rate of a run ("–" for summaries written
-    before they were measured)."""
+    """Arithmetic error rate, false-claim join rate and state copy error rate of a run ("–"
+    for summaries written before they were measured)."""
     c = r.get("competence")
     if not c:
-        return "– | –"
+        return "– | – | –"
     arith = f"{100 * c['arithmetic_error_rate']:.1f} ({c['operations']})"
     claims = f"{100 * c['false_claim_join_rate']:.1f} ({c['joins']})" if c["joins"] else "– (0)"
     if c.get("rejected_claims"):
         claims += f", {c['rejected_claims']} rejected"
     if exact.is_exact(r):  # errors are near 0 by construction: say how many results the engine wrote
         arith += f", {c.get('forced_results', '?')} results forced"
-    return f"{arith} | {claims}"
+    copies = f"{100 * c['state_copy_error_rate']:.1f} ({c['moves']})" if c.get("moves") else "–"
+    return f"{arith} | {claims} | {copies}"
 
 
 def runs_table(runs: list[dict]) -> list[str]:
     rows = ["| run | method | joins | T | problems | accuracy % [95% CI] | total tokens | sequential tokens | longest thread "
-            "| children | latency s | arithmetic errors % (operations) | false-claim joins % (joins) | machine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| children | latency s | arithmetic errors % (operations) | false-claim joins % (joins) "
+            "| states copied wrong % (moves) | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         m = r["metrics"]
         mach = r.get("machine", {})
@@ -370,8 +372,9 @@ def write_report(dirs: list[str], out: Path) -> Path:
              *headline(runs), "", "## Every run", "", *runs_table(runs), "",
              "Arithmetic errors: the share of `Exploring Operation` lines, over every thread, whose operands are not "
              "among the current numbers or whose result is wrong. False-claim joins: the share of joins at which a "
-             "child's path was passed on as a success but does not replay from the child's start state "
-             "(`apr.competence`).", "",
+             "child's path was passed on as a success but does not replay from the child's start state. "
+             "States copied wrong: the share of moves to a generated node (`Moving to Node #X`) whose `Current "
+             "State` line is not that node's (`apr.competence`).", "",
              "## Where the arithmetic errors are", "", *errors_table(runs), "", ERRORS_NOTE, "",
              "## Why samples failed", "", *failures_table(runs), ""]
     ablation = exact_table(runs)

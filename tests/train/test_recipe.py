@@ -14,7 +14,7 @@ from apr.countdown import TaskConfig, generate
 from apr.datasets import demonstration
 from apr.search import SosConfig
 from apr.tokenizer import build_tokenizer
-from apr.train import packing
+from apr.train import drills, packing
 from apr.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,20 +29,20 @@ def sos_records():
 def test_arithmetic_facts_are_true_large_results_in_trace_syntax(sos_records):
     demos = packing.demonstrations(sos_records, build_tokenizer(), budget_prefix=False)
     chars = sum(len(s.text) - s.new_from for d in demos for s in d.strings)  # each character once
-    facts = packing.arithmetic_facts(demos, 0.25, seed=0)
+    facts = drills.arithmetic_facts(demos, 0.25, seed=0)
     text = "".join(s.text for d in facts for s in d.strings)
     assert 0.25 * chars <= len(text) < 0.25 * chars + 2000  # the share asked, to within one document
     lines = text.splitlines()
-    assert len(lines) == packing.FACT_LINES_PER_DOC * len(facts)
+    assert len(lines) == drills.FACT_LINES_PER_DOC * len(facts)
     for line in lines:
         m = re.fullmatch(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", line)
         assert m, line
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        assert apply_op(a, op, b) == c and c >= packing.FACT_MIN_RESULT
-    assert packing.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
-    assert packing.arithmetic_facts(demos, 0.0, seed=0) == []
+        assert apply_op(a, op, b) == c and c >= drills.FACT_MIN_RESULT
+    assert drills.arithmetic_facts(demos, 0.25, seed=0)[0].strings[0].text == facts[0].strings[0].text  # seeded
+    assert drills.arithmetic_facts(demos, 0.0, seed=0) == []
     # min_result 0 draws from every operation: small results too, each one true
-    every = "".join(s.text for d in packing.arithmetic_facts(demos, 0.25, seed=0, min_result=0) for s in d.strings)
+    every = "".join(s.text for d in drills.arithmetic_facts(demos, 0.25, seed=0, min_result=0) for s in d.strings)
     results = [int(m[4]) for m in re.finditer(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", every)]
     assert min(results) < 10 and all(apply_op(int(m[1]), m[2], int(m[3])) == int(m[4])
                                      for m in re.finditer(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)", every))
@@ -100,3 +100,39 @@ def test_probe_recipe_at_toy_size(tmp_path):
     assert "| num99 | tokenizer=apr-num99 |" in r.stdout
     info = json.loads((out / "arms/num99/train/final/apr.json").read_text())
     assert info["tokenizer_name"] == "apr-num99"
+
+
+def test_node_drills_name_another_node_and_train_only_its_state(sos_records):
+    from apr import protocol
+    from apr.train.packing import encode_many
+
+    tok = build_tokenizer()
+    demos = packing.demonstrations(sos_records, tok, budget_prefix=False)
+    made = drills.node_drills(demos, 0.5, seed=1)
+    assert len(made) == round(0.5 * len(demos)) and all(not d.stops for d in made)
+    assert drills.node_drills(demos, 0.5, seed=1)[3].strings[0].text == made[3].strings[0].text  # seeded
+    assert drills.node_drills(demos, 0.0, seed=1) == []
+    sources = {s.text for d in demos for s in d.strings}
+    for d in made:
+        ts = d.strings[0]
+        head, state = ts.text[: ts.new_from], ts.text[ts.new_from:]
+        before = head[: head.rstrip("\n").rfind("\n") + 1]
+        assert any(s.startswith(before) for s in sources)  # a real trace, cut at a move
+        last = protocol.node_moves(ts.text)[-1]  # the drill's move: to a node the trace generated
+        assert ts.text[last.at:].startswith("Moving to Node #") and last.written == last.named
+    # the drills differ from the demonstrations' own moves somewhere (another node named)
+    assert any(d.strings[0].text not in "".join(sources) for d in made)
+    # only the state line carries loss, and no EOS: a drill does not teach stopping
+    (ids, trained), = encode_many([made[0].strings[0]], tok)
+    state = made[0].strings[0].text[made[0].strings[0].new_from:]
+    assert tok.decode(ids[1:-1][trained[1:-1]]) == state
+    built = packing.build_packed(made[:1], tok, 1024, False, packing.DataStats())
+    assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target
+
+
+def test_config_checks_node_drills():
+    from apr.errors import UserError
+
+    assert load_config(None, ["data=x.jsonl", "node_drills=0.5"]).node_drills == 0.5
+    with pytest.raises(UserError, match="node_drills"):
+        load_config(None, ["data=x.jsonl", "node_drills=-1"])

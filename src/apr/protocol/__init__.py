@@ -20,7 +20,7 @@ from apr.protocol.lines import (
     solution_path, sos_prompt, spawn_block, state_line,
 )
 from apr.protocol.parse import (
-    NodeState, is_goal_line, node_states, parse_list, parse_spawn, spawn_start, split_prompt, start_state,
+    Move, NodeState, is_goal_line, node_moves, node_states, parse_list, parse_spawn, spawn_start, split_prompt, start_state,
 )
 from apr.protocol.published import thread_from_record, thread_from_trace_dict
 from apr.protocol.results import goal_line_result, join_results, official_result
@@ -31,7 +31,7 @@ __all__ = [
     "QUOTED_OP_RE", "SPAWN_END", "SPAWN_LINE_RE", "SPAWN_START", "STATE_RE", "TAG_RE", "ChildRequest", "ChildResult",
     "apr_prompt", "child_id", "child_prompt", "explore_line", "fmt_list", "fmt_ops", "generated_line", "goal_line",
     "join_text", "moving_line", "parent_id", "solution_path", "sos_prompt", "spawn_block", "state_line",
-    "NodeState", "is_goal_line", "node_states", "parse_list", "parse_spawn", "spawn_start", "split_prompt",
+    "Move", "NodeState", "is_goal_line", "node_moves", "node_states", "parse_list", "parse_spawn", "spawn_start", "split_prompt",
     "start_state", "thread_from_record", "thread_from_trace_dict", "goal_line_result", "join_results",
     "official_result", "Thread", "TrainingString",
 ]

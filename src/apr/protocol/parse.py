@@ -5,6 +5,7 @@ No input string makes these raise: text that does not parse gives None (or an em
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from apr.countdown import MAX_NUMBER_DIGITS
@@ -67,6 +68,40 @@ def node_states(text: str) -> dict[str, NodeState]:
             if parent is not None and nums is not None and node not in states:
                 states[node] = NodeState(int(g.group(2)), nums, parent.ops + [g.group(4)])
     return states
+
+
+@dataclass
+class Move:
+    """A `Moving to Node #node` line of a text, to a node the text generated before it."""
+
+    at: int  # offset of the line in the text
+    node: str
+    named: NodeState  # the node's state as generated
+    written: NodeState | None  # the state the next line writes (None: it does not parse)
+    generated: dict[str, NodeState]  # every node the text generated before the line, the named one included
+
+
+def node_moves(text: str) -> list[Move]:
+    """The moves of a text to nodes it generated (`Generated Node #X` before `Moving to Node
+    #X`). A text that starts at its `Current State` line (a SoS+ trace) starts at node 0."""
+    if not MOVING_RE.match(text.split("\n", 1)[0]):
+        root = "Moving to Node #0\n"
+        return [dataclasses.replace(m, at=m.at - len(root)) for m in node_moves(root + text)]
+    out, at, generated = [], 0, set()
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        g = GENERATED_RE.match(line)
+        if g:
+            generated.add(g.group(1))
+        m = MOVING_RE.match(line)
+        if m and m.group(1) in generated:
+            states = node_states(text[:at])
+            if m.group(1) in states:
+                written = _state(lines[i + 1]) if i + 1 < len(lines) else None
+                made = {n: st for n, st in states.items() if n in generated}
+                out.append(Move(at, m.group(1), states[m.group(1)], written, made))
+        at += len(line) + 1
+    return out
 
 
 def spawn_start(text: str) -> int:

@@ -91,6 +91,11 @@ class SFTConfig:
     # proportion to how often the demonstrations write it (the small results APR children
     # get wrong on the path to the answer).
     arithmetic_facts_min_result: int = 100
+    # > 0: add this many node drills per demonstration (0.5: one for every two): a trace cut at
+    # a move, with another generated node named, and that node's state line, the only part
+    # trained (apr.train.drills). For models that copy the heuristically best node's state
+    # whatever id they wrote (the CPU line's SoS+ models, issue 17).
+    node_drills: float = 0.0
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -134,6 +139,8 @@ class SFTConfig:
             raise UserError("config: `arithmetic_facts_min_result` must be 0 or more")
         if self.arithmetic_facts_min_result != 100 and not self.arithmetic_facts:
             raise UserError("config: `arithmetic_facts_min_result` applies to arithmetic facts; `arithmetic_facts` is 0 (none)")
+        if not 0 <= self.node_drills <= 10:
+            raise UserError("config: `node_drills` must be in [0, 10]")
         if not is_device_name(self.device):
             raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 

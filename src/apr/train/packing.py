@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,9 @@ class Demonstration:
     method: str  # "apr" | "sos"
     strings: list[protocol.TrainingString]
     children: int = 0  # child threads in the trace (what `Sub Call Budget: N` says for it)
+    # False for a drill (apr.train.drills) cut off mid-trace: its EOS is not a target, so the
+    # model does not learn to stop where the drill ends.
+    stops: bool = True
 
 
 @dataclass
@@ -215,34 +217,6 @@ def demonstrations(
     return out
 
 
-FACT_LINES_PER_DOC = 16
-FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
-_OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
-
-
-def arithmetic_facts(demos: list[Demonstration], share: float, seed: int,
-                     min_result: int = FACT_MIN_RESULT) -> list[Demonstration]:
-    """Documents of arithmetic facts in the trace's own syntax, `Exploring Operation: 87*72=6264`
-    one per line, `FACT_LINES_PER_DOC` to a document, worth `share` of the demonstrations'
-    characters. Lines are drawn (with replacement, so frequent operations stay frequent) from
-    the operations the demonstrations themselves write with a result of at least
-    `min_result` (by default 3+ digits: the large results small models get wrong)."""
-    pool, chars = [], 0
-    for d in demos:
-        for ts in d.strings:
-            chars += len(ts.text) - ts.new_from
-            pool.extend(m.group(1) for m in _OP_LINE.finditer(ts.text, ts.new_from) if int(m.group(2)) >= min_result)
-    if share <= 0 or not pool:
-        return []
-    rng, out, made = random.Random(seed), [], 0
-    while made < share * chars:
-        text = "".join(f"Exploring Operation: {rng.choice(pool)}\n" for _ in range(FACT_LINES_PER_DOC))
-        out.append(Demonstration("<arithmetic facts>", len(out) + 1, demos[0].method,
-                                 [protocol.TrainingString(text, 0, [], 0)]))
-        made += len(text)
-    return out
-
-
 def child_budget(demos: list[Demonstration]) -> int | None:
     """The child budget a model trained on these APR demonstrations is asked for by default:
     the median child count of the traces that spawned (None when none did)."""
@@ -346,13 +320,17 @@ def build_packed(
 ) -> Packed:
     """Tokenize and pack demonstrations, updating `stats`."""
     docs = []
-    strings = []
+    strings, stops = [], []
     for d in demos:
         stats.records += 1
         stats.methods[d.method] = stats.methods.get(d.method, 0) + 1
         strings.extend(d.strings)
+        stops.extend([d.stops] * len(d.strings))
     for i in range(0, len(strings), chunk):  # chunks bound the backend's transient memory
-        for tok, trained in encode_many(strings[i : i + chunk], tokenizer, train_on_inserted):
+        encoded = encode_many(strings[i : i + chunk], tokenizer, train_on_inserted)
+        for (tok, trained), stop in zip(encoded, stops[i : i + chunk]):
+            if not stop:
+                trained[-1] = False
             if len(tok) > context:
                 stats.dropped_long += 1
                 continue

@@ -33,7 +33,7 @@ from apr.errors import UserError
 from apr.io import atomic_write
 from apr.model_folder import ModelInfo, count_params, make_model, save_model
 from apr.tokenizer import load_tokenizer, tokenizer_fingerprint
-from apr.train import packing
+from apr.train import drills, packing
 from apr.train.checkpoint import FINAL, check_run_folder, load_checkpoint, load_states, save_checkpoint
 from apr.train.common import (
     EpochSampler,
@@ -143,7 +143,9 @@ class SFTTrainer:
         train = packing.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = packing.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
         self.child_budget = packing.child_budget(train) if cfg.budget_prefix else None
-        train += packing.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
+        # both kinds of drill are drawn from the demonstrations alone, not from each other
+        train += (drills.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
+                  + drills.node_drills(train, cfg.node_drills, cfg.seed))
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)

@@ -1,0 +1,84 @@
+"""Drill documents: short extra documents mixed into the demonstrations, each aimed at one
+skill a small model fails to learn from whole traces (issue 17).
+
+- **Arithmetic facts**: `Exploring Operation: 87*72=6264` lines in the trace's own syntax.
+- **Node drills**: a trace cut at a `Moving to Node #X` line, with X replaced by another node
+  the trace has generated, followed by that node's `Current State` line. In a demonstration
+  the node a search moves to is the one its heuristic ranks best, so a model can predict the
+  state line from the heuristic alone and never read the node id it has just written; the
+  CPU line's SoS+ models do exactly that (asked for another id, they copy the best node's
+  state: `docs/reports/cpu_runs.md`, session 4), and in free runs nearly half of their moves
+  copy a state that is not the named node's. A drill's prefix and id carry no loss (the
+  search order stays the demonstrations'); only the state line does, and the drill ends
+  without a trained EOS, so the only thing it teaches is to copy the state of the node named.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from apr import protocol
+from apr.train.packing import Demonstration
+
+FACT_LINES_PER_DOC = 16
+FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
+_OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
+
+
+def arithmetic_facts(demos: list[Demonstration], share: float, seed: int,
+                     min_result: int = FACT_MIN_RESULT) -> list[Demonstration]:
+    """Documents of arithmetic facts in the trace's own syntax, `Exploring Operation: 87*72=6264`
+    one per line, `FACT_LINES_PER_DOC` to a document, worth `share` of the demonstrations'
+    characters. Lines are drawn (with replacement, so frequent operations stay frequent) from
+    the operations the demonstrations themselves write with a result of at least
+    `min_result` (by default 3+ digits: the large results small models get wrong)."""
+    pool, chars = [], 0
+    for d in demos:
+        for ts in d.strings:
+            chars += len(ts.text) - ts.new_from
+            pool.extend(m.group(1) for m in _OP_LINE.finditer(ts.text, ts.new_from) if int(m.group(2)) >= min_result)
+    if share <= 0 or not pool:
+        return []
+    rng, out, made = random.Random(seed), [], 0
+    while made < share * chars:
+        text = "".join(f"Exploring Operation: {rng.choice(pool)}\n" for _ in range(FACT_LINES_PER_DOC))
+        out.append(Demonstration("<arithmetic facts>", len(out) + 1, demos[0].method,
+                                 [protocol.TrainingString(text, 0, [], 0)]))
+        made += len(text)
+    return out
+
+
+def move_points(text: str) -> list[protocol.Move]:
+    """The moves of `text` to a node another generated node could stand for."""
+    return [mv for mv in protocol.node_moves(text) if any(n != mv.node for n in mv.generated)]
+
+
+def node_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[Demonstration]:
+    """`per_demo` node drills per demonstration (0.5: one for every two), each from a random
+    training string of a random demonstration, cut at a random move: the text before it (no
+    loss), `Moving to Node #Y` for another generated node Y (no loss), and Y's state line
+    (trained). Seeded: the same demonstrations and seed give the same drills."""
+    if per_demo <= 0 or not demos:
+        return []
+    rng, out = random.Random(seed), []
+    want = round(per_demo * len(demos))
+    tries = 0
+    while len(out) < want and tries < 20 * want:
+        tries += 1
+        d = rng.choice(demos)
+        ts = rng.choice(d.strings)
+        points = move_points(ts.text)
+        if not points:
+            continue
+        mv = rng.choice(points)
+        node = rng.choice([n for n in mv.generated if n != mv.node])
+        state, at = mv.generated[node], mv.at
+        head = ts.text[:at] + protocol.moving_line(node)
+        text = head + protocol.state_line(state.target, state.nums, state.ops)
+        # everything the trace and the drill chose is context; only the copy is trained
+        inserted = [(0, len(head))]
+        out.append(Demonstration("<node drills>", len(out) + 1, d.method,
+                                 [protocol.TrainingString(text, min(ts.prompt_end, at), inserted, len(head))],
+                                 stops=False))
+    return out
