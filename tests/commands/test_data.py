@@ -108,3 +108,37 @@ def test_verify_reads_published_records_with_only_a_search_path(tmp_path, capsys
     f.write_text(json.dumps({"nums": [4, 6], "target": 24, "search_path": text}) + "\n")
     assert main(["verify", "--input", str(f)]) == 0
     assert json.loads(capsys.readouterr().out)["correct"] is True
+
+
+def test_ranked_order_prints_the_same_kept_nodes_best_first(tmp_path):
+    import random
+    import re
+
+    from apr import protocol
+    from apr.search.beam import Node, expand_node
+    from apr.search.heuristics import mult_heuristic
+
+    node = Node("0", [38, 29, 37], [])
+    for beam in (1, 3, 6):
+        shuffled = expand_node(node, 30, beam, random.Random(1), mult_heuristic)
+        ranked = expand_node(node, 30, beam, random.Random(1), mult_heuristic, order="ranked")
+        assert sorted(n.nums for n in ranked.kept) == sorted(n.nums for n in shuffled.kept)  # the same nodes kept
+        scores = [mult_heuristic(n.nums, 30) for n in ranked.kept]
+        assert scores == sorted(scores) and [n.id for n in ranked.kept] == [f"0,{i}" for i in range(len(scores))]
+    # the command: every ranked SoS+ trace visits the nodes of an expansion in id order, and solves as
+    # often as the published (shuffled) solver, which keeps and visits the same nodes
+    probs = tmp_path / "p.jsonl"
+    run("data", "problems", "--n", 60, "--seed", 5, "--num-count", 3, "--out", probs, "--quiet")
+    solved = {}
+    for order in ("shuffled", "ranked"):
+        out = tmp_path / f"{order}.jsonl"
+        assert run("data", "traces", "--solver", "sos", "--order", order, "--problems", probs, "--out", out, "--quiet") == 0
+        recs = [json.loads(l) for l in open(out)]
+        assert all(r["solver"]["order"] == order for r in recs)
+        solved[order] = [r["solved"] for r in recs]
+        if order == "ranked":
+            for r in recs:  # the search's moves, before any goal and its clean path
+                search = r["search_path"].split("equal: Goal Reached")[0]
+                ids = [m.node for m in protocol.node_moves(search)]
+                assert ids == [f"0,{i}" for i in range(len(ids))], r["search_path"]
+    assert solved["ranked"] == solved["shuffled"]

@@ -23,7 +23,7 @@ from apr.countdown import TaskConfig, problem_keys
 from apr.datasets import write_problems, write_traces
 from apr.errors import UserError
 from apr.io import atomic_write, check_output_dir, check_output_file, read_records
-from apr.search import AprConfig, SosConfig
+from apr.search import ORDERS, AprConfig, SosConfig
 
 
 def _task_from_args(args) -> TaskConfig:
@@ -69,7 +69,7 @@ def _solver_config(args) -> AprConfig | SosConfig:
             raise UserError(f"--{name.replace('_', '-')} applies to the {other} solver only; this is --solver {args.solver}")
     given = {name: getattr(args, name) for name in SOLVER_OPTIONS[args.solver] if getattr(args, name) is not None}
     cls = AprConfig if args.solver == "apr" else SosConfig
-    return cls(beam_min=lo, beam_max=hi, heuristic=args.heuristic, **given)
+    return cls(beam_min=lo, beam_max=hi, heuristic=args.heuristic, order=args.order, **given)
 
 
 def cmd_traces(args) -> int:
@@ -147,6 +147,9 @@ def register(sub) -> None:
     t.add_argument("--sub-search-prob", type=probability,
                    help=f"sos: chance to double down per expansion, 0..1 (default {SosConfig.sub_search_prob})")
     t.add_argument("--heuristic", choices=["mult", "sum"], default="mult", help="node ordering heuristic")
+    t.add_argument("--order", choices=ORDERS, default="shuffled",
+                   help="how an expansion prints its kept nodes: shuffled (the published solvers) or ranked, best "
+                   "first (the same search, easier for a small model to imitate)")
     t.add_argument("--budget-prefix", action="store_true",
                    help="apr: prefix each root prompt with its child count, `Sub Call Budget: N `")
     add_deprecated_alias(t, "--sub-call-budget", "--budget-prefix")

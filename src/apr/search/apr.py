@@ -18,6 +18,7 @@ class AprConfig:
     spawn_prob: float = 0.9  # chance to spawn when an expansion kept more than one node
     max_depth: int = 1  # levels of spawning: 1 = only the root spawns (the published data)
     heuristic: str = "mult"
+    order: str = "shuffled"  # kept nodes printed shuffled (published) or "ranked", best first (beam.expand_node)
     budget_prefix: bool = False  # prefix the root prompt with its child count, `Sub Call Budget: N `
     # At most this many child threads in a trace (None: no limit), as a model asked for
     # `Sub Call Budget: N` should: an expansion spawns only when all its kept nodes fit in
@@ -85,7 +86,7 @@ def run_thread(
         return goals[winner]
 
     h = HEURISTICS[cfg.heuristic]
-    goal = beam_search(start, target, beam_min, beam_max, h, rng, parts, Branch(wanted, spawn))
+    goal = beam_search(start, target, beam_min, beam_max, h, rng, parts, Branch(wanted, spawn), cfg.order)
     if goal is None:
         parts.append(P.NO_SOLUTION)
     thread.segments.append("".join(parts))

@@ -30,12 +30,24 @@ class Expansion:
     goal_op: str | None  # the operation that reached the target, if one did
 
 
-def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristic: Heuristic) -> Expansion:
-    """Make every successor, keep the best `beam`, shuffle, print; stop at a goal."""
+ORDERS = ("shuffled", "ranked")  # how an expansion prints the nodes it kept (see `expand_node`)
+
+
+def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristic: Heuristic,
+                order: str = "shuffled") -> Expansion:
+    """Make every successor, keep the best `beam`, print them; stop at a goal.
+
+    `order` "shuffled" prints the kept nodes in random order, as the published solvers do;
+    "ranked" prints them best first. The nodes kept, and the order a best-first search visits
+    them, are the same either way: only the order they are written in, and so their ids,
+    differ. Ranked, a trace's next node is always the lowest-numbered open one, which a small
+    model can follow; shuffled, it must rank the nodes by the heuristic again to find it
+    (issue 17: the CPU line's models copy the wrong node's state, and repeat nodes)."""
     succ = list(expand(node.nums))
     succ.sort(key=lambda s: heuristic(s[1], target))  # stable: ties keep generation order
     kept = succ[:beam]
-    rng.shuffle(kept)
+    if order == "shuffled":
+        rng.shuffle(kept)
     lines, nodes = [], []
     for op, nums in kept:
         lines.append(P.explore_line(op, nums))
@@ -134,12 +146,13 @@ def beam_search(
     rng: random.Random,
     parts: list[str],
     branch: Branch,
+    order: str = "shuffled",
 ) -> Goal | None:
     """Best-first beam search from `start`, appending its trace text to `parts`.
 
     The caller has written `start`'s `Moving to Node`/`Current State` lines (as a prompt or
     inline); every later node popped gets them here. Each node is expanded with a beam drawn
-    uniformly from beam_min..beam_max. A goal ends the search with the clean path from
+    uniformly from beam_min..beam_max and printed in `order` (`expand_node`). A goal ends the search with the clean path from
     `start`; otherwise `branch` (see `Branch`) or else the frontier takes the kept nodes. Returns
     the goal reached, or None when the frontier runs out (the caller writes any failure line).
     """
@@ -152,7 +165,7 @@ def beam_search(
             parts.append(P.moving_line(node.id) + P.state_line(target, node.nums, node.ops))
         first = False
         beam = rng.randint(beam_min, beam_max)
-        ex = expand_node(node, target, beam, rng, heuristic)
+        ex = expand_node(node, target, beam, rng, heuristic, order)
         parts.append(ex.text)
         if ex.goal_op is not None:
             parts.append(clean_path(start, node, ex.goal_op, target))

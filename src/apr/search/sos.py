@@ -17,6 +17,7 @@ class SosConfig:
     sub_search_prob: float = 0.5  # chance per expansion to run a sub search on each kept node
     max_sub_depth: int = 100  # nesting limit for sub searches (numbers run out first)
     heuristic: str = "mult"
+    order: str = "shuffled"  # kept nodes printed shuffled (published) or "ranked", best first (beam.expand_node)
 
     def params(self) -> dict:
         return {"solver": "sos", **asdict(self)}
@@ -52,7 +53,7 @@ def serial_search(
         return None
 
     h = HEURISTICS[cfg.heuristic]
-    return beam_search(start, target, cfg.beam_min, cfg.beam_max, h, rng, parts, Branch(wanted, sub_searches))
+    return beam_search(start, target, cfg.beam_min, cfg.beam_max, h, rng, parts, Branch(wanted, sub_searches), cfg.order)
 
 
 def solve_sos(nums: list[int], target: int, cfg: SosConfig, rng: random.Random) -> P.Thread:
