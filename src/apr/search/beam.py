@@ -38,9 +38,10 @@ def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristi
     """Make every successor, keep the best `beam`, print them; stop at a goal.
 
     `order` "shuffled" prints the kept nodes in random order, as the published solvers do;
-    "ranked" prints them best first. The nodes kept, and the order a best-first search visits
-    them, are the same either way: only the order they are written in, and so their ids,
-    differ. Ranked, a trace's next node is always the lowest-numbered open one, which a small
+    "ranked" prints them best first. For the same beam the nodes kept, and the order a
+    best-first search visits them, are the same either way: only the order they are written
+    in, and so their ids, differ (a whole file's beams differ, since shuffling draws from the
+    random stream). Ranked, a trace's next node is always the lowest-numbered open one, which a small
     model can follow; shuffled, it must rank the nodes by the heuristic again to find it
     (issue 17: the CPU line's models copy the wrong node's state, and repeat nodes)."""
     succ = list(expand(node.nums))
