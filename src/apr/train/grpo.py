@@ -6,10 +6,9 @@ One step:
      through the spawn/join runtime at temperature 1 (per-thread seeds from the step, the
      problem and the sample, so a step's rollouts are a function of the weights and step);
   2. reward each rollout (1 when the checker accepts it), normalize within each group;
-  3. learn: every thread segment is a sequence weighted by its rollout's advantage;
-     `inner_steps` AdamW steps on the PPO-clipped loss with a k3 KL to the initial model.
-     The old log-probs are those of the policy before the first inner step (the forward of
-     inner step 0, detached: same weights, so no extra pass);
+  3. learn (rl_learner.Learner): every thread segment is a sequence weighted by its
+     rollout's advantage; `inner_steps` AdamW steps on the PPO-clipped loss with a k3 KL to
+     the initial model;
   4. push the new weights to the rollout engine (in place for the local engine,
      `load_weights`; through `reload_weights` from OUT_DIR/policy for a server).
 
@@ -46,7 +45,6 @@ from apr.train.checkpoint import FINAL, check_run_folder, load_checkpoint, load_
 from apr.train.common import (
     EpochSampler,
     all_sum,
-    all_sum_grads,
     all_sum_named,
     autocast_for,
     barrier,
@@ -55,11 +53,11 @@ from apr.train.common import (
     out_of_memory_is_user_error,
     setup_device,
     start_run,
-    warmup_constant,
 )
 from apr.train.config import RLConfig, in_section
 from apr.train.metrics import MetricsLog
 from apr.train.rewards import RewardFn, resolve_reward
+from apr.train.rl_learner import Learner
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,9 @@ class RLTrainer:
         self.autocast = autocast_for(cfg.dtype, self.device)
         self.step = 0
         if resume:
-            self._resume()
+            self._resume()  # loads the policy and the optimizer in place: the learner holds them
+        self.learner = Learner(cfg, self.policy, self.ref, self.optimizer, self.tok, self.max_len, self.device,
+                               self.world, self.autocast)
         self.engine = self._make_engine()
 
     def saved_info(self) -> ModelInfo:
@@ -185,63 +185,6 @@ class RLTrainer:
         records = sorted(Runtime(self.engine, rt, self.tok).run(items), key=lambda r: r.index)
         return records, [p for _, p in items]
 
-    # ------------------------------------------------------------------ learning
-
-    def learn(self, records: list[Record], advantages: list[float]) -> dict:
-        """`inner_steps` optimizer steps on this batch; returns metric sums (all ranks)."""
-        cfg = self.cfg
-        n_global = cfg.batch_size * cfg.group_size
-        stats = L.BuildStats()
-        seqs: list[L.Sequence] = []
-        for i, rec in enumerate(records):
-            if cfg.skip_zero_advantage and advantages[i] == 0:
-                continue
-            seqs.extend(L.rollout_sequences(rec.threads, i, self.tok, self.max_len, stats))
-        weights = L.token_weights(seqs, n_global)
-        batches = [
-            L.collate([seqs[j] for j in idx], [weights[j] for j in idx], [advantages[seqs[j].rollout] for j in idx], self.tok.pad_token_id).to(self.device)
-            for idx in L.micro_batches(seqs, cfg.micro_tokens)
-        ]
-        ref_logps = []
-        with torch.no_grad(), self.autocast:
-            for b in batches:
-                ref_logps.append(L.token_logprobs(self.ref, b)[0])
-        n_seqs = all_sum(torch.tensor(float(len(seqs)), device=self.device), self.world).item()
-        old_logps: list[torch.Tensor] = []
-        sums = {k: torch.zeros((), device=self.device) for k in ("loss", "pg", "kl", "clipped", "tokens", "entropy")}
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        for k in range(cfg.inner_steps if n_seqs > 0 else 0):  # nothing to learn from: no step
-            self.optimizer.zero_grad(set_to_none=True)
-            for j, b in enumerate(batches):
-                with self.autocast:
-                    logp, ent = L.token_logprobs(self.policy, b, with_entropy=k == 0)
-                if k == 0:
-                    old_logps.append(logp.detach())  # = the rollout policy's log-probs (recomputed)
-                loss, s = L.grpo_loss(logp, old_logps[j], ref_logps[j], b, cfg.clip, cfg.kl_coef)
-                loss.backward()
-                sums["loss"] += loss.detach()
-                for key in ("pg", "kl", "clipped", "tokens"):
-                    sums[key] += s[key]
-                if ent is not None:
-                    sums["entropy"] += (ent * (b.weight > 0)).sum()
-            for p in params:  # a rank with no sequences still takes part in the all-reduce
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            all_sum_grads(params, self.world)  # token weights carry the global 1/N already
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            for group in self.optimizer.param_groups:  # the step number alone sets the lr: exact resume
-                group["lr"] = cfg.lr * warmup_constant(self.step, cfg.warmup_steps)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        train_tokens = sum(b.n_tokens for b in batches)
-        return {
-            **{k: v.item() for k, v in sums.items()},
-            "sequences": len(seqs),
-            "train_tokens": float(train_tokens * (cfg.inner_steps + 1)),  # policy passes + the reference pass
-            **{k: getattr(stats, k) for k in ("malformed_threads", "empty_segments", "long_segments")},
-        }
-
     # ------------------------------------------------------------------ one step
 
     def train_step(self) -> dict:
@@ -269,7 +212,7 @@ class RLTrainer:
 
         G = cfg.group_size
         adv = L.group_advantages(torch.tensor(rewards).view(-1, G), cfg.adv_eps).flatten().tolist()
-        m = self.learn(records, adv)
+        m = self.learner.learn(records, adv, self.step)
         t2 = time.perf_counter()
         self._push_weights()
         self.step += 1
