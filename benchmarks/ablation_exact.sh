@@ -14,10 +14,10 @@ mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 ev() { apr --log-level warning eval --problems "$OUT/fresh.jsonl" --quiet "$@"; }
 for mode in model exact; do
-  ev --model models/default --method apr --child-budget 2 --arithmetic $mode --out "$OUT/apr_b2_$mode" &
-  ev --model models/default --method apr --child-budget 4 --arithmetic $mode --out "$OUT/apr_b4_$mode" &
+  ev --model models/rl/default --method apr --child-budget 2 --arithmetic $mode --out "$OUT/apr_b2_$mode" &
+  ev --model models/rl/default --method apr --child-budget 4 --arithmetic $mode --out "$OUT/apr_b4_$mode" &
   wait
-  ev --model models/default-sos --method sos --arithmetic $mode --out "$OUT/sos_$mode"
+  ev --model models/rl/default-sos --method sos --arithmetic $mode --out "$OUT/sos_$mode"
 done
 ev --method solver-apr --child-budget 4 --out "$OUT/solver_apr_b4"
 ev --method solver-sos --out "$OUT/solver_sos"

@@ -53,7 +53,12 @@ class Recipe:
     arithmetic_facts: float = 0.0
     arithmetic_facts_min_result: int = 100
     node_drills: float = 0.0
-    order: str = "shuffled"  # how the demonstrations print an expansion's kept nodes (apr.search.beam)
+    # How the demonstrations print an expansion's kept nodes (apr.search.beam.expand_node).
+    # Session 4's A/Bs (docs/reports/cpu_runs.md): SoS+ on ranked demonstrations +8.0 points
+    # [+4.0, +12.0] over shuffled ones; APR -3.5 [-8.0, +0.8] (its children then meet the goal
+    # operation first and give up when they miss it), so APR stays as published.
+    apr_order: str = "shuffled"
+    sos_order: str = "ranked"
     context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
     batch_size: int = 8
     lr: float = 2e-3  # from scratch
@@ -113,7 +118,7 @@ class Session:
             self.recipe = dataclasses.replace(self.recipe, arithmetic_facts=args.arithmetic_facts,
                                               arithmetic_facts_min_result=args.facts_min_result)
         if getattr(args, "order", None) is not None:
-            self.recipe = dataclasses.replace(self.recipe, order=args.order)
+            self.recipe = dataclasses.replace(self.recipe, apr_order=args.order, sos_order=args.order)
         if getattr(args, "node_drills", None) is not None:
             self.recipe = dataclasses.replace(self.recipe, node_drills=args.node_drills)
         self.out, self.models = Path(args.out), Path(args.models)
@@ -145,9 +150,9 @@ class Session:
             ["data", "problems", "--n", str(n), "--seed", str(20000 + s), *task, "--exclude",
              str(self.data / "fresh.jsonl"), "--out", str(self.data / "train.jsonl"), "--workers", "2"],
             ["data", "traces", "--solver", "apr", "--budget-prefix", "--problems", str(self.data / "train.jsonl"),
-             "--out", str(self.data / "apr.jsonl"), "--workers", "2", "--order", self.recipe.order],
+             "--out", str(self.data / "apr.jsonl"), "--workers", "2", "--order", self.recipe.apr_order],
             ["data", "traces", "--solver", "sos", "--problems", str(self.data / "train.jsonl"), "--out",
-             str(self.data / "sos.jsonl"), "--workers", "2", "--order", self.recipe.order],
+             str(self.data / "sos.jsonl"), "--workers", "2", "--order", self.recipe.sos_order],
         ]
         for argv in steps:
             subprocess.run(apr_cmd("--log-level", "warning", *argv), check=True, env=self.env)
@@ -257,7 +262,8 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
     facts = (f", facts {rec['arithmetic_facts']:g} of results >= {rec.get('arithmetic_facts_min_result', 100)}"
              if rec.get("arithmetic_facts") else "")
     facts += f", node drills {rec['node_drills']:g}" if rec.get("node_drills") else ""
-    facts += f", {rec['order']} nodes" if rec.get("order", "shuffled") != "shuffled" else ""
+    order = rec.get(f"{s.get('method')}_order") or rec.get("order") or "shuffled"  # "order": session 4's arms
+    facts += f", {order} nodes" if order != "shuffled" else ""
     kept = "" if row.get("kept", True) else ", not kept"
     return (f"| {res['date']} | {name} ({rec['preset']}, {rec['tokenizer']}{facts}{kept}) | "
             f"{res['minutes']:g} | {row['tokens'] / 1e6:.1f}M | {cumulative / 1e6:.1f}M | "
@@ -336,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-drills", type=float, default=None,
                     help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--order", choices=["shuffled", "ranked"], default=None,
-                    help="an arm: demonstrations print kept nodes in this order (recipe: shuffled, as published)")
+                    help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR shuffled, "
+                    "as published; SoS+ ranked)")
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
     args = ap.parse_args(argv)

@@ -79,7 +79,7 @@ def produce(tmp: Path) -> dict:
     out["run_records"] = [{**r, "model": "models/default"} for r in jsonl(run)]
 
     # apr eval: greedy SoS+, APR cons@2 (sampled), and the solver row.
-    evals = [("sos", ROOT / "models/default-sos", ["--limit", 4]),
+    evals = [("sos", ROOT / "models/rl/default-sos", ["--limit", 4]),
              ("cons@2", ROOT / "models/rl/default", ["--limit", 3, "--child-budget", 3, "--seed", 5]),
              ("solver-apr", None, ["--limit", 6])]
     for method, model, extra in evals:

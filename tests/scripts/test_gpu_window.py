@@ -31,6 +31,9 @@ def test_a_toy_window_trains_exports_evaluates_and_packs(tmp_path):
     assert len(files) <= 8 and all((out / f).stat().st_size <= 16 * 1024 * 1024 for f in files), files
     results = json.loads((out / "results.json").read_text())["jobs"]
     assert sorted(results) == ["cd3-apr", "cd3-sos", "cd4-apr", "cd4-sos"]
+    for method, order in (("apr", "shuffled"), ("sos", "ranked")):  # the CPU line's demonstrations
+        first = json.loads((tmp_path / "work" / "cd3" / f"{method}.jsonl").read_text().splitlines()[0])
+        assert first["solver"]["order"] == order
     for name, res in results.items():
         assert res["trained"] and res["steps"] == 2, (name, res)
         assert res["eval"]["problems"] == 2 and "arithmetic_error_rate" in json.dumps(res["eval"]), (name, res["eval"])
