@@ -39,27 +39,18 @@ def test_resolve_takes_the_window_from_the_model():
         RuntimeConfig(method="apr", temperature=0.0).require_resolved()
 
 
-@pytest.mark.parametrize("bad", [0, -3, "1024", True, 1.5])
-def test_a_bad_eval_context_is_refused(model, tmp_path, bad):
+@pytest.mark.parametrize("field, bad, message", [
+    *[("eval_context", bad, "eval_context must be a positive integer") for bad in (0, -3, "1024", True, 1.5)],
+    *[("rl_steps", bad, "rl_steps must be 0 or a positive integer") for bad in (-1, "40", True, 2.5, None)],
+])
+def test_a_bad_apr_json_field_is_refused(model, tmp_path, field, bad, message):
     import shutil
 
     m = tmp_path / "m"
     m.mkdir()
     shutil.copy(model / "apr.json", m / "apr.json")
-    with_info(m, eval_context=bad)
-    with pytest.raises(UserError, match="eval_context must be a positive integer"):
-        load_model_info(m)
-
-
-@pytest.mark.parametrize("bad", [-1, "40", True, 2.5, None])
-def test_a_bad_rl_steps_is_refused(model, tmp_path, bad):
-    import shutil
-
-    m = tmp_path / "m"
-    m.mkdir()
-    shutil.copy(model / "apr.json", m / "apr.json")
-    with_info(m, rl_steps=bad)
-    with pytest.raises(UserError, match="rl_steps must be 0 or a positive integer"):
+    with_info(m, **{field: bad})
+    with pytest.raises(UserError, match=message):
         load_model_info(m)
 
 
