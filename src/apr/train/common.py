@@ -17,7 +17,7 @@ from apr.errors import UserError
 from apr.io import atomic_write
 from apr.rng import derive_seed
 from apr.train.checkpoint import clear_run_folder
-from apr.train.config import dump_config
+from apr.train.config_files import dump_config
 from apr.train.metrics import MetricsLog
 
 # ---------------------------------------------------------------------------- device

@@ -54,7 +54,8 @@ from apr.train.common import (
     setup_device,
     start_run,
 )
-from apr.train.config import RLConfig, in_section
+from apr.train.config import RLConfig
+from apr.train.config_files import in_section
 from apr.train.metrics import MetricsLog
 from apr.train.rewards import RewardFn, resolve_reward
 from apr.train.rl_learner import Learner
