@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("traces", type=Path)
     s.add_argument("--n", type=int, default=150)
     args = ap.parse_args(argv)
+    # checked before any model loads: one line, exit 2
+    if args.what == "apr" and not (args.run / "records.jsonl").is_file():
+        ap.error(f"{args.run}: no records.jsonl (an `apr eval` run folder of an APR model)")
+    if args.what == "swap" and not (Path(args.model, "apr.json").is_file() and args.traces.is_file()):
+        ap.error(f"{args.model}: no model folder, or {args.traces}: no such file")
     out = apr_anatomy(args.run, args.budget) if args.what == "apr" else swap_probe(args.model, args.traces, args.n)
     json.dump(out, sys.stdout, indent=1)
     print()

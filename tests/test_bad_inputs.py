@@ -421,6 +421,11 @@ OPTIONS = [
     ("demo --solver --pool 4", "--pool does not apply to the solver demo"),
     ("demo --solver --model {model}", "give --model (the model demo) or --solver"),
     ("pipeline --preset cpu --out {w}/pl --stages data --export {w}/x", "--stages data has no export stage"),
+    # a value outside the option's range
+    ("data traces --solver sos --problems {w}/p.jsonl --out {w}/o.jsonl --order best",
+     "argument --order: invalid choice: 'best'"),
+    ("train sft --config {w}/sft.yaml --set node_drills=-0.5", "`node_drills` must be in [0, 10]"),
+    ("train sft --config {w}/sft.yaml --set node_drills=many", "`node_drills` must be float"),
 ]
 
 
