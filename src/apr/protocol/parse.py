@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Iterator
 
 from apr.countdown import MAX_NUMBER_DIGITS
 from apr.protocol.lines import (
@@ -49,12 +50,11 @@ def _state(line: str) -> NodeState | None:
     return NodeState(int(s.group(1)), nums, QUOTED_OP_RE.findall(s.group(3))) if nums is not None else None
 
 
-def node_states(text: str) -> dict[str, NodeState]:
-    """Every node whose state the text fixes: the start node (`Moving to Node` + `Current State`)
-    and each `Generated Node`, its operations accumulated from its parent's."""
-    states: dict[str, NodeState] = {}
-    lines = text.split("\n")
+def _fix_states(lines: list[str], states: dict[str, NodeState]) -> Iterator[tuple[int, str]]:
+    """Walk `lines`, yielding (index, line) before each line is read into `states`: the nodes
+    the lines before it fixed (see `node_states`)."""
     for i, line in enumerate(lines):
+        yield i, line
         m = MOVING_RE.match(line)
         if m and i + 1 < len(lines) and m.group(1) not in states:
             s = _state(lines[i + 1])
@@ -67,6 +67,14 @@ def node_states(text: str) -> dict[str, NodeState]:
             parent = states.get(parent_id(node) or "")
             if parent is not None and nums is not None and node not in states:
                 states[node] = NodeState(int(g.group(2)), nums, parent.ops + [g.group(4)])
+
+
+def node_states(text: str) -> dict[str, NodeState]:
+    """Every node whose state the text fixes: the start node (`Moving to Node` + `Current State`)
+    and each `Generated Node`, its operations accumulated from its parent's."""
+    states: dict[str, NodeState] = {}
+    for _ in _fix_states(text.split("\n"), states):
+        pass
     return states
 
 
@@ -88,18 +96,17 @@ def node_moves(text: str) -> list[Move]:
         root = "Moving to Node #0\n"
         return [dataclasses.replace(m, at=m.at - len(root)) for m in node_moves(root + text)]
     out, at, generated = [], 0, set()
+    states: dict[str, NodeState] = {}
     lines = text.split("\n")
-    for i, line in enumerate(lines):
+    for i, line in _fix_states(lines, states):  # one pass: states as of the lines before each
         g = GENERATED_RE.match(line)
         if g:
             generated.add(g.group(1))
         m = MOVING_RE.match(line)
-        if m and m.group(1) in generated:
-            states = node_states(text[:at])
-            if m.group(1) in states:
-                written = _state(lines[i + 1]) if i + 1 < len(lines) else None
-                made = {n: st for n, st in states.items() if n in generated}
-                out.append(Move(at, m.group(1), states[m.group(1)], written, made))
+        if m and m.group(1) in generated and m.group(1) in states:
+            written = _state(lines[i + 1]) if i + 1 < len(lines) else None
+            made = {n: st for n, st in states.items() if n in generated}
+            out.append(Move(at, m.group(1), states[m.group(1)], written, made))
         at += len(line) + 1
     return out
 
