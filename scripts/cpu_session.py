@@ -53,6 +53,11 @@ class Recipe:
     arithmetic_facts: float = 0.0
     arithmetic_facts_min_result: int = 100
     node_drills: float = 0.0
+    goal_drills: float = 0.0
+    # SoS+ demonstrations prefixed `Token Budget: N` (their length rounded up to 512), so that a
+    # model can be asked for a search that fits a short window (evaluated with the budget its
+    # window allows, apr.runtime_config.window_token_budget). APR always has its prefix.
+    sos_budget_prefix: bool = False
     # How the demonstrations print an expansion's kept nodes (apr.search.beam.expand_node).
     # Session 4's A/Bs (docs/reports/cpu_runs.md): SoS+ on ranked demonstrations +8.0 points
     # [+4.0, +12.0] over shuffled ones; APR -3.5 [-8.0, +0.8] (its children then meet the goal
@@ -121,6 +126,10 @@ class Session:
             self.recipe = dataclasses.replace(self.recipe, apr_order=args.order, sos_order=args.order)
         if getattr(args, "node_drills", None) is not None:
             self.recipe = dataclasses.replace(self.recipe, node_drills=args.node_drills)
+        if getattr(args, "sos_budget_prefix", False):
+            self.recipe = dataclasses.replace(self.recipe, sos_budget_prefix=True)
+        if getattr(args, "goal_drills", None) is not None:
+            self.recipe = dataclasses.replace(self.recipe, goal_drills=args.goal_drills)
         self.out, self.models = Path(args.out), Path(args.models)
         self.start = Path(getattr(args, "start", None) or ROOT / "models" / "sft")
         self.data = self.out / "data"
@@ -169,9 +178,10 @@ class Session:
                 "data": self.data / f"{job.method}.jsonl", "out_dir": folder, "model": r.preset,
                 "tokenizer": r.tokenizer, "context": r.context, "batch_size": r.batch_size, "max_steps": 1_000_000,
                 "time_budget_s": self.args.minutes * 60, "time_budget_clock": "cpu", "eval_problems":
-                self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr").lower(), "arithmetic_facts": r.arithmetic_facts,
+                self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr" or r.sos_budget_prefix).lower(), "arithmetic_facts": r.arithmetic_facts,
                 **({"arithmetic_facts_min_result": r.arithmetic_facts_min_result} if r.arithmetic_facts else {}),
                 **({"node_drills": r.node_drills} if r.node_drills else {}),
+                **({"goal_drills": r.goal_drills} if r.goal_drills else {}),
                 "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
                 "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
                 "optim.warmup_steps": 10 if init else 30,
@@ -262,6 +272,8 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
     facts = (f", facts {rec['arithmetic_facts']:g} of results >= {rec.get('arithmetic_facts_min_result', 100)}"
              if rec.get("arithmetic_facts") else "")
     facts += f", node drills {rec['node_drills']:g}" if rec.get("node_drills") else ""
+    facts += f", goal drills {rec['goal_drills']:g}" if rec.get("goal_drills") else ""
+    facts += ", token budget prefix" if rec.get("sos_budget_prefix") and s.get("method") == "sos" else ""
     order = rec.get(f"{s.get('method')}_order") or rec.get("order") or "shuffled"  # "order": session 4's arms
     facts += f", {order} nodes" if order != "shuffled" else ""
     kept = "" if row.get("kept", True) else ", not kept"
@@ -341,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts-min-result", type=int, default=100, help="with --arithmetic-facts: smallest result drawn")
     ap.add_argument("--node-drills", type=float, default=None,
                     help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
+    ap.add_argument("--goal-drills", type=float, default=None,
+                    help="an arm: mix in this many goal drills per demonstration (recipe: 0; apr.train.drills)")
+    ap.add_argument("--sos-budget-prefix", action="store_true",
+                    help="an arm: SoS+ demonstrations prefixed `Token Budget: N` (recipe: no prefix)")
     ap.add_argument("--order", choices=["shuffled", "ranked"], default=None,
                     help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR shuffled, "
                     "as published; SoS+ ranked)")
@@ -352,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--arithmetic-facts must be in (0, 10]")
     if args.node_drills is not None and not 0 < args.node_drills <= 10:
         ap.error("--node-drills must be in (0, 10]")
+    if args.goal_drills is not None and not 0 < args.goal_drills <= 10:
+        ap.error("--goal-drills must be in (0, 10]")
     if args.facts_min_result < 0:
         ap.error("--facts-min-result must be 0 or more")
     if args.facts_min_result != 100 and args.arithmetic_facts is None:

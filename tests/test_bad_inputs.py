@@ -426,6 +426,7 @@ OPTIONS = [
      "argument --order: invalid choice: 'best'"),
     ("train sft --config {w}/sft.yaml --set node_drills=-0.5", "`node_drills` must be in [0, 10]"),
     ("train sft --config {w}/sft.yaml --set node_drills=many", "`node_drills` must be float"),
+    ("train sft --config {w}/sft.yaml --set goal_drills=11", "`goal_drills` must be in [0, 10]"),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 from apr.commands import main
 from apr.errors import UserError
 from apr.model_folder import ModelInfo, load_model_info
-from apr.runtime_config import RuntimeConfig, default_child_budget
+from apr.runtime_config import RuntimeConfig, default_child_budget, window_token_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 CD3 = {"num_count": 3, "num_range": [1, 99], "target_range": [10, 100]}
@@ -76,3 +76,12 @@ def test_the_apr_solver_row_runs_at_the_budget_asked(tmp_path):
     assert main(["eval", "--method", "solver-sos", "--out", str(tmp_path / "s"), "--child-budget", "2"]) == 2
     assert main(["eval", "--method", "solver-apr", "--out", str(tmp_path / "t"), "--context", "512"]) == 2
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_token_budget_model_is_asked_for_what_fits_its_window():
+    info = ModelInfo(method="sos", budget_prefix=True, context=1024)
+    assert RuntimeConfig().resolve(info).token_budget == 1024  # its training window
+    assert RuntimeConfig(context=512).resolve(info).token_budget == 512  # a shorter window asks for less
+    assert RuntimeConfig(context=700, token_budget=1536).resolve(info).token_budget == 1536  # asked for: asked for
+    assert [window_token_budget(c) for c in (100, 512, 1000, 1024, 4096, 32768)] == [512, 512, 512, 1024, 4096, 4096]
+    assert RuntimeConfig().resolve(ModelInfo(method="sos", budget_prefix=False)).token_budget is None

@@ -27,6 +27,15 @@ METHODS = ("apr", "sos")
 CONTEXT_MIN, CONTEXT_MAX = 16, 1_048_576
 DEFAULT_CHILD_BUDGET = 10  # the published evaluation's budget, for models that do not say theirs
 DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
+TOKEN_BUDGET_STEP = 512  # budgets are multiples of this (docs/FORMATS.md); training rounds up to one
+
+
+def window_token_budget(context: int) -> int:
+    """The token budget asked of a prefix-trained SoS+ model by default: the largest budget a
+    trace may have and still fit the window (`context` rounded down to a multiple of 512, at
+    least 512, at most DEFAULT_TOKEN_BUDGET). A model asked for more than its window would
+    imitate searches that the window then cuts off."""
+    return min(DEFAULT_TOKEN_BUDGET, max(TOKEN_BUDGET_STEP, context // TOKEN_BUDGET_STEP * TOKEN_BUDGET_STEP))
 
 
 def setting(default, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -58,7 +67,8 @@ class RuntimeConfig:
         "apr.json child_budget, else 10 capped at 3 per pair of numbers; none for a model trained without)",
         lo=1, method="apr", metavar="N")
     token_budget: int | None = setting(
-        None, "SoS+: tokens to ask for, `Token Budget: N` (default: 4096 for a model trained with the prefix)",
+        None, "SoS+: tokens to ask for, `Token Budget: N` (default, for a model trained with the prefix: the "
+        "window rounded down to a multiple of 512, at most 4096)",
         lo=1, method="sos", metavar="TOKENS")
     temperature: float | None = setting(
         None, "sampling temperature, >= 0 (default: 0, greedy, for one sample per problem; 1.0 when sampling "
@@ -108,18 +118,18 @@ class RuntimeConfig:
 
         The method defaults to the model's, the window (`context`) to the one it is evaluated at
         (`default_context`). A budget prefix goes to a model trained with one:
-        the budget asked for, else the model's own (`default_child_budget`, 4096 tokens for
-        SoS+). The temperature defaults to 0 (greedy), or 1.0 when `sampled` (several samples
+        the budget asked for, else the model's own (`default_child_budget`; for SoS+
+        `window_token_budget` of the window). The temperature defaults to 0 (greedy), or 1.0 when `sampled` (several samples
         per problem, RL). A setting of the other method is refused, not ignored."""
         method = self.method or info.method
         refuse_settings_of_other_method(self, method)
         child, tokens = self.child_budget, self.token_budget
         if method == "apr" and child is None and info.budget_prefix:
             child = default_child_budget(info)
-        if method == "sos" and tokens is None and info.budget_prefix:
-            tokens = DEFAULT_TOKEN_BUDGET
         temperature = self.temperature if self.temperature is not None else (1.0 if sampled else 0.0)
         context = self.context if self.context is not None else default_context(info)
+        if method == "sos" and tokens is None and info.budget_prefix:
+            tokens = window_token_budget(context)
         return dataclasses.replace(self, method=method, context=context, child_budget=child, token_budget=tokens,
                                    temperature=temperature)
 

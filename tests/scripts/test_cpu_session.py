@@ -49,6 +49,8 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert (arm.recipe.arithmetic_facts, arm.recipe.arithmetic_facts_min_result) == (0.25, 0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "node_drills": 0.5}))
     assert (arm.recipe.node_drills, arm.recipe.arithmetic_facts) == (0.5, 0.0)
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "goal_drills": 0.5, "sos_budget_prefix": True}))
+    assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, True, 0.0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "order": "shuffled"}))
     assert (arm.recipe.apr_order, arm.recipe.sos_order) == ("shuffled", "shuffled")
 
@@ -66,7 +68,8 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
 
     s = load_script()
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
-                 ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"]):
+                 ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
+                 ["--goal-drills", "0"], ["--goal-drills", "-2"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2

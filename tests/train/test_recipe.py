@@ -130,9 +130,59 @@ def test_node_drills_name_another_node_and_train_only_its_state(sos_records):
     assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target
 
 
-def test_config_checks_node_drills():
+@pytest.mark.parametrize("key", ["node_drills", "goal_drills"])
+def test_config_checks_drill_rates(key):
     from apr.errors import UserError
 
-    assert load_config(None, ["data=x.jsonl", "node_drills=0.5"]).node_drills == 0.5
-    with pytest.raises(UserError, match="node_drills"):
-        load_config(None, ["data=x.jsonl", "node_drills=-1"])
+    assert getattr(load_config(None, ["data=x.jsonl", f"{key}=0.5"]), key) == 0.5
+    with pytest.raises(UserError, match=key):
+        load_config(None, ["data=x.jsonl", f"{key}=-1"])
+
+
+@pytest.fixture(scope="module")
+def apr_records():
+    from apr.search import AprConfig
+
+    return [("x.jsonl", i + 1, demonstration(p, i, 0, AprConfig())) for i, p in enumerate(generate(60, seed=4, task=TASK3))]
+
+
+def test_near_targets_are_close_or_digit_swaps_and_never_the_result():
+    assert drills.near_targets(21, {21, 23, 12, 30, 31, 40}) == [12, 23, 30]
+    assert drills.near_targets(5, set(range(100))) == [n for n in range(0, 15) if n != 5]
+    assert drills.near_targets(50, {50}) == []
+
+
+def test_goal_drills_pair_true_operations_with_near_or_equal_targets_and_train_only_verdicts(apr_records):
+    from apr import protocol
+    from apr.train.packing import encode_many
+
+    tok = build_tokenizer()
+    demos = packing.demonstrations(apr_records, tok, budget_prefix=True)
+    made = drills.goal_drills(demos, 0.5, seed=2)
+    assert len(made) == round(0.5 * len(demos)) and all(not d.stops for d in made)
+    assert drills.goal_drills(demos, 0.5, seed=2)[1].strings[0].text == made[1].strings[0].text  # seeded
+    assert drills.goal_drills(demos, 0.0, seed=2) == []
+    targets = {p.target for p in generate(60, seed=4, task=TASK3)}
+    pair = re.compile(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+), Resulting Numbers: \[(\d+)\]\n"
+                      r"(\d+),(\d+) (equal: Goal Reached|unequal: No Solution)\n")
+    verdicts = {"equal": 0, "near": 0}
+    for d in made:
+        text = d.strings[0].text
+        pairs = pair.findall(text)
+        assert len(pairs) == drills.GOAL_LINES_PER_DOC and "".join(m.group(0) for m in pair.finditer(text)) == text
+        for a, op, b, x, shown, x2, t, verdict in pairs:
+            assert apply_op(int(a), op, int(b)) == int(x) == int(shown) == int(x2)  # a true operation
+            assert int(t) in targets  # a target the demonstrations have
+            assert verdict == protocol.goal_line(int(x), int(t)).split(" ", 1)[1].rstrip("\n")
+            if x == t:
+                verdicts["equal"] += 1
+            else:
+                assert int(t) in drills.near_targets(int(x), targets)
+                verdicts["near"] += 1
+    assert verdicts["equal"] > 0 and verdicts["near"] > verdicts["equal"]  # mostly near misses
+    # only the verdicts (and their newlines) carry loss, and no EOS
+    (ids, trained), = encode_many([made[0].strings[0]], tok)
+    learned = tok.decode(ids[1:-1][trained[1:-1]])
+    assert learned.replace("unequal: No Solution", "").replace("equal: Goal Reached", "") == "\n" * drills.GOAL_LINES_PER_DOC
+    built = packing.build_packed(made[:1], tok, 1024, False, packing.DataStats())
+    assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target

@@ -88,6 +88,11 @@ class SFTConfig:
     # trained (apr.train.drills). For models that copy the heuristically best node's state
     # whatever id they wrote (the CPU line's SoS+ models, issue 17).
     node_drills: float = 0.0
+    # > 0: add this many goal drills per demonstration: last operations and their goal lines
+    # for a target equal to the result or a near miss, only the verdict trained
+    # (apr.train.drills). For models whose children claim `equal: Goal Reached` for a result
+    # beside the target (the CPU line's APR models, issue 17).
+    goal_drills: float = 0.0
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -133,6 +138,8 @@ class SFTConfig:
             raise UserError("config: `arithmetic_facts_min_result` applies to arithmetic facts; `arithmetic_facts` is 0 (none)")
         if not 0 <= self.node_drills <= 10:
             raise UserError("config: `node_drills` must be in [0, 10]")
+        if not 0 <= self.goal_drills <= 10:
+            raise UserError("config: `goal_drills` must be in [0, 10]")
         if not is_device_name(self.device):
             raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 

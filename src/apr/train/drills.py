@@ -11,6 +11,13 @@ skill a small model fails to learn from whole traces (issue 17).
   copy a state that is not the named node's. A drill's prefix and id carry no loss (the
   search order stays the demonstrations'); only the state line does, and the drill ends
   without a trained EOS, so the only thing it teaches is to copy the state of the node named.
+- **Goal drills**: `Exploring Operation: 38-17=21, Resulting Numbers: [21]` and its goal line,
+  `21,23 unequal: No Solution`, for a target beside the result (a near miss) or equal to it.
+  The CPU line's APR children write `equal: Goal Reached` for about half the results within
+  9 of their target (149 of 281 near misses in the session-5 anatomy, `docs/reports/cpu_runs.md`),
+  and the first such false claim wins the join. In demonstrations near misses are rare (about
+  one comparison in twenty), so a small model learns "the leading digits match" for "equal".
+  Only the verdict (`equal: Goal Reached` / `unequal: No Solution`) carries loss.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from apr.train.packing import Demonstration
 FACT_LINES_PER_DOC = 16
 FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
 _OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
+GOAL_LINES_PER_DOC = 16
+GOAL_NEAR = 9  # a near miss: a target at most this far from the result (or its digits swapped)
+GOAL_EQUAL_SHARE = 0.4  # of a drill's lines, those whose target is the result
+_TERMINAL = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+)), Resulting Numbers: \[\d+\]\n")
+_GOAL = re.compile(r"^\d+,(\d+) (?:un)?equal: ", re.M)
 
 
 def arithmetic_facts(demos: list[Demonstration], share: float, seed: int,
@@ -81,4 +93,49 @@ def node_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
         out.append(Demonstration("<node drills>", len(out) + 1, d.method,
                                  [protocol.TrainingString(text, min(ts.prompt_end, at), inserted, len(head))],
                                  stops=False))
+    return out
+
+
+def near_targets(x: int, targets: set[int]) -> list[int]:
+    """Targets a result `x` is easily mistaken for: within GOAL_NEAR of it, or its digits swapped."""
+    near = {x + d for d in range(-GOAL_NEAR, GOAL_NEAR + 1) if d}
+    if 10 <= x <= 99:
+        near.add(10 * (x % 10) + x // 10)
+    near.discard(x)
+    return sorted(t for t in near if t in targets)
+
+
+def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[Demonstration]:
+    """`per_demo` goal drills per demonstration, each `GOAL_LINES_PER_DOC` pairs of lines: a
+    last operation the demonstrations write (`Exploring Operation: a-b=x, Resulting Numbers:
+    [x]`) and its goal line for a target t the demonstrations have: t = x for a share
+    GOAL_EQUAL_SHARE of the pairs, else a near miss (`near_targets`). The operation and `x,t `
+    are context; the verdict is trained; no EOS. Seeded: same demonstrations, same drills."""
+    if per_demo <= 0 or not demos:
+        return []
+    by_result: dict[int, list[str]] = {}
+    targets: set[int] = set()
+    for d in demos:
+        for ts in d.strings:
+            for m in _TERMINAL.finditer(ts.text):
+                by_result.setdefault(int(m.group(2)), []).append(m.group(1))
+            targets.update(int(m.group(1)) for m in _GOAL.finditer(ts.text))
+    equal = sorted(t for t in targets if t in by_result)
+    near = sorted(x for x in by_result if near_targets(x, targets))
+    if not equal or not near:
+        return []
+    rng, out = random.Random(seed), []
+    for k in range(round(per_demo * len(demos))):
+        text, context = "", []
+        for _ in range(GOAL_LINES_PER_DOC):
+            if rng.random() < GOAL_EQUAL_SHARE:
+                x = t = rng.choice(equal)
+            else:
+                x = rng.choice(near)
+                t = rng.choice(near_targets(x, targets))
+            head = f"Exploring Operation: {rng.choice(by_result[x])}, Resulting Numbers: [{x}]\n{x},{t} "
+            context.append((len(text), len(text) + len(head)))
+            text += head + protocol.goal_line(x, t)[len(f"{x},{t} "):]
+        out.append(Demonstration("<goal drills>", k + 1, demos[0].method,
+                                 [protocol.TrainingString(text, 0, context, 0)], stops=False))
     return out

@@ -143,9 +143,10 @@ class SFTTrainer:
         train = packing.demonstrations([r for i, r in enumerate(records) if i not in val_ids], self.tokenizer, **opts)
         val = packing.demonstrations([r for i, r in enumerate(records) if i in val_ids], self.tokenizer, **opts)
         self.child_budget = packing.child_budget(train) if cfg.budget_prefix else None
-        # both kinds of drill are drawn from the demonstrations alone, not from each other
+        # every kind of drill is drawn from the demonstrations alone, not from each other
         train += (drills.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
-                  + drills.node_drills(train, cfg.node_drills, cfg.seed))
+                  + drills.node_drills(train, cfg.node_drills, cfg.seed)
+                  + drills.goal_drills(train, cfg.goal_drills, cfg.seed))
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
