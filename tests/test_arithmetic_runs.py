@@ -142,8 +142,8 @@ def test_eval_counts_forced_tokens_apart_and_competence_honestly(side_by_side):
 
 
 def test_report_labels_exact_rows_and_sets_them_beside_unassisted(side_by_side, tmp_path):
-    from apr.report import cost_series, primary
-    from apr.report_runs import load_runs
+    from apr.report_plots import cost_series
+    from apr.report_runs import load_runs, primary
 
     out = tmp_path / "report"
     assert main(["report", str(side_by_side["model"]), str(side_by_side["exact"]), "--out", str(out)]) == 0

@@ -7,7 +7,7 @@ import pytest
 from apr import competence as C
 from apr import protocol as P
 from apr.checker import check
-from apr.eval import describe, summarize
+from apr.eval_summary import describe, summarize
 from apr.records import Record
 
 ROOT_PROMPT = "Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []"
@@ -106,7 +106,7 @@ def test_summary_line_and_report_carry_competence(tmp_path):
     assert s["join_rule"] == "official" and s["competence"]["joins"] == 2
     line = describe(s, "RUN")
     assert line.startswith("APR greedy: accuracy 0.500 [")
-    assert "arithmetic errors 35.3% of 17 operations; false claims at 1/2 joins (50.0%); states copied wrong at 0/2 moves (0.0%) (official joins); RUN/summary.json" in line
+    assert "arithmetic errors 35.3% of 17 operations; false claims at 1/2 joins (50.0%); near misses called equal at 0/1 goal lines (0.0%); states copied wrong at 0/2 moves (0.0%) (official joins); RUN/summary.json" in line
 
     from apr.report import failures_table, runs_table
 
@@ -250,3 +250,17 @@ def test_state_copies_are_checked_against_the_generated_node():
     assert (c["moves"], c["state_copy_errors"], c["state_copy_error_rate"]) == (2, 1, 0.5)
     assert "states copied wrong at 1/2 moves (50.0%)" in C.describe(c)
     assert "states copied" not in C.describe(C.measure([record(text="")]))  # no moves, no clause
+
+
+def test_goal_verdicts_are_checked_and_near_misses_counted_apart():
+    text = ("Exploring Operation: 4+69=73, Resulting Numbers: [73]\n73,79 equal: Goal Reached\n"  # near miss, wrong
+            "Exploring Operation: 9*2=18, Resulting Numbers: [18]\n18,81 unequal: No Solution\n"  # digits swapped, right
+            "Exploring Operation: 9+2=11, Resulting Numbers: [11]\n11,79 unequal: No Solution\n"  # far, right
+            "Exploring Operation: 70+9=79, Resulting Numbers: [79]\n79,79 unequal: No Solution\n")  # equal, wrong
+    c = C.verdict_errors(text)
+    assert (c["verdicts"], c["verdict_errors"], c["near_miss_verdicts"], c["near_miss_verdict_errors"]) == (4, 2, 2, 1)
+    assert [t for t in range(60, 100) if C.near_miss(73, t)] == [64, 65, 66, 67, 68, 69, 70, 71, 72, 74, 75, 76, 77, 78, 79, 80, 81, 82]
+    assert C.near_miss(18, 81) and C.near_miss(81, 18) and not C.near_miss(79, 79) and not C.near_miss(5, 50)
+    m = C.measure([record(nums=[4, 69, 6], target=79, text=text, correct=False, reason="no solution found")])
+    assert (m["verdicts"], m["near_miss_verdict_errors"], m["near_miss_verdict_error_rate"]) == (4, 1, 0.5)
+    assert "near misses called equal at 1/2 goal lines (50.0%)" in C.describe(m)

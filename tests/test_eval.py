@@ -12,7 +12,8 @@ from apr.commands import build_parser, main
 from apr.countdown import read_problems
 from apr.datasets import packaged_validation_set
 from apr.commands.eval import eval_spec
-from apr.eval import consensus, evaluate, solved, summarize
+from apr.eval import evaluate
+from apr.eval_summary import consensus, solved, summarize
 from apr.records import Record
 from apr.stats import wilson
 
@@ -199,6 +200,6 @@ def test_join_rule_is_part_of_a_run_and_its_summary(tok, tmp_path):
     assert v["join_rule"] == "verified" and v["accuracy"] == s["accuracy"]
     recs = [json.loads(l) for l in open(tmp_path / "v" / "records.jsonl")]
     assert all(r["rejected_claims"] == 0 for r in recs)
-    from apr.eval import describe
+    from apr.eval_summary import describe
 
     assert "(verified joins)" in describe(v) and "false claims at 0/" in describe(v)

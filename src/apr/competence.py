@@ -29,6 +29,12 @@ how often a parent is handed a false success claim by a child, and why samples f
   its heuristic ranks best whatever id it wrote (`apr.train.drills`), so a move can land on
   a node the search never generated and skip the one it named. APR children are handed
   their start state by the runtime, which does not count (it is no move in their own text).
+- Goal verdict errors: the share of goal lines `X,T equal: Goal Reached` / `X,T unequal: No
+  Solution` whose verdict is wrong (equal for X not T, or unequal for X = T), over every
+  thread's own text, and the same among near misses (`near_miss`: X within 9 of T, or T's
+  digits swapped). A child that says equal for a result beside its target passes on a false
+  claim, and the first claim wins the join; the CPU line's APR children did so for about
+  half their near misses (issue 17, `apr.train.drills` goal drills).
 - Failure reasons: the reasons of the records that are not correct, grouped into the
   runtime's stops (`runtime.RUNTIME_FAILURES`) and the checker's verdict classes
   (`checker.reason_class`).
@@ -121,6 +127,31 @@ def operation_errors(text: str) -> tuple[int, int]:
     return len(lines), sum(line.wrong for line in lines)
 
 
+NEAR_MISS = 9  # a result at most this far from the target is a near miss (or the target's digits swapped)
+_VERDICT_RE = re.compile(r"^(\d+),(\d+) (equal: Goal Reached|unequal: No Solution)$", re.M)
+
+
+def near_miss(x: int, target: int) -> bool:
+    """A result easily taken for the target: not it, but within NEAR_MISS of it, or its two
+    digits swapped (`79` for `97`)."""
+    return x != target and (abs(x - target) <= NEAR_MISS or (10 <= x <= 99 and x == 10 * (target % 10) + target // 10))
+
+
+def verdict_errors(text: str) -> Counter:
+    """Goal lines of one thread's own text: `verdicts`, `verdict_errors`, and the same for
+    near misses (`near_miss_verdicts`, `near_miss_verdict_errors`)."""
+    c: Counter = Counter()
+    for m in _VERDICT_RE.finditer(text):
+        x, t, says_equal = int(m.group(1)), int(m.group(2)), m.group(3).startswith("equal")
+        wrong = says_equal != (x == t)
+        c["verdicts"] += 1
+        c["verdict_errors"] += wrong
+        if near_miss(x, t):
+            c["near_miss_verdicts"] += 1
+            c["near_miss_verdict_errors"] += wrong
+    return c
+
+
 def state_copy_errors(text: str) -> tuple[int, int]:
     """(moves to a generated node, moves whose `Current State` line is not that node's) of
     one thread's own text."""
@@ -207,6 +238,7 @@ def measure(records: Iterable[Record]) -> dict:
     """The competence measures of some records (every sample counts)."""
     ops = wrong = joins = bad_joins = bad_claims = rejected = moves = bad_moves = 0
     where = Breakdown()
+    verdicts: Counter = Counter()
     reasons: dict[str, Counter] = {"runtime": Counter(), "checker": Counter()}
     for rec in records:
         for t, kind, path in record_threads(rec):
@@ -214,6 +246,7 @@ def measure(records: Iterable[Record]) -> dict:
             for line in operation_lines(own):
                 ops, wrong = ops + 1, wrong + line.wrong
                 where.add(line, kind, line.written in path, rec.target)
+            verdicts.update(verdict_errors(own))
             n, bad = state_copy_errors(own)
             moves, bad_moves = moves + n, bad_moves + bad
             if t is None:
@@ -234,6 +267,10 @@ def measure(records: Iterable[Record]) -> dict:
         "state_copy_error_rate": bad_moves / moves if moves else 0.0,
         "moves": moves,
         "state_copy_errors": bad_moves,
+        "verdict_error_rate": verdicts["verdict_errors"] / verdicts["verdicts"] if verdicts["verdicts"] else 0.0,
+        "near_miss_verdict_error_rate": (verdicts["near_miss_verdict_errors"] / verdicts["near_miss_verdicts"]
+                                         if verdicts["near_miss_verdicts"] else 0.0),
+        **{k: verdicts[k] for k in ("verdicts", "verdict_errors", "near_miss_verdicts", "near_miss_verdict_errors")},
         "false_claim_join_rate": bad_joins / joins if joins else 0.0,
         "joins": joins,
         "false_claim_joins": bad_joins,
@@ -262,6 +299,9 @@ def describe(c: dict) -> str:
             f"false claims at {c['false_claim_joins']}/{c['joins']} joins ({100 * c['false_claim_join_rate']:.1f}%)")
     if c.get("rejected_claims"):
         line += f", {c['rejected_claims']} rejected"
+    if c.get("near_miss_verdicts"):
+        line += (f"; near misses called equal at {c['near_miss_verdict_errors']}/{c['near_miss_verdicts']} "
+                 f"goal lines ({100 * c['near_miss_verdict_error_rate']:.1f}%)")
     if c.get("moves"):
         line += f"; states copied wrong at {c['state_copy_errors']}/{c['moves']} moves ({100 * c['state_copy_error_rate']:.1f}%)"
     return line

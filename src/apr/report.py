@@ -4,6 +4,7 @@ Reads the `summary.json` of each `apr eval` run folder and writes
 - context.png: accuracy vs context window (per-thread token limit),
 - tokens.png: accuracy vs total tokens (APR over child budgets; SoS+ cons@n / pass@n over n),
 - latency.png: accuracy vs latency, beside accuracy vs sequential tokens (machine independent),
+  (the three plots: `apr.report_plots`),
 - report.md: our figures next to the published ones, every run's numbers, where the
   arithmetic errors are (`apr.report_errors`), why samples failed, and notes.
 Error bars are Wilson 95% intervals.
@@ -22,10 +23,9 @@ from apr import arithmetic_labels as exact
 from apr.io import atomic_write
 from apr.report_errors import NOTE as ERRORS_NOTE
 from apr.report_errors import errors_table
-from apr.report_runs import FAMILIES, load_runs
+from apr.report_plots import plot_all
+from apr.report_runs import load_runs, primary, single
 
-COLORS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:gray")))
-NAMES = {"apr": "APR", "sos": "SoS+", "solver": "solver"}
 PUBLISHED = [  # (comparison, published APR, published SoS+) from docs/FORMATS.md
     ("greedy, no RL (T=0)", "75.5", "57.3"),
     ("at 4k context (APR+RL vs SoS+ +RL)", "83.4", "60.0"),
@@ -46,121 +46,6 @@ def shown(path: str | Path) -> str:
             if q.is_relative_to(base):
                 return q.relative_to(base).as_posix() or "."
     return p.name
-
-
-def single(runs: list[dict], family: str, exact_runs: bool = False) -> list[dict]:
-    """A family's one-sample runs under the published join rule: the unassisted ones, or
-    (`exact_runs`) those with exact arithmetic. Runs under another join rule (`verified`) are
-    in the table of every run only: they are not the published evaluation."""
-    return [r for r in runs if r["family"] == family and r["samples"] == 1 and exact.is_exact(r) == exact_runs
-            and r.get("join_rule") in (None, "official")]
-
-
-def primary(runs: list[dict], family: str, exact_runs: bool = False) -> dict | None:
-    """The run that stands for a family in the context plot and the headline table: its
-    greedy single-sample run on the most problems (the first given on a tie); unassisted
-    unless `exact_runs`."""
-    cands = [r for r in single(runs, family, exact_runs) if r.get("temperature", 0) == 0]
-    return max(cands, key=lambda r: r["problems"], default=None)
-
-
-def _pt(p: dict, xkey: str) -> tuple[float, float, float, float]:
-    return (p[xkey], 100 * p["accuracy"], 100 * p["ci95"][0], 100 * p["ci95"][1])
-
-
-def _run_point(r: dict, xkey: str) -> tuple[float, float, float, float]:
-    m = r["metrics"][xkey]["mean"]
-    return (m, 100 * r["accuracy"], 100 * r["ci95"][0], 100 * r["ci95"][1])
-
-
-def cost_series(runs: list[dict], xkey: str) -> list[tuple[str, str, str, list]]:
-    """(label, colour, line style, points) for accuracy against a mean cost."""
-    out = []
-    for fam in ("apr", "sos"):
-        for ex in (False, True):  # exact arithmetic: a line of its own, dash-dotted, named so
-            pts = sorted(_run_point(r, xkey) for r in single(runs, fam, ex))
-            if pts:
-                out.append((f"{NAMES[fam]}{', ' + exact.LABEL if ex else ''} (one sample"
-                            + (", budgets" if len(pts) > 1 else "") + ")", COLORS[fam], "-.o" if ex else "-o", pts))
-        for r in runs:
-            if r["family"] != fam or "by_samples" not in r:
-                continue
-            mode = f", {exact.LABEL}" if exact.is_exact(r) else ""
-            for kind, style in (("cons@", "--s"), ("pass@", ":^")):
-                pts = [_pt(p, xkey) for _, p in sorted(r["by_samples"][kind].items(), key=lambda kv: int(kv[0]))]
-                out.append((f"{NAMES[fam]} {kind}n (n=1..{r['samples']}, T={r['temperature']:g}{mode})", COLORS[fam],
-                            "-." + style[-1] if mode else style, pts))
-    for r in runs:
-        if r["family"] == "solver":
-            out.append((r["label"], COLORS["apr" if "apr" in r["method"] else "sos"], "D", [_run_point(r, xkey)]))
-    return out
-
-
-def _draw(ax, series, xlabel: str, title: str, logx: bool = False) -> None:
-    for label, color, style, pts in series:
-        xs, ys, lo, hi = zip(*pts)
-        yerr = [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
-        ls = "none" if len(pts) == 1 else style.rstrip("os^D")
-        solver = style.endswith("D")  # reference rows: faint diamonds in the family's colour
-        ax.errorbar(xs, ys, yerr=yerr, fmt=style[-1], linestyle=ls, color=color, label=label, capsize=3,
-                    alpha=0.45 if solver else 1.0, markersize=6 if solver else 5)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.set_ylim(0, 100)
-    if logx:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... labelled
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-
-
-def plot_all(runs: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    # (a) accuracy vs context window
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    series = []
-    for fam in ("apr", "sos", "solver"):
-        runs_f = ([primary(runs, fam), primary(runs, fam, True)] if fam != "solver"
-                  else [r for r in runs if r["family"] == "solver"])
-        for r in filter(None, runs_f):
-            pts = [(int(w), 100 * p["accuracy"], 100 * p["ci95"][0], 100 * p["ci95"][1])
-                   for w, p in sorted(r["accuracy_within_context"].items(), key=lambda kv: int(kv[0]))]
-            color = COLORS[fam] if fam != "solver" else COLORS["apr" if "apr" in r["method"] else "sos"]
-            series.append((r["label"], color, ":D" if fam == "solver" else "-.o" if exact.is_exact(r) else "-o", pts))
-    _draw(ax, series, "context window (tokens per thread)", "(a) accuracy vs context window")
-    paths.append(_save(fig, out / "context.png"))
-    # (b) accuracy vs total tokens
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    _draw(ax, cost_series(runs, "total_tokens"), "total tokens per problem (mean, all threads)", "(b) accuracy vs total tokens", logx=True)
-    paths.append(_save(fig, out / "tokens.png"))
-    # (c) accuracy vs latency, and vs sequential tokens
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    dev = sorted({r.get("machine", {}).get("gpu") or r.get("machine", {}).get("device", "?") for r in runs if r["family"] != "solver"})
-    _draw(a1, [s for s in cost_series(runs, "latency_s") if not s[2].endswith("D")],
-          f"latency per problem (s, mean; {', '.join(dev)})", "(c) accuracy vs latency", logx=True)
-    _draw(a2, cost_series(runs, "sequential_tokens"), "sequential tokens per problem (mean)", "(c') accuracy vs sequential tokens", logx=True)
-    paths.append(_save(fig, out / "latency.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -253,11 +138,11 @@ def headline(runs: list[dict]) -> list[str]:
 
 
 def _competence_cells(r: dict) -> str:
-    """Arithmetic error rate, false-claim join rate and state copy error rate of a run ("–"
-    for summaries written before they were measured)."""
+    """Arithmetic error rate, false-claim join rate, near misses called equal and state copy
+    error rate of a run ("–" for summaries written before they were measured)."""
     c = r.get("competence")
     if not c:
-        return "– | – | –"
+        return "– | – | – | –"
     arith = f"{100 * c['arithmetic_error_rate']:.1f} ({c['operations']})"
     claims = f"{100 * c['false_claim_join_rate']:.1f} ({c['joins']})" if c["joins"] else "– (0)"
     if c.get("rejected_claims"):
@@ -265,14 +150,15 @@ def _competence_cells(r: dict) -> str:
     if exact.is_exact(r):  # errors are near 0 by construction: say how many results the engine wrote
         arith += f", {c.get('forced_results', '?')} results forced"
     copies = f"{100 * c['state_copy_error_rate']:.1f} ({c['moves']})" if c.get("moves") else "–"
-    return f"{arith} | {claims} | {copies}"
+    near = f"{100 * c['near_miss_verdict_error_rate']:.1f} ({c['near_miss_verdicts']})" if c.get("near_miss_verdicts") else "–"
+    return f"{arith} | {claims} | {near} | {copies}"
 
 
 def runs_table(runs: list[dict]) -> list[str]:
     rows = ["| run | method | joins | T | problems | accuracy % [95% CI] | total tokens | sequential tokens | longest thread "
             "| children | latency s | arithmetic errors % (operations) | false-claim joins % (joins) "
-            "| states copied wrong % (moves) | machine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| near misses called equal % (near-miss goal lines) | states copied wrong % (moves) | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         m = r["metrics"]
         mach = r.get("machine", {})

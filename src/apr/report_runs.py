@@ -1,6 +1,7 @@
 """The run folders `apr report` reads: each `apr eval` run's `summary.json`, checked for the
 numbers the report draws (a hand-edited or truncated one is a one-line error, not a crash),
-or an interrupted run summarized in memory from its first finished problems."""
+or an interrupted run summarized in memory from its first finished problems; and which of
+them stands for a family (`primary`), which the plots (`apr.report_plots`) and tables share."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _point(p: object, costs: tuple[str, ...] = ()) -> bool:
 def check_summary(s: object, path: str) -> None:
     """A summary holds what the report reads, each of the right kind: one written by hand,
     cut short or by another tool is one line naming what is missing, not a traceback."""
-    from apr.eval import METRICS
+    from apr.eval_summary import METRICS
 
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -92,7 +93,7 @@ def partial_summary(folder: RunFolder) -> dict:
     """The summary of an interrupted run, from its first K problems only: those in file
     order before the first unfinished one. Problems finish in order of their cost, so
     summarizing every finished one would favour short (mostly solved) searches."""
-    from apr.eval import summarize
+    from apr.eval_summary import summarize
 
     meta = folder.meta()
     records = list(folder.finished().values())
@@ -106,3 +107,19 @@ def partial_summary(folder: RunFolder) -> dict:
     if not records:
         raise UserError("no finished records yet (the first problem is not finished)", str(folder.path))
     return summarize(records, {**meta, "label": meta.get("label", "?") + f" (partial: first {first_missing})"})
+
+
+def single(runs: list[dict], family: str, exact_runs: bool = False) -> list[dict]:
+    """A family's one-sample runs under the published join rule: the unassisted ones, or
+    (`exact_runs`) those with exact arithmetic. Runs under another join rule (`verified`) are
+    in the table of every run only: they are not the published evaluation."""
+    return [r for r in runs if r["family"] == family and r["samples"] == 1 and exact.is_exact(r) == exact_runs
+            and r.get("join_rule") in (None, "official")]
+
+
+def primary(runs: list[dict], family: str, exact_runs: bool = False) -> dict | None:
+    """The run that stands for a family in the context plot and the headline table: its
+    greedy single-sample run on the most problems (the first given on a tie); unassisted
+    unless `exact_runs`."""
+    cands = [r for r in single(runs, family, exact_runs) if r.get("temperature", 0) == 0]
+    return max(cands, key=lambda r: r["problems"], default=None)

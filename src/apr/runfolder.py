@@ -55,7 +55,7 @@ def append_records(path: Path, records: Iterable[Record], total: int, finished: 
 class RunFolder:
     """An `apr eval` folder: run.json says what was run (model, method, settings, problem
     file hash), records.jsonl holds one record per (problem, sample), summary.json what
-    `apr.eval.summarize` made of them. Records are only appended to a folder whose run.json
+    `apr.eval_summary.summarize` made of them. Records are only appended to a folder whose run.json
     matches the run, so results of different settings never mix."""
 
     def __init__(self, path: str | Path):

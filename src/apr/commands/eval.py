@@ -18,6 +18,7 @@ from apr.commands.options import (
     runtime_config,
 )
 from apr.eval import EvalSpec, evaluate
+from apr.eval_summary import describe
 from apr.io import check_output_dir
 
 
@@ -39,7 +40,7 @@ def cmd_eval(args) -> int:
     if not args.method.startswith("solver-"):
         check_engine_options(args)
     s = evaluate(eval_spec(args))
-    print(apr.eval.describe(s, args.out), file=sys.stderr)
+    print(describe(s, args.out), file=sys.stderr)
     return 0
 
 

@@ -26,13 +26,13 @@ import random
 import re
 
 from apr import protocol
+from apr.competence import near_miss
 from apr.train.packing import Demonstration
 
 FACT_LINES_PER_DOC = 16
 FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
 _OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
 GOAL_LINES_PER_DOC = 16
-GOAL_NEAR = 9  # a near miss: a target at most this far from the result (or its digits swapped)
 GOAL_EQUAL_SHARE = 0.4  # of a drill's lines, those whose target is the result
 _TERMINAL = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+)), Resulting Numbers: \[\d+\]\n")
 _GOAL = re.compile(r"^\d+,(\d+) (?:un)?equal: ", re.M)
@@ -97,19 +97,15 @@ def node_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
 
 
 def near_targets(x: int, targets: set[int]) -> list[int]:
-    """Targets a result `x` is easily mistaken for: within GOAL_NEAR of it, or its digits swapped."""
-    near = {x + d for d in range(-GOAL_NEAR, GOAL_NEAR + 1) if d}
-    if 10 <= x <= 99:
-        near.add(10 * (x % 10) + x // 10)
-    near.discard(x)
-    return sorted(t for t in near if t in targets)
+    """The targets (of `targets`) a result `x` is easily mistaken for (`competence.near_miss`)."""
+    return sorted(t for t in targets if near_miss(x, t))
 
 
 def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[Demonstration]:
     """`per_demo` goal drills per demonstration, each `GOAL_LINES_PER_DOC` pairs of lines: a
     last operation the demonstrations write (`Exploring Operation: a-b=x, Resulting Numbers:
     [x]`) and its goal line for a target t the demonstrations have: t = x for a share
-    GOAL_EQUAL_SHARE of the pairs, else a near miss (`near_targets`). The operation and `x,t `
+    GOAL_EQUAL_SHARE of the pairs, else a near miss (`competence.near_miss`). The operation and `x,t `
     are context; the verdict is trained; no EOS. Seeded: same demonstrations, same drills."""
     if per_demo <= 0 or not demos:
         return []
