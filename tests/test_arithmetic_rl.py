@@ -1,6 +1,6 @@
-"""Exact arithmetic (issue 20) in GRPO: forced tokens (the results the engine wrote) carry no
-policy gradient and no KL; their spans, kept per segment relative to it, land on the right
-characters of the training strings; `rollout.arithmetic: exact` trains, logs forced tokens,
+"""Exact arithmetic (issue 20) in GRPO: forced tokens (the results and goal lines the engine
+wrote) carry no policy gradient and no KL; their spans, kept per segment relative to it, land
+on the right characters of the training strings; `rollout.arithmetic: exact` trains, logs forced tokens,
 marks the saved model (apr.json `rl_arithmetic`, model card) and its checkpoints."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from support.models import save_apr_model_dir, tiny_model  # noqa: E402,F401
 from support.traces import solver_traces  # noqa: E402
-from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, steer  # noqa: E402
+from test_arithmetic_exact import DEVICE, OP_LINE, PROBS, corrupt, follow, forced_texts, steer  # noqa: E402
 
 from apr import protocol as P  # noqa: E402
 from apr.engine.local import LocalEngine  # noqa: E402
@@ -54,7 +54,7 @@ def test_forced_spans_land_on_the_results_of_each_training_string(exact_records)
         for th in P.Thread.from_json(rec.threads).walk():
             for ts in th.strings():
                 own = ts.text[ts.new_from:]
-                results = [m.group(4) for m in OP_LINE.finditer(own)]
+                results = forced_texts(ts.text, ts.new_from)  # results and goal lines
                 assert [ts.text[a:b] for a, b in ts.forced] == results
                 later += len(results) if ts.new_from > len(th.prompt) else 0
                 ids, trained = L.encode_segment(ts, False, tok)

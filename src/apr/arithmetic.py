@@ -1,13 +1,18 @@
 """Exact arithmetic, an opt-in decoding mode (`--arithmetic exact`; the default, `model`,
 leaves every token to the model): the runtime writes the parts of an `Exploring Operation:`
-line that have one correct answer, the model makes every decision.
+line that have one correct answer, and the goal line that follows a single-number result; the
+model makes every decision.
 
 While a thread writes `Exploring Operation: A op B=C`, the text from the trigger
 `Exploring Operation:` up to `=` may only spell an operation on the thread's current numbers
 (` A op B=`: operands A and B drawn from the state as a multiset), and C, the result, is
-written for the model. Everything else is the model's: whether to write an operation line at
-all, which pair and operator, the `Resulting Numbers` list, every other line. This module
-decides on text; apr.engine.exact maps it onto the tokens of a tokenizer.
+written for the model. After a finished line `Exploring Operation: ..., Resulting Numbers: [N]`
+(one number N, read from the line as the model wrote it), the next line up to its newline,
+the goal test, is written for the model too: `N,T equal: Goal Reached` when N is the target T
+of the thread's current state line, else `N,T unequal: No Solution` (protocol.goal_line, the
+published text byte for byte). Everything else is the model's: whether to write an operation
+line at all, which pair and operator, the `Resulting Numbers` list, the newlines, every other
+line. This module decides on text; apr.engine.exact maps it onto the tokens of a tokenizer.
 
 Legal operations are the solvers' (countdown.successors): `+` and `*` on any pair, in either
 order; `-` and `/` larger operand first, `/` only when exact with a nonzero divisor. The rule
@@ -15,15 +20,19 @@ when a model heads for an illegal one: it may write only what some legal operati
 with, so after `A` it is offered only the operators some remaining number makes legal, and
 after `A op` only such numbers B (after `9/` only the divisors of 9 among the others).
 
-The current numbers are those of the latest `Current State: T:[...]` line of the thread's own
-text, as the competence measures read them (competence.operation_errors): a state line inside
-join text in the prompt (`<Sub Searches>` ... `<End Sub Searches>`, children's paths the
-runtime inserted) does not count.
+The current numbers and the target are those of the latest `Current State: T:[...]` line of
+the thread's own text, as the competence measures read them (competence.operation_errors): a
+state line inside join text in the prompt (`<Sub Searches>` ... `<End Sub Searches>`,
+children's paths the runtime inserted) does not count, nor does an `Exploring Operation` line
+there.
 
 Where no operation can be written (no state line yet, a list that does not parse, fewer than
 two numbers or more than MAX_NUMBERS) or the text already left the grammar (a prompt that ends
 inside a wrong operation; a token that crosses the trigger), the rest of the line is left to
-the model: the competence measures then count what it wrote.
+the model: the competence measures then count what it wrote. So is the goal line where the
+target is unknown (no state line), the `Resulting Numbers` list does not parse or holds other
+than one number, or the text written differs from the goal line (a later trigger on that
+line is still read).
 """
 
 from __future__ import annotations
@@ -39,8 +48,10 @@ from apr.countdown import successors
 MODES = ("model", "exact")  # `--arithmetic`: the model writes everything / exact arithmetic
 TRIGGER = "Exploring Operation:"
 MAX_NUMBERS = 16  # a state line listing more is no Countdown state: its operations are not enumerated
-# A state line anywhere in a line, as competence reads it (the list may not parse).
-STATE_RE = re.compile(r"Current State: \d+:\[([^\]]*)\]")
+# A state line anywhere in a line, as competence reads it (the list may not parse): target, numbers.
+STATE_RE = re.compile(r"Current State: (\d+):\[([^\]]*)\]")
+RESULTS = ", Resulting Numbers: ["  # an operation line ends with its list: a goal line follows one number
+MAX_DIGITS = 40  # competence reads numbers of up to 40 digits (a longer target is unknown)
 _JOIN_START, _JOIN_END = P.JOIN_START.rstrip("\n"), P.JOIN_END.rstrip("\n")
 
 
@@ -94,14 +105,14 @@ NO_OPERATIONS = Choose([], 0, {})
 
 @dataclass(slots=True)
 class Force:
-    """The result: `text` is still to be written for the model."""
+    """A result, or a goal line: `text` is still to be written for the model."""
 
     text: str
 
 
 class Separate:
-    """The result is written: the next character may be anything but a digit (which would
-    change it)."""
+    """The result (or goal line) is written: the next character may be anything but a digit
+    (which would change a result)."""
 
     def __repr__(self) -> str:
         return "Separate()"
@@ -112,14 +123,16 @@ SEPARATE = Separate()
 
 class OperationTracker:
     """Follows a thread's text (prompt, then what is generated, in any pieces) and says what
-    the next characters must be: `need` is None (free), a Choose, a Force or SEPARATE. Work
-    per piece is proportional to the piece, not to the text so far."""
+    the next characters must be: `need` is None (free), a Choose, a Force (a result, or at a
+    line's start a goal line) or SEPARATE. Work per piece is proportional to the piece, not to
+    the text so far (and to the line it ends, at a newline)."""
 
     def __init__(self, prompt: str = ""):
         self.line = ""  # the line being written
         self.scan = 0  # the trigger is looked for from here in `line`
         self.start = -1  # where the operation being written starts in `line` (-1: none)
         self.nums: tuple[int, ...] | None = None  # the current numbers (sorted), None if unknown
+        self.target: int | None = None  # the current state's target, None if unknown
         self.need: Choose | Force | Separate | None = None
         self._in_prompt, self._in_join = True, False
         self.feed(prompt)
@@ -131,7 +144,7 @@ class OperationTracker:
             j = text.find("\n", i)
             if j < 0:
                 break
-            self.line += text[i:j]  # a finished line only matters for its state (need resets)
+            self.line += text[i:j]  # a finished line only matters for its state and the goal line it may call for
             self._end_line()
             i = j + 1
         if i < len(text):
@@ -184,16 +197,17 @@ class OperationTracker:
             else:  # complete; what follows is free (and may hold another trigger)
                 self.need, self.start, self.scan = None, -1, old + k
                 return k
-        if need is None:
-            self.abandon()
-        else:
-            self.need = need
+        if need is None:  # left the grammar at piece[k]: the rest of the line is the model's,
+            self.need, self.start = None, -1  # but a trigger from there on is still read
+            self.scan = max(self.scan, old + k)
+            return k
+        self.need = need
         return len(piece)
 
     def _state(self, before: str) -> tuple[int, ...] | None:
         """The numbers an operation starting after `before` (its line so far) works on."""
         m = STATE_RE.search(before) if "Current State:" in before and not self._in_join else None
-        return self.nums if m is None else _parse(m.group(1))
+        return self.nums if m is None else _parse(m.group(2))
 
     def _end_line(self) -> None:
         line = self.line
@@ -204,10 +218,16 @@ class OperationTracker:
         elif not self._in_join and "Current State:" in line:
             m = STATE_RE.search(line)
             if m:
-                self.nums = _parse(m.group(1))
+                t = m.group(1)
+                self.target, self.nums = int(t) if len(t) <= MAX_DIGITS else None, _parse(m.group(2))
         self.line, self.scan, self.start, self.need = "", 0, -1, None
+        if self.target is not None and not self._in_join and line.startswith(TRIGGER) and line.endswith("]"):
+            i = line.rfind(RESULTS)  # `Exploring Operation: ..., Resulting Numbers: [N]`
+            n = _parse(line[i + len(RESULTS):-1]) if i >= 0 else None
+            if n is not None and len(n) == 1:  # the goal test follows: the next line is written
+                self.need = Force(P.goal_line(n[0], self.target).rstrip("\n"))
 
 
 def _parse(text: str) -> tuple[int, ...] | None:
-    nums = P.parse_list(text, 40)  # competence reads numbers of up to 40 digits
+    nums = P.parse_list(text, MAX_DIGITS)
     return tuple(sorted(nums)) if nums is not None else None

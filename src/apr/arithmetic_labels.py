@@ -1,8 +1,9 @@
 """Results of exact arithmetic (`--arithmetic exact`, apr.arithmetic) say so wherever they go.
 
 Under the mode the engine keeps an `Exploring Operation` line's operands among the thread's
-current numbers and writes its result: the accuracy of such a run measures the search with
-the arithmetic taken out, an ablation, not the model. So every output made from one is
+current numbers and writes its result, and the goal line after a single-number result (`N,T
+equal: Goal Reached` / `N,T unequal: No Solution`): the accuracy of such a run measures the
+search with the arithmetic taken out, an ablation, not the model. So every output made from one is
 marked: records and thread trees (`arithmetic`, `forced_tokens`, `forced_spans`), the run
 identity and summary of `apr eval` (`arithmetic: exact`, a label ending in `exact
 arithmetic`), report rows and legends, RL report rows and the model card of a model trained

@@ -2,25 +2,30 @@
 ids a request's next step may take, and the decode-loop hooks of the local engine.
 
 `TokenTable` (one per engine, built at the first exact request) holds every token's text *in
-context* (decoded after `Exploring Operation:`, so SentencePiece's leading spaces survive) and
-the tokens that can appear in an operation: those whose text is made of digits, operators,
-`=` and spaces. `ExactRow` (one per request) follows the request's text token by token and
-keeps what its next token must be:
+context* (decoded after `Exploring Operation:`, so SentencePiece's leading spaces survive),
+the tokens that can appear in an operation (those whose text is made of digits, operators,
+`=` and spaces) and, for forcing, every token with a text. `ExactRow` (one per request)
+follows the request's text token by token and keeps what its next token must be:
 - `allow`: ids the model may choose among (operands, operator, `=`): every token whose text
   keeps the line a prefix of some legal ` A op B=`, merged tokens (` 12`, `3=`) included;
-- `force`: the id written for the model (the result), the longest token whose text begins
-  what is left of it, so decode(text + forced) is the text followed by the result, whatever
-  the tokenizer merges; where one text has several ids (byte fallback), the one the tokenizer
-  itself produces;
-- `forbid`: after the result, tokens that begin with a digit (they would change it).
+- `force`: the id written for the model (a result, or the goal line `N,T equal: Goal
+  Reached` / `N,T unequal: No Solution` after a single-number `Resulting Numbers` list), the
+  longest token whose text begins what is left of it, so decode(text + forced) is the text
+  followed by the forced text, whatever the tokenizer merges (`,` and words too: with our
+  tokenizer `unequal: No Solution` is one token, a BPE one takes its own pieces); where one
+  text has several ids (byte fallback), the one the tokenizer itself produces;
+- `forbid`: after a result, tokens that begin with a digit (they would change it); after a
+  goal line too.
 Forced tokens are generated one per decode step like any other (the other rows of the batch
-are decoding anyway: a result is 1-3 tokens, not worth a prefill of its own); they are counted
-(`forced`) with their positions, turned into character spans of the completion text
-(`spans`), which training uses to keep them out of the loss.
+are decoding anyway: a result is 1-3 tokens, a goal line a few more, not worth a prefill of
+its own); they are counted (`forced`) with their positions, turned into character spans of
+the completion text (`spans`), which training uses to keep them out of the loss.
 
 Cost: outside an operation a row only holds a token unless its text may complete the
 trigger or a state line's key, or ends a line that holds one (TokenTable.code); the text is
-read then, once. Inside an operation the work is a walk down the state's operation tree.
+read then, once. An operation line holds the trigger, so it is read, and its newline makes
+the row active when a goal line follows. Inside an operation the work is a walk down the
+state's operation tree; a forced text is looked up once per rest (cached).
 """
 
 from __future__ import annotations
@@ -61,18 +66,20 @@ class TokenTable:
         self.by_first: dict[str, list[tuple[str, int]]] = {}  # operation tokens by first character
         ids_of: dict[str, list[int]] = {}
         for i, t in enumerate(self.texts):
-            if t and ALPHABET.issuperset(t):
-                self.by_first.setdefault(t[0], []).append((t, i))
+            if t:
                 ids_of.setdefault(t, []).append(i)
-        # What to force: per first character, one id per text (the tokenizer's own choice
-        # among duplicates), longest text first.
-        self.force_order: dict[str, list[tuple[str, int]]] = {}
+                if ALPHABET.issuperset(t):
+                    self.by_first.setdefault(t[0], []).append((t, i))
+        # What to force (results, goal lines): one id per text, every token with a text; where
+        # several ids have one text (byte fallback), the tokenizer's own choice.
+        self.force_ids: dict[str, int] = {}
         for t, ids in ids_of.items():
-            own = tokenizer.encode(TRIGGER + t, add_special_tokens=False)
-            pick = own[-1] if len(own) == len(ctx) + 1 and own[:-1] == ctx and own[-1] in ids else min(ids)
-            self.force_order.setdefault(t[0], []).append((t, pick))
-        for v in self.force_order.values():
-            v.sort(key=lambda e: -len(e[0]))
+            pick = ids[0]
+            if len(ids) > 1:
+                own = tokenizer.encode(TRIGGER + t, add_special_tokens=False)
+                pick = own[-1] if len(own) == len(ctx) + 1 and own[:-1] == ctx and own[-1] in ids else min(ids)
+            self.force_ids[t] = pick
+        self.force_len = max(map(len, self.force_ids), default=0)  # the longest text
         # every token whose text starts with a digit, operation token or not (`6,` too)
         self.digit_initial = [i for i, t in enumerate(self.texts) if t[:1] and t[0] in "0123456789"]
         self._digit_t: dict[str, Tensor] = {}
@@ -91,11 +98,14 @@ class TokenTable:
 
     def force(self, rest: str) -> int | None:
         """The id of the longest token whose text begins `rest` (None: the tokenizer has none)."""
-        if rest not in self._force:
+        got = self._force.get(rest, -1)
+        if got == -1:
             if len(self._force) > 100_000:
                 self._force.clear()
-            self._force[rest] = next((i for t, i in self.force_order.get(rest[:1], ()) if rest.startswith(t)), None)
-        return self._force[rest]
+            ids = self.force_ids
+            got = self._force[rest] = next((ids[rest[:n]] for n in range(min(len(rest), self.force_len), 0, -1)
+                                            if rest[:n] in ids), None)
+        return got
 
     def digit_ids(self, device) -> Tensor:
         t = self._digit_t.get(str(device))

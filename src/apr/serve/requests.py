@@ -2,9 +2,10 @@
 (a bad request fails alone, 400 naming the field), and the vLLM-shaped answer.
 
 One field is ours: `"arithmetic": "exact"` asks for exact arithmetic (apr.arithmetic: the
-engine writes the results of `Exploring Operation` lines). Its answers carry what was written
-for the model, as extensions: `usage.forced_tokens` and per choice `forced_spans` (character
-spans of its text). Clients check for them, so a server that ignores the field is caught."""
+engine writes the results of `Exploring Operation` lines and the goal lines after
+single-number results). Its answers carry what was written for the model, as extensions:
+`usage.forced_tokens` and per choice `forced_spans` (character spans of its text). Clients
+check for them, so a server that ignores the field is caught."""
 
 from __future__ import annotations
 
