@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="an arm: mix in this many goal drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--sos-budget-prefix", action="store_true",
                     help="an arm: SoS+ demonstrations prefixed `Token Budget: N` (recipe: no prefix)")
-    ap.add_argument("--order", choices=["shuffled", "ranked"], default=None,
+    ap.add_argument("--order", choices=["shuffled", "ranked", "hybrid"], default=None,
                     help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR shuffled, "
                     "as published; SoS+ ranked)")
     ap.add_argument("--ledger", type=Path, default=LEDGER)

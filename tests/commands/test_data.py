@@ -142,3 +142,25 @@ def test_ranked_order_prints_the_same_kept_nodes_best_first(tmp_path):
                 ids = [m.node for m in protocol.node_moves(search)]
                 assert ids == [f"0,{i}" for i in range(len(ids))], r["search_path"]
     assert abs(sum(solved["ranked"]) - sum(solved["shuffled"])) <= 3
+
+
+def test_hybrid_order_ranks_generated_nodes_and_shuffles_last_operations():
+    import random
+
+    from apr.search.beam import Node, expand_node
+    from apr.search.heuristics import mult_heuristic
+
+    root = Node("0", [38, 29, 37], [])
+    for beam in (2, 5):
+        hybrid = expand_node(root, 30, beam, random.Random(1), mult_heuristic, order="hybrid")
+        ranked = expand_node(root, 30, beam, random.Random(1), mult_heuristic, order="ranked")
+        assert hybrid.text == ranked.text  # generated nodes: best first
+    # a node's last operations: shuffled, so a goal is not always tested first
+    pair = Node("0,0", [6, 5], ["38-29=9"])
+    firsts = set()
+    for seed in range(20):
+        ex = expand_node(pair, 30, 4, random.Random(seed), mult_heuristic, order="hybrid")
+        firsts.add(ex.text.split("\n")[0])
+        ranked = expand_node(pair, 30, 4, random.Random(seed), mult_heuristic, order="ranked")
+        assert ranked.text.startswith("Exploring Operation: 6*5=30") and ex.goal_op == "6*5=30"
+    assert len(firsts) > 1 and "Exploring Operation: 6*5=30, Resulting Numbers: [30]" in firsts

@@ -148,8 +148,9 @@ def register(sub) -> None:
                    help=f"sos: chance to double down per expansion, 0..1 (default {SosConfig.sub_search_prob})")
     t.add_argument("--heuristic", choices=["mult", "sum"], default="mult", help="node ordering heuristic")
     t.add_argument("--order", choices=ORDERS, default="shuffled",
-                   help="how an expansion prints its kept nodes: shuffled (the published solvers) or ranked, best "
-                   "first (the same search, easier for a small model to imitate)")
+                   help="how an expansion prints its kept nodes: shuffled (the published solvers), ranked, best "
+                   "first (the same search, easier for a small model to imitate), or hybrid: generated nodes "
+                   "ranked, a node's last operations (single-number results) shuffled")
     t.add_argument("--budget-prefix", action="store_true",
                    help="apr: prefix each root prompt with its child count, `Sub Call Budget: N `")
     add_deprecated_alias(t, "--sub-call-budget", "--budget-prefix")

@@ -30,7 +30,7 @@ class Expansion:
     goal_op: str | None  # the operation that reached the target, if one did
 
 
-ORDERS = ("shuffled", "ranked")  # how an expansion prints the nodes it kept (see `expand_node`)
+ORDERS = ("shuffled", "ranked", "hybrid")  # how an expansion prints the nodes it kept (see `expand_node`)
 
 
 def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristic: Heuristic,
@@ -43,11 +43,15 @@ def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristi
     in, and so their ids, differ (a whole file's beams differ, since shuffling draws from the
     random stream). Ranked, a trace's next node is always the lowest-numbered open one, which a small
     model can follow; shuffled, it must rank the nodes by the heuristic again to find it
-    (issue 17: the CPU line's models copy the wrong node's state, and repeat nodes)."""
+    (issue 17: the CPU line's models copy the wrong node's state, and repeat nodes).
+    "hybrid" ranks an expansion whose successors keep two or more numbers (generated nodes)
+    and shuffles one whose successors are single numbers (the goal tests of a node's last
+    operations): ranked, a goal is always tested first, and a small model that misses it at
+    once gives up instead of trying the other operations (session 4, `docs/reports/cpu_runs.md`)."""
     succ = list(expand(node.nums))
     succ.sort(key=lambda s: heuristic(s[1], target))  # stable: ties keep generation order
     kept = succ[:beam]
-    if order == "shuffled":
+    if order == "shuffled" or (order == "hybrid" and len(node.nums) <= 2):
         rng.shuffle(kept)
     lines, nodes = [], []
     for op, nums in kept:
