@@ -315,7 +315,11 @@ def apply(out: Path, models: Path, ledger: Path, record_only: bool = False) -> l
     if not ledger.exists():
         ledger.parent.mkdir(parents=True, exist_ok=True)
         ledger.write_text(LEDGER_HEAD)
+    text = ledger.read_text()
     with open(ledger, "a") as f:
+        if lines and not text.rstrip("\n").rsplit("\n", 1)[-1].startswith("|"):
+            # after a session's notes: the rows need the table's head again to render as a table
+            f.write(("\n" if text.endswith("\n") else "\n\n") + "\n".join(LEDGER_HEAD.rstrip("\n").split("\n")[-2:]) + "\n")
         f.writelines(line + "\n" for line in lines)
     return lines
 

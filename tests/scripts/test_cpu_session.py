@@ -41,6 +41,12 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     # The losing arm of an A/B: its rows are written, no model is kept.
     lines = s.apply(out, tmp_path / "other", ledger, record_only=True)
     assert all("not kept" in line for line in lines) and not (tmp_path / "other").exists()
+    assert ledger.read_text().count("| date |") == 1  # rows after rows: one table
+    # Rows after a session's notes get the table's head again, so they render as a table.
+    ledger.write_text(ledger.read_text() + "\nSession 1: notes.")
+    s.apply(out, tmp_path / "other", ledger, record_only=True)
+    text = ledger.read_text()
+    assert text.count("| date |") == 2 and "notes.\n\n| date |" in text and text.count("\n| 20") == 6
     # The next session starts from these models (same recipe) and evaluates them paired.
     args = s.argparse.Namespace(toy=True, out=str(tmp_path / "s2"), models=str(models), start=str(tmp_path / "none"),
                                 session=2, jobs="")
