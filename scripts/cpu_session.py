@@ -53,16 +53,22 @@ class Recipe:
     arithmetic_facts: float = 0.0
     arithmetic_facts_min_result: int = 100
     node_drills: float = 0.0
-    goal_drills: float = 0.0
+    # Goal drills per APR demonstration (apr.train.drills; SoS+ models call near misses equal
+    # under 1% of the time and get none). Sessions 5-6 (docs/reports/cpu_runs.md): 0.5 took the
+    # APR model +7.0 [+3.7, +10.3] and its near misses called equal 53% -> 36%; 1.5 then to 0%.
+    goal_drills: float = 1.5
     # SoS+ demonstrations prefixed `Token Budget: N` (their length rounded up to 512), so that a
     # model can be asked for a search that fits a short window (evaluated with the budget its
     # window allows, apr.runtime_config.window_token_budget). APR always has its prefix.
-    sos_budget_prefix: bool = False
+    # Session 5: at 512 tokens such a model reproduces its solver (58.2% vs 59.2%; 18.8% without).
+    sos_budget_prefix: bool = True
     # How the demonstrations print an expansion's kept nodes (apr.search.beam.expand_node).
     # Session 4's A/Bs (docs/reports/cpu_runs.md): SoS+ on ranked demonstrations +8.0 points
     # [+4.0, +12.0] over shuffled ones; APR -3.5 [-8.0, +0.8] (its children then meet the goal
-    # operation first and give up when they miss it), so APR stays as published.
-    apr_order: str = "shuffled"
+    # operation first and give up when they miss it). Session 6: APR on hybrid demonstrations
+    # (generated nodes ranked, last operations shuffled) +1.3 [-2.5, +4.7] over shuffled ones,
+    # its root's repeated nodes 151 -> 38 problems of 400.
+    apr_order: str = "hybrid"
     sos_order: str = "ranked"
     context: int = 1024  # training rows; also the evaluation window unless apr.json says otherwise
     batch_size: int = 8
@@ -126,8 +132,8 @@ class Session:
             self.recipe = dataclasses.replace(self.recipe, apr_order=args.order, sos_order=args.order)
         if getattr(args, "node_drills", None) is not None:
             self.recipe = dataclasses.replace(self.recipe, node_drills=args.node_drills)
-        if getattr(args, "sos_budget_prefix", False):
-            self.recipe = dataclasses.replace(self.recipe, sos_budget_prefix=True)
+        if getattr(args, "no_sos_budget_prefix", False):
+            self.recipe = dataclasses.replace(self.recipe, sos_budget_prefix=False)
         if getattr(args, "goal_drills", None) is not None:
             self.recipe = dataclasses.replace(self.recipe, goal_drills=args.goal_drills)
         self.out, self.models = Path(args.out), Path(args.models)
@@ -181,7 +187,7 @@ class Session:
                 self.data / "fresh.jsonl", "budget_prefix": str(job.method == "apr" or r.sos_budget_prefix).lower(), "arithmetic_facts": r.arithmetic_facts,
                 **({"arithmetic_facts_min_result": r.arithmetic_facts_min_result} if r.arithmetic_facts else {}),
                 **({"node_drills": r.node_drills} if r.node_drills else {}),
-                **({"goal_drills": r.goal_drills} if r.goal_drills else {}),
+                **({"goal_drills": r.goal_drills} if r.goal_drills and job.method == "apr" else {}),
                 "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
                 "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
                 "optim.warmup_steps": 10 if init else 30,
@@ -272,7 +278,7 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
     facts = (f", facts {rec['arithmetic_facts']:g} of results >= {rec.get('arithmetic_facts_min_result', 100)}"
              if rec.get("arithmetic_facts") else "")
     facts += f", node drills {rec['node_drills']:g}" if rec.get("node_drills") else ""
-    facts += f", goal drills {rec['goal_drills']:g}" if rec.get("goal_drills") else ""
+    facts += f", goal drills {rec['goal_drills']:g}" if rec.get("goal_drills") and s.get("method") == "apr" else ""
     facts += ", token budget prefix" if rec.get("sos_budget_prefix") and s.get("method") == "sos" else ""
     order = rec.get(f"{s.get('method')}_order") or rec.get("order") or "shuffled"  # "order": session 4's arms
     facts += f", {order} nodes" if order != "shuffled" else ""
@@ -358,12 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-drills", type=float, default=None,
                     help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--goal-drills", type=float, default=None,
-                    help="an arm: mix in this many goal drills per demonstration (recipe: 0; apr.train.drills)")
-    ap.add_argument("--sos-budget-prefix", action="store_true",
-                    help="an arm: SoS+ demonstrations prefixed `Token Budget: N` (recipe: no prefix)")
+                    help="an arm: mix in this many goal drills per APR demonstration (recipe: 1.5; apr.train.drills)")
+    ap.add_argument("--no-sos-budget-prefix", action="store_true",
+                    help="an arm: SoS+ demonstrations without the `Token Budget: N` prefix (recipe since session 5: with it; "
+                    "session 5 trained it with --sos-budget-prefix, then an arm flag)")
     ap.add_argument("--order", choices=["shuffled", "ranked", "hybrid"], default=None,
-                    help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR shuffled, "
-                    "as published; SoS+ ranked)")
+                    help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR hybrid, "
+                    "SoS+ ranked)")
     ap.add_argument("--ledger", type=Path, default=LEDGER)
     ap.add_argument("--toy", action="store_true", help="toy sizes (the test's dry run)")
     args = ap.parse_args(argv)

@@ -160,8 +160,9 @@ class Window:
                 write_problems([(d / "train.jsonl", job.problems)], 1000 + window, TaskConfig(num_count=n),
                                problem_keys([shared_val, val]), workers)
             # The CPU line's demonstrations (scripts/cpu_session.py `Recipe`): SoS+ prints kept
-            # nodes best first, which its models learned 8 points better from; APR as published.
-            for method, cfg in (("apr", AprConfig(budget_prefix=True)), ("sos", SosConfig(order="ranked"))):
+            # nodes best first, which its models learned 8 points better from; APR ranks generated
+            # nodes and shuffles a node's last operations (`hybrid`).
+            for method, cfg in (("apr", AprConfig(budget_prefix=True, order="hybrid")), ("sos", SosConfig(order="ranked"))):
                 if not (d / f"{method}.jsonl").is_file():
                     tmp = d / f"{method}.raw.jsonl"
                     write_traces(d / "train.jsonl", tmp, cfg, seed=window, workers=workers)
@@ -196,7 +197,8 @@ class Window:
                     f"context={j.context}", f"device={self.args.device}", f"optim.lr={j.lr}", f"optim.min_lr={j.lr / 10}",
                     "optim.warmup_steps=30" if self.init_of(j) is None else "optim.warmup_steps=10",
                     f"eval_problems={self.val_file(j.num_count)}", "eval_every=0", "save_every=0", f"log_every={1 if self.args.toy else 20}",
-                    "val_fraction=0.01", f"budget_prefix={'true' if j.method == 'apr' else 'false'}",
+                    # the CPU line's recipe: both with budget prefixes, APR with goal drills
+                    "val_fraction=0.01", "budget_prefix=true", f"goal_drills={1.5 if j.method == 'apr' else 0}",
                     f"attn_implementation={self.args.attn}"]
             if self.init_of(j) is not None:
                 sets.append(f"init={self.init_of(j)}")

@@ -28,14 +28,19 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
         row = res["jobs"][name]
         assert row["init"] == "" and row["tokens"] > 0 and row["new"]["problems"] == 3
         assert row["solver"]["accuracy_at_window"] >= 0
-    for method, order in (("apr", "shuffled"), ("sos", "ranked")):  # the recipe's demonstrations
+    for method, order in (("apr", "hybrid"), ("sos", "ranked")):  # the recipe's demonstrations
         first = json.loads((out / f"data/{method}.jsonl").read_text().splitlines()[0])
         assert first["solver"]["order"] == order
     info = json.loads((out / "train/default/final/apr.json").read_text())
     assert info["tokenizer_name"] == s.TOY.tokenizer and info["budget_prefix"] is True
+    sos = json.loads((out / "train/default-sos/final/apr.json").read_text())
+    assert sos["budget_prefix"] is True  # the recipe's SoS+ asks for a token budget
+    config = (out / "train/default/config.yaml").read_text()
+    assert "goal_drills: 1.5" in config and "goal_drills: 0.0" in (out / "train/default-sos/config.yaml").read_text()
     lines = s.apply(out, models, ledger)
     assert len(lines) == 2 and ledger.read_text().count("\n| 20") == 2
-    assert "ranked nodes" in lines[1] and "ranked" not in lines[0]  # SoS+ row, APR row
+    assert "ranked nodes" in lines[1] and "hybrid nodes, " not in lines[1]  # SoS+ row
+    assert "hybrid nodes" in lines[0] and "goal drills 1.5" in lines[0] and "token budget prefix" in lines[1]  # APR row
     history = json.loads((models / "default/training_history.json").read_text())
     assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
     # The losing arm of an A/B: its rows are written, no model is kept.
@@ -55,8 +60,9 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert (arm.recipe.arithmetic_facts, arm.recipe.arithmetic_facts_min_result) == (0.25, 0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "node_drills": 0.5}))
     assert (arm.recipe.node_drills, arm.recipe.arithmetic_facts) == (0.5, 0.0)
-    arm = s.Session(s.argparse.Namespace(**{**vars(args), "goal_drills": 0.5, "sos_budget_prefix": True}))
-    assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, True, 0.0)
+    assert (s.Recipe().goal_drills, s.Recipe().sos_budget_prefix, s.Recipe().apr_order) == (1.5, True, "hybrid")
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "goal_drills": 0.5, "no_sos_budget_prefix": True}))
+    assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, False, 0.0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "order": "shuffled"}))
     assert (arm.recipe.apr_order, arm.recipe.sos_order) == ("shuffled", "shuffled")
 

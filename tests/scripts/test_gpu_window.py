@@ -31,9 +31,12 @@ def test_a_toy_window_trains_exports_evaluates_and_packs(tmp_path):
     assert len(files) <= 8 and all((out / f).stat().st_size <= 16 * 1024 * 1024 for f in files), files
     results = json.loads((out / "results.json").read_text())["jobs"]
     assert sorted(results) == ["cd3-apr", "cd3-sos", "cd4-apr", "cd4-sos"]
-    for method, order in (("apr", "shuffled"), ("sos", "ranked")):  # the CPU line's demonstrations
+    for method, order in (("apr", "hybrid"), ("sos", "ranked")):  # the CPU line's demonstrations
         first = json.loads((tmp_path / "work" / "cd3" / f"{method}.jsonl").read_text().splitlines()[0])
         assert first["solver"]["order"] == order
+    for name in results:  # the CPU line's recipe: budget prefixes for both, goal drills for APR
+        config = (tmp_path / "work" / "train" / name / "config.yaml").read_text()
+        assert "budget_prefix: true" in config and ("goal_drills: 1.5" in config) == name.endswith("apr"), name
     for name, res in results.items():
         assert res["trained"] and res["steps"] == 2, (name, res)
         assert res["eval"]["problems"] == 2 and "arithmetic_error_rate" in json.dumps(res["eval"]), (name, res["eval"])
