@@ -111,15 +111,19 @@ def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
 
 
 def keep_child_budget(final: Path, init: Path | None) -> None:
-    """A continued APR model keeps its start's child budget: SFT writes the median child count
-    of this session's demonstrations, but the start's budget was chosen by a sweep, and the
-    paired evaluation must ask both models for the same number of children."""
+    """A continued model keeps its start's evaluation window (`eval_context`) and, for APR,
+    child budget: SFT writes none and the median child count of this session's
+    demonstrations, but the start's were chosen by a sweep (docs/reports/cd3_window_budget.md),
+    and the paired evaluation must ask both models for the same."""
     if init is None or not (final / "apr.json").is_file():
         return
-    start = json.loads((init / "apr.json").read_text()).get("child_budget")
+    start = json.loads((init / "apr.json").read_text())
     info = json.loads((final / "apr.json").read_text())
-    if start and info.get("method") == "apr" and info.get("child_budget") != start:
-        (final / "apr.json").write_text(json.dumps({**info, "child_budget": start}, indent=2) + "\n")
+    kept = {"eval_context": start.get("eval_context")} if start.get("eval_context") else {}
+    if start.get("child_budget") and info.get("method") == "apr":
+        kept["child_budget"] = start["child_budget"]
+    if any(info.get(k) != v for k, v in kept.items()):
+        (final / "apr.json").write_text(json.dumps({**info, **kept}, indent=2) + "\n")
 
 
 class Session:

@@ -30,11 +30,17 @@ def test_without_one_the_task_caps_the_published_ten():
 
 def test_the_committed_countdown3_models_ask_for_their_swept_budget():
     # docs/reports/cpu_task_h200: budget 4 was the best of 2/4/8/10 on the validation problems;
-    # docs/reports/cpu_sweep: 3 is the CPU line's (models/default) best of 1/2/3/4/6
-    for d, budget in (("models/default", 3), ("models/sft/default", 4), ("models/rl/default", 4)):
+    # docs/reports/cd3_window_budget.md: the CPU line's models run at a 512-token window, where
+    # APR at budget 2 keeps every thread inside it (sessions 4-6)
+    for d, budget in (("models/default", 2), ("models/sft/default", 4), ("models/rl/default", 4)):
         info = load_model_info(ROOT / d)
         assert info.child_budget == budget and info.budget_prefix  # sft/, rl/: written as `sub_call_budget: true`
         assert RuntimeConfig().resolve(info).child_budget == budget
+    for d in ("models/default", "models/default-sos"):
+        info = load_model_info(ROOT / d)
+        resolved = RuntimeConfig().resolve(info)
+        assert (info.eval_context, resolved.context) == (512, 512)
+    assert RuntimeConfig().resolve(load_model_info(ROOT / "models/default-sos")).token_budget == 512
 
 
 def test_a_setting_of_the_other_method_is_refused_not_ignored():
