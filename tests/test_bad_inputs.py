@@ -249,8 +249,9 @@ SIZES = [
     ("run --problems {w}/p.jsonl --out {w}/o.jsonl --model {model} --context 100000",
      "--context 100000 is more than the model's 2048 positions"),
     ("eval --method apr --model {model} --problems {w}/p.jsonl --out {w}/e --context 3000", "2048 positions"),
+    # the default model runs at its apr.json window, 512 tokens
     ("run --problems {w}/p.jsonl --out {w}/o.jsonl --model {model} --max-slots 100000000",
-     "a KV cache of 100000000 slots x 1024 tokens (lower --max-slots or --context) needs about"),
+     "a KV cache of 100000000 slots x 512 tokens (lower --max-slots or --context) needs about"),
     ("train sft --config {w}/sft.yaml --set batch_size=1000000 --set context=2048", "lower `batch_size`"),
     ("train sft --config {w}/sft.yaml --set context=4096", "`context` 4096 is more than the cpu-mini preset's 2048"),
 ]

@@ -50,7 +50,7 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
     """Solve the first `pool` validation problems with the model on CPU (greedy), report how
     many it solved, and show n thread trees (spawned children under their parent): solved
     problems first, then unsolved ones, each labelled with the checker's verdict.
-    `arithmetic` exact: the engine writes the results (an ablation; the header says so)."""
+    `arithmetic` exact: the engine writes the results and goal tests (an ablation; the header says so)."""
     from apr.engine.spec import EngineSpec, make_engine
     from apr.datasets import default_problems, load_problems
     from apr.model_folder import load_model_info
@@ -60,7 +60,7 @@ def model_demo(model_dir: Path, n: int, console: Console, pool: int = 16, child_
     problems = load_problems(default_problems(str(model_dir), info.task), max(n, pool))
     cfg = RuntimeConfig(child_budget=child_budget, context=min(default_context(info), 4096),  # bounded on CPU
                         max_in_flight=len(problems), arithmetic=arithmetic).resolve(info)
-    mode = f", {LABEL} (the engine writes every operation's result)" if arithmetic == EXACT else ""
+    mode = f", {LABEL} (the engine writes every operation's result and goal test)" if arithmetic == EXACT else ""
     console.print(f"[bold]Model {model_dir} ({info.method}, preset {info.preset}) on CPU, greedy{mode}, "
                   f"{len(problems)} validation problems:[/]")
     with make_engine(EngineSpec(model=str(model_dir), max_slots=64, context=cfg.context, device="cpu")) as engine:
