@@ -7,9 +7,10 @@ sessions on a 2-core machine, with nothing but this script to remember where it 
 
 A session (run it in the background, `nice`, while other work goes on):
   data   problems drawn with seed 20000 + session (new every session), the APR solver's
-         demonstrations with `Sub Call Budget` prefixes and SoS+ demonstrations of them, and
+         demonstrations with `Sub Call Budget` prefixes (hybrid order) and SoS+ demonstrations
+         of them (ranked; trained with `Token Budget` prefixes), and
          `--eval-problems` fresh problems drawn with seed 30000 + session (never trained on);
-  train  both models side by side, one process and one torch thread each, for `--minutes` of
+  train  both models side by side (APR with goal drills), one process and one torch thread each, for `--minutes` of
          CPU time each (`time_budget_clock: cpu`), from the weights in `--models DIR/<job>`
          when they are of this recipe (same preset and tokenizer) with a fresh cosine
          schedule, else from scratch;
@@ -110,7 +111,7 @@ def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
             and d.get("tokenizer") == tokenizer_fingerprint(build_tokenizer(recipe.tokenizer)))
 
 
-def keep_child_budget(final: Path, init: Path | None) -> None:
+def keep_start_settings(final: Path, init: Path | None) -> None:
     """A continued model keeps its start's evaluation window (`eval_context`) and, for APR,
     child budget: SFT writes none and the median child count of this session's
     demonstrations, but the start's were chosen by a sweep (docs/reports/cd3_window_budget.md),
@@ -208,7 +209,7 @@ class Session:
             procs[job.name] = run(argv, folder / "log.txt", self.env)
         codes = {name: p.wait() for name, p in procs.items()}
         for job in self.jobs:
-            keep_child_budget(self.out / "train" / job.name / "final", self.init_of(job))
+            keep_start_settings(self.out / "train" / job.name / "final", self.init_of(job))
         return codes
 
     def evaluate(self, job: Job, model: Path, name: str) -> dict:
@@ -368,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-drills", type=float, default=None,
                     help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--goal-drills", type=float, default=None,
-                    help="an arm: mix in this many goal drills per APR demonstration (recipe: 1.5; apr.train.drills)")
+                    help="an arm: mix in this many goal drills per APR demonstration, 0 for none (recipe: 1.5; apr.train.drills)")
     ap.add_argument("--no-sos-budget-prefix", action="store_true",
-                    help="an arm: SoS+ demonstrations without the `Token Budget: N` prefix (recipe since session 5: with it; "
-                    "session 5 trained it with --sos-budget-prefix, then an arm flag)")
+                    help="an arm: SoS+ demonstrations without the `Token Budget: N` prefix (recipe since session 5: with it)")
+    ap.add_argument("--sos-budget-prefix", action="store_true", help=argparse.SUPPRESS)  # session 5's arm flag: now the recipe
     ap.add_argument("--order", choices=["shuffled", "ranked", "hybrid"], default=None,
                     help="an arm: both methods' demonstrations print kept nodes in this order (recipe: APR hybrid, "
                     "SoS+ ranked)")
@@ -383,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--arithmetic-facts must be in (0, 10]")
     if args.node_drills is not None and not 0 < args.node_drills <= 10:
         ap.error("--node-drills must be in (0, 10]")
-    if args.goal_drills is not None and not 0 < args.goal_drills <= 10:
-        ap.error("--goal-drills must be in (0, 10]")
+    if args.goal_drills is not None and not 0 <= args.goal_drills <= 10:
+        ap.error("--goal-drills must be in [0, 10]")
     if args.facts_min_result < 0:
         ap.error("--facts-min-result must be 0 or more")
     if args.facts_min_result != 100 and args.arithmetic_facts is None:

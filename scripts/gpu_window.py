@@ -197,7 +197,8 @@ class Window:
                     f"context={j.context}", f"device={self.args.device}", f"optim.lr={j.lr}", f"optim.min_lr={j.lr / 10}",
                     "optim.warmup_steps=30" if self.init_of(j) is None else "optim.warmup_steps=10",
                     f"eval_problems={self.val_file(j.num_count)}", "eval_every=0", "save_every=0", f"log_every={1 if self.args.toy else 20}",
-                    # the CPU line's recipe: both with budget prefixes, APR with goal drills
+                    # the CPU line's recipe (scripts/cpu_session.py `Recipe`: sos_budget_prefix, goal_drills
+                    # for APR): both with budget prefixes, APR with goal drills
                     "val_fraction=0.01", "budget_prefix=true", f"goal_drills={1.5 if j.method == 'apr' else 0}",
                     f"attn_implementation={self.args.attn}"]
             if self.init_of(j) is not None:

@@ -261,6 +261,8 @@ def test_goal_verdicts_are_checked_and_near_misses_counted_apart():
     assert (c["verdicts"], c["verdict_errors"], c["near_miss_verdicts"], c["near_miss_verdict_errors"]) == (4, 2, 2, 1)
     assert [t for t in range(60, 100) if C.near_miss(73, t)] == [64, 65, 66, 67, 68, 69, 70, 71, 72, 74, 75, 76, 77, 78, 79, 80, 81, 82]
     assert C.near_miss(18, 81) and C.near_miss(81, 18) and not C.near_miss(79, 79) and not C.near_miss(5, 50)
+    assert not C.near_miss(50, 5) and not C.near_miss(10, 100) and not C.near_miss(42, 124)  # swaps are of two digits
+    assert C.verdict_errors("1" * 5000 + ",24 unequal: No Solution\n")["verdicts"] == 0  # no number that long is read
     m = C.measure([record(nums=[4, 69, 6], target=79, text=text, correct=False, reason="no solution found")])
     assert (m["verdicts"], m["near_miss_verdict_errors"], m["near_miss_verdict_error_rate"]) == (4, 1, 0.5)
     assert "near misses called equal at 1/2 goal lines (50.0%)" in C.describe(m)

@@ -27,9 +27,11 @@ def is_exact(d: dict | None) -> bool:
 
 
 def identity(arithmetic: str | None) -> dict:
-    """The key a run's identity gets for the mode: none for the default, so run folders and
-    checkpoints written before the mode existed resume as they were."""
-    return {"arithmetic": EXACT} if arithmetic == EXACT else {}
+    """The keys a run's identity gets for the mode: none for the default, so run folders and
+    checkpoints written before the mode existed resume as they were. `exact_goal_tests`: the
+    engine writes goal tests too (since 2026-12-07); an exact folder written before then lacks
+    it, so it is not resumed with records of the other kind."""
+    return {"arithmetic": EXACT, "exact_goal_tests": True} if arithmetic == EXACT else {}
 
 
 def labelled(label: str, arithmetic: str | None) -> str:

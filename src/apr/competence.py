@@ -128,13 +128,14 @@ def operation_errors(text: str) -> tuple[int, int]:
 
 
 NEAR_MISS = 9  # a result at most this far from the target is a near miss (or the target's digits swapped)
-_VERDICT_RE = re.compile(r"^(\d+),(\d+) (equal: Goal Reached|unequal: No Solution)$", re.M)
+_VERDICT_RE = re.compile(rf"^(\d{{1,{_MAX_DIGITS}}}),(\d{{1,{_MAX_DIGITS}}}) (equal: Goal Reached|unequal: No Solution)$", re.M)
 
 
 def near_miss(x: int, target: int) -> bool:
     """A result easily taken for the target: not it, but within NEAR_MISS of it, or its two
     digits swapped (`79` for `97`)."""
-    return x != target and (abs(x - target) <= NEAR_MISS or (10 <= x <= 99 and x == 10 * (target % 10) + target // 10))
+    swapped = 10 <= x <= 99 and 10 <= target <= 99 and x == 10 * (target % 10) + target // 10
+    return x != target and (abs(x - target) <= NEAR_MISS or swapped)
 
 
 def verdict_errors(text: str) -> Counter:

@@ -40,7 +40,7 @@ METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))
 # Settings that must match for records to be appended to an existing run folder.
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
             "context", "child_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
-            "problems_sha", "arithmetic")
+            "problems_sha", "arithmetic", "exact_goal_tests")
 # run.json keys of earlier versions: old -> new (a folder they wrote is resumed as before).
 OLD_META_KEYS = {"sub_call_budget": "child_budget"}
 # The settings a solver row applies; any other one changed is refused (no model runs).

@@ -216,8 +216,8 @@ def notes(runs: list[dict]) -> list[str]:
         out.append(f"- model `{shown(path)}`: {note}.")
     if any(exact.is_exact(r) for r in runs):
         out.append(f"- Runs labelled *{exact.LABEL}* are an ablation, not results about the models: the engine kept "
-                   "each operation's operands among the current numbers and wrote its result (and, in runs since "
-                   "2026-12-07, the goal test after a single-number result), so their accuracy "
+                   "each operation's operands among the current numbers and wrote its result (and, in runs whose "
+                   "summary says `exact_goal_tests`, the goal test after a single-number result), so their accuracy "
                    "measures the search with arithmetic errors taken out. The comparisons with the published "
                    "figures use unassisted runs only. Forced tokens are counted in every token figure and shown apart.")
     if apr and sos:

@@ -68,7 +68,7 @@ class RuntimeConfig:
         lo=1, method="apr", metavar="N")
     token_budget: int | None = setting(
         None, "SoS+: tokens to ask for, `Token Budget: N` (default, for a model trained with the prefix: the "
-        "window rounded down to a multiple of 512, at most 4096)",
+        "window rounded down to a multiple of 512, at least 512, at most 4096)",
         lo=1, method="sos", metavar="TOKENS")
     temperature: float | None = setting(
         None, "sampling temperature, >= 0 (default: 0, greedy, for one sample per problem; 1.0 when sampling "

@@ -39,7 +39,7 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert "goal_drills: 1.5" in config and "goal_drills: 0.0" in (out / "train/default-sos/config.yaml").read_text()
     lines = s.apply(out, models, ledger)
     assert len(lines) == 2 and ledger.read_text().count("\n| 20") == 2
-    assert "ranked nodes" in lines[1] and "hybrid nodes, " not in lines[1]  # SoS+ row
+    assert "ranked nodes" in lines[1] and "hybrid" not in lines[1] and "goal drills" not in lines[1]  # SoS+ row
     assert "hybrid nodes" in lines[0] and "goal drills 1.5" in lines[0] and "token budget prefix" in lines[1]  # APR row
     history = json.loads((models / "default/training_history.json").read_text())
     assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
@@ -81,9 +81,26 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
     s = load_script()
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
                  ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
-                 ["--goal-drills", "0"], ["--goal-drills", "-2"]):
+                 ["--goal-drills", "11"], ["--goal-drills", "-2"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2
         assert ": error: " in capsys.readouterr().err.strip().splitlines()[-1]  # one line says what is wrong
     assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_a_continued_model_keeps_its_starts_window_and_budget(tmp_path):
+    s = load_script()
+    start, final = tmp_path / "start", tmp_path / "final"
+    for d, info in ((start, {"method": "apr", "eval_context": 512, "child_budget": 2}),
+                    (final, {"method": "apr", "eval_context": None, "child_budget": 6, "context": 1024})):
+        d.mkdir()
+        (d / "apr.json").write_text(json.dumps(info))
+    s.keep_start_settings(final, start)
+    assert json.loads((final / "apr.json").read_text()) == {"method": "apr", "eval_context": 512, "child_budget": 2,
+                                                            "context": 1024}
+    (final / "apr.json").write_text(json.dumps({"method": "sos", "eval_context": None, "child_budget": None}))
+    s.keep_start_settings(final, start)  # SoS+: the window, no budget
+    assert json.loads((final / "apr.json").read_text()) == {"method": "sos", "eval_context": 512, "child_budget": None}
+    s.keep_start_settings(final, None)  # trained from scratch: as SFT wrote it
+    assert json.loads((final / "apr.json").read_text())["eval_context"] == 512

@@ -18,7 +18,7 @@ class AprConfig:
     spawn_prob: float = 0.9  # chance to spawn when an expansion kept more than one node
     max_depth: int = 1  # levels of spawning: 1 = only the root spawns (the published data)
     heuristic: str = "mult"
-    order: str = "shuffled"  # kept nodes printed shuffled (published) or "ranked", best first (beam.expand_node)
+    order: str = "shuffled"  # kept nodes printed shuffled (published), "ranked" best first, or "hybrid" (beam.expand_node)
     budget_prefix: bool = False  # prefix the root prompt with its child count, `Sub Call Budget: N `
     # At most this many child threads in a trace (None: no limit), as a model asked for
     # `Sub Call Budget: N` should: an expansion spawns only when all its kept nodes fit in

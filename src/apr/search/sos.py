@@ -17,7 +17,7 @@ class SosConfig:
     sub_search_prob: float = 0.5  # chance per expansion to run a sub search on each kept node
     max_sub_depth: int = 100  # nesting limit for sub searches (numbers run out first)
     heuristic: str = "mult"
-    order: str = "shuffled"  # kept nodes printed shuffled (published) or "ranked", best first (beam.expand_node)
+    order: str = "shuffled"  # kept nodes printed shuffled (published), "ranked" best first, or "hybrid" (beam.expand_node)
 
     def params(self) -> dict:
         return {"solver": "sos", **asdict(self)}

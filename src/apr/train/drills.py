@@ -17,7 +17,7 @@ skill a small model fails to learn from whole traces (issue 17).
   9 of their target (149 of 281 near misses in the session-5 anatomy, `docs/reports/cpu_runs.md`),
   and the first such false claim wins the join. In demonstrations near misses are rare (about
   one comparison in twenty), so a small model learns "the leading digits match" for "equal".
-  Only the verdict (`equal: Goal Reached` / `unequal: No Solution`) carries loss.
+  Only the verdict (`equal: Goal Reached` / `unequal: No Solution`) and its newline carry loss.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
     last operation the demonstrations write (`Exploring Operation: a-b=x, Resulting Numbers:
     [x]`) and its goal line for a target t the demonstrations have: t = x for a share
     GOAL_EQUAL_SHARE of the pairs, else a near miss (`competence.near_miss`). The operation and `x,t `
-    are context; the verdict is trained; no EOS. Seeded: same demonstrations, same drills."""
+    are context; the verdict and its newline are trained; no EOS. Seeded: same demonstrations, same drills."""
     if per_demo <= 0 or not demos:
         return []
     by_result: dict[int, list[str]] = {}
@@ -117,7 +117,8 @@ def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
                 by_result.setdefault(int(m.group(2)), []).append(m.group(1))
             targets.update(int(m.group(1)) for m in _GOAL.finditer(ts.text))
     equal = sorted(t for t in targets if t in by_result)
-    near = sorted(x for x in by_result if near_targets(x, targets))
+    near_of = {x: ts for x in by_result if (ts := near_targets(x, targets))}
+    near = sorted(near_of)
     if not equal or not near:
         return []
     rng, out = random.Random(seed), []
@@ -128,7 +129,7 @@ def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
                 x = t = rng.choice(equal)
             else:
                 x = rng.choice(near)
-                t = rng.choice(near_targets(x, targets))
+                t = rng.choice(near_of[x])
             head = f"Exploring Operation: {rng.choice(by_result[x])}, Resulting Numbers: [{x}]\n{x},{t} "
             context.append((len(text), len(text) + len(head)))
             text += head + protocol.goal_line(x, t)[len(f"{x},{t} "):]
