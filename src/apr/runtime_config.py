@@ -26,8 +26,8 @@ from apr.arithmetic import MODES as ARITHMETIC_MODES
 METHODS = ("apr", "sos")
 CONTEXT_MIN, CONTEXT_MAX = 16, 1_048_576
 DEFAULT_CHILD_BUDGET = 10  # the published evaluation's budget, for models that do not say theirs
-DEFAULT_TOKEN_BUDGET = 4096  # tokens asked of an SoS+ model trained with `Token Budget` prefixes
-TOKEN_BUDGET_STEP = 512  # budgets are multiples of this (docs/FORMATS.md); training rounds up to one
+TOKEN_BUDGET_STEP, TOKEN_BUDGET_MAX = 512, 4096  # budgets: multiples of 512 (docs/FORMATS.md), training caps at 4096
+DEFAULT_TOKEN_BUDGET = TOKEN_BUDGET_MAX  # the most a prefix-trained SoS+ model is asked for by default
 
 
 def window_token_budget(context: int) -> int:

@@ -31,7 +31,7 @@ from apr.checker import apply_op
 from apr.countdown import TaskConfig, problem_from_record, record_key
 from apr.errors import UserError
 from apr.io import read_records
-from apr.runtime_config import DEFAULT_TOKEN_BUDGET as TOKEN_BUDGET_MAX, TOKEN_BUDGET_STEP
+from apr.runtime_config import TOKEN_BUDGET_MAX, TOKEN_BUDGET_STEP
 
 IGNORE = -100
 
