@@ -102,16 +102,32 @@ def test_probe_recipe_at_toy_size(tmp_path):
     assert info["tokenizer_name"] == "apr-num99"
 
 
+def drills_made(make, demos, seed: int, at: int):
+    """`make(demos, 0.5, seed)` checked as every kind of drill must be: one per two
+    demonstrations, none at rate 0, seeded (the same drill `at` again), and no trained EOS."""
+    made = make(demos, 0.5, seed=seed)
+    assert len(made) == round(0.5 * len(demos)) and all(not d.stops for d in made)
+    assert make(demos, 0.5, seed=seed)[at].strings[0].text == made[at].strings[0].text  # seeded
+    assert make(demos, 0.0, seed=seed) == []
+    return made
+
+
+def trained_text(drill, tok) -> str:
+    """What a drill's training string trains, checked to carry no EOS once packed."""
+    from apr.train.packing import encode_many
+
+    (ids, trained), = encode_many([drill.strings[0]], tok)
+    built = packing.build_packed([drill], tok, 1024, False, packing.DataStats())
+    assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target
+    return tok.decode(ids[1:-1][trained[1:-1]])
+
+
 def test_node_drills_name_another_node_and_train_only_its_state(sos_records):
     from apr import protocol
-    from apr.train.packing import encode_many
 
     tok = build_tokenizer()
     demos = packing.demonstrations(sos_records, tok, budget_prefix=False)
-    made = drills.node_drills(demos, 0.5, seed=1)
-    assert len(made) == round(0.5 * len(demos)) and all(not d.stops for d in made)
-    assert drills.node_drills(demos, 0.5, seed=1)[3].strings[0].text == made[3].strings[0].text  # seeded
-    assert drills.node_drills(demos, 0.0, seed=1) == []
+    made = drills_made(drills.node_drills, demos, seed=1, at=3)
     sources = {s.text for d in demos for s in d.strings}
     for d in made:
         ts = d.strings[0]
@@ -123,11 +139,7 @@ def test_node_drills_name_another_node_and_train_only_its_state(sos_records):
     # the drills differ from the demonstrations' own moves somewhere (another node named)
     assert any(d.strings[0].text not in "".join(sources) for d in made)
     # only the state line carries loss, and no EOS: a drill does not teach stopping
-    (ids, trained), = encode_many([made[0].strings[0]], tok)
-    state = made[0].strings[0].text[made[0].strings[0].new_from:]
-    assert tok.decode(ids[1:-1][trained[1:-1]]) == state
-    built = packing.build_packed(made[:1], tok, 1024, False, packing.DataStats())
-    assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target
+    assert trained_text(made[0], tok) == made[0].strings[0].text[made[0].strings[0].new_from:]
 
 
 @pytest.mark.parametrize("key", ["node_drills", "goal_drills"])
@@ -154,14 +166,10 @@ def test_near_targets_are_close_or_digit_swaps_and_never_the_result():
 
 def test_goal_drills_pair_true_operations_with_near_or_equal_targets_and_train_only_verdicts(apr_records):
     from apr import protocol
-    from apr.train.packing import encode_many
 
     tok = build_tokenizer()
     demos = packing.demonstrations(apr_records, tok, budget_prefix=True)
-    made = drills.goal_drills(demos, 0.5, seed=2)
-    assert len(made) == round(0.5 * len(demos)) and all(not d.stops for d in made)
-    assert drills.goal_drills(demos, 0.5, seed=2)[1].strings[0].text == made[1].strings[0].text  # seeded
-    assert drills.goal_drills(demos, 0.0, seed=2) == []
+    made = drills_made(drills.goal_drills, demos, seed=2, at=1)
     targets = {p.target for p in generate(60, seed=4, task=TASK3)}
     pair = re.compile(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+), Resulting Numbers: \[(\d+)\]\n"
                       r"(\d+),(\d+) (equal: Goal Reached|unequal: No Solution)\n")
@@ -181,8 +189,5 @@ def test_goal_drills_pair_true_operations_with_near_or_equal_targets_and_train_o
                 verdicts["near"] += 1
     assert verdicts["equal"] > 0 and verdicts["near"] > verdicts["equal"]  # mostly near misses
     # only the verdicts (and their newlines) carry loss, and no EOS
-    (ids, trained), = encode_many([made[0].strings[0]], tok)
-    learned = tok.decode(ids[1:-1][trained[1:-1]])
+    learned = trained_text(made[0], tok)
     assert learned.replace("unequal: No Solution", "").replace("equal: Goal Reached", "") == "\n" * drills.GOAL_LINES_PER_DOC
-    built = packing.build_packed(made[:1], tok, 1024, False, packing.DataStats())
-    assert (built.targets[0] != packing.IGNORE).sum() == trained[1:-1].sum()  # EOS not a target
