@@ -130,13 +130,13 @@ def test_rl_report_refuses_a_folder_without_metrics(tmp_path, capsys):
 def test_paired_change_counts_discordant_problems(tmp_path):
     from apr.report_rl import paired_change
 
-    def run(name, solved):
+    def run(name, solved, longest=1):
         d = tmp_path / name
         d.mkdir()
         (d / "run.json").write_text(json.dumps({"samples": 1, "method": "sos"}))
         rec = lambda i, c: Record(index=i, sample=0, correct=c, nums=[1, 2], target=3, text="", reason="", answer=[],
-                                  total_tokens=1, sequential_tokens=1, longest_thread=1, children=0, latency_s=0.0,
-                                  method="sos")
+                                  total_tokens=1, sequential_tokens=1, longest_thread=longest if i % 2 else 1, children=0,
+                                  latency_s=0.0, method="sos")
         (d / "records.jsonl").write_text("".join(json.dumps(rec(i, c).to_json()) + "\n" for i, c in enumerate(solved)))
         return d
 
@@ -147,6 +147,10 @@ def test_paired_change_counts_discordant_problems(tmp_path):
     assert c["change"] == pytest.approx(0.28) and 0.15 < c["ci95"][0] < 0.28 < c["ci95"][1] < 0.40
     same = paired_change(before, before)
     assert same["change"] == 0 and same["ci95"] == [0.0, 0.0]
+    # within a window: the odd problems' longest thread (600 tokens) does not fit 512
+    long = run("long", [True] * 100, longest=600)
+    assert paired_change(before, long)["after"] == 1.0
+    assert paired_change(before, long, window=512)["after"] == 0.5 and paired_change(before, long, window=600)["after"] == 1.0
 
 
 def test_committed_reports_name_no_machine_folders():
@@ -206,3 +210,24 @@ def test_runs_under_another_join_rule_stay_out_of_the_published_rows(runs, tmp_p
     greedy = next(line for line in md.splitlines() if line.startswith("| greedy, no RL"))
     assert "98.7" not in greedy and f"{100 * s['accuracy']:.1f}" in greedy
     assert "| APR, verified join | apr | verified |" in md  # still in the table of every run
+
+
+def test_paired_benchmark_refuses_what_it_cannot_compare(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("paired", Path(__file__).parents[1] / "benchmarks" / "paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"samples": 4, "method": "sos"}))
+    (run / "records.jsonl").write_text("")
+    for argv, says in (([str(tmp_path / "none"), str(run)], "no records.jsonl"),
+                       ([str(run), str(run), "--window", "0"], "--window must be 1 or more"),
+                       ([str(run), str(run)], "one sample per problem")):
+        with pytest.raises(SystemExit) as e:
+            paired.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ": error: " in err and says in err

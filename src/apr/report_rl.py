@@ -147,18 +147,19 @@ def plot(runs: list[dict], out: Path) -> Path:
     return path
 
 
-def _solved(d: Path) -> dict[int, bool]:
-    """Problem index -> solved, from an `apr eval` folder with one sample per problem."""
+def _solved(d: Path, window: int | None = None) -> dict[int, bool]:
+    """Problem index -> solved, from an `apr eval` folder with one sample per problem; with a
+    `window`, solved with its longest thread inside it (as `accuracy_within_context`)."""
     folder = RunFolder(d)
     if folder.meta().get("samples", 1) != 1:
         raise UserError("paired comparison needs one sample per problem", str(d))
-    return {i: r.correct for (i, _), r in folder.finished().items()}
+    return {i: r.correct and (window is None or r.longest_thread <= window) for (i, _), r in folder.finished().items()}
 
 
-def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Accuracy change from `before` to `after` on the problems both runs finished, with a
-    paired bootstrap 95% interval and the discordant counts."""
-    a, b = _solved(before), _solved(after)
+def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int = 0, window: int | None = None) -> dict:
+    """Accuracy change from `before` to `after` on the problems both runs finished (within
+    `window` tokens, when given), with a paired bootstrap 95% interval and the discordant counts."""
+    a, b = _solved(before, window), _solved(after, window)
     common = sorted(a.keys() & b.keys())
     if not common:
         raise UserError(f"no problems in common between {before} and {after}")
