@@ -58,6 +58,9 @@ class Recipe:
     # under 1% of the time and get none). Sessions 5-6 (docs/reports/cpu_runs.md): 0.5 took the
     # APR model +7.0 [+3.7, +10.3] and its near misses called equal 53% -> 36%; 1.5 then to 0%.
     goal_drills: float = 1.5
+    # Product drills per demonstration, both methods (apr.train.drills): 3+ digit products, only
+    # the result trained. Products are ~42% wrong and most of both models' arithmetic errors.
+    product_drills: float = 0.0
     # SoS+ demonstrations prefixed `Token Budget: N` (their length rounded up to 512), so that a
     # model can be asked for a search that fits a short window (evaluated with the budget its
     # window allows, apr.runtime_config.window_token_budget). APR always has its prefix.
@@ -99,15 +102,18 @@ def apr_cmd(*args: str) -> list[str]:
 
 
 def model_matches(folder: Path, recipe: Recipe, method: str) -> bool:
-    """Whether a model folder is of this recipe: method, preset and tokenizer (by fingerprint:
-    folders written before apr.json named its tokenizer say only that)."""
+    """Whether a model folder is of this recipe: method, preset (or one that grows into it,
+    apr.train.grow) and tokenizer (by fingerprint: folders written before apr.json named its
+    tokenizer say only that)."""
     from apr.tokenizer import build_tokenizer, tokenizer_fingerprint
+    from apr.train import grow
 
     info = folder / "apr.json"
     if not info.is_file():
         return False
     d = json.loads(info.read_text())
-    return (d.get("preset") == recipe.preset and d.get("method") == method
+    grows = d.get("preset") == recipe.preset or grow.grows_into(d.get("preset"), recipe.preset)
+    return (grows and d.get("method") == method
             and d.get("tokenizer") == tokenizer_fingerprint(build_tokenizer(recipe.tokenizer)))
 
 
@@ -141,6 +147,10 @@ class Session:
             self.recipe = dataclasses.replace(self.recipe, sos_budget_prefix=False)
         if getattr(args, "goal_drills", None) is not None:
             self.recipe = dataclasses.replace(self.recipe, goal_drills=args.goal_drills)
+        if getattr(args, "product_drills", None) is not None:
+            self.recipe = dataclasses.replace(self.recipe, product_drills=args.product_drills)
+        if getattr(args, "preset", None):
+            self.recipe = dataclasses.replace(self.recipe, preset=args.preset)
         self.out, self.models = Path(args.out), Path(args.models)
         self.start = Path(getattr(args, "start", None) or ROOT / "models" / "sft")
         self.data = self.out / "data"
@@ -193,6 +203,7 @@ class Session:
                 **({"arithmetic_facts_min_result": r.arithmetic_facts_min_result} if r.arithmetic_facts else {}),
                 **({"node_drills": r.node_drills} if r.node_drills else {}),
                 **({"goal_drills": r.goal_drills} if r.goal_drills and job.method == "apr" else {}),
+                **({"product_drills": r.product_drills} if r.product_drills else {}),
                 "eval_every": 0, "save_every": 200, "log_every": 50, "seed": self.args.session,
                 "optim.lr": r.lr_continue if init else r.lr, "optim.min_lr": (r.lr_continue if init else r.lr) / 10,
                 "optim.warmup_steps": 10 if init else 30,
@@ -284,6 +295,7 @@ def ledger_row(res: dict, name: str, row: dict, cumulative: float) -> str:
              if rec.get("arithmetic_facts") else "")
     facts += f", node drills {rec['node_drills']:g}" if rec.get("node_drills") else ""
     facts += f", goal drills {rec['goal_drills']:g}" if rec.get("goal_drills") and s.get("method") == "apr" else ""
+    facts += f", product drills {rec['product_drills']:g}" if rec.get("product_drills") else ""
     facts += ", token budget prefix" if rec.get("sos_budget_prefix") and s.get("method") == "sos" else ""
     order = rec.get(f"{s.get('method')}_order") or rec.get("order") or "shuffled"  # "order": session 4's arms
     facts += f", {order} nodes" if order != "shuffled" else ""
@@ -370,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="an arm: mix in this many node drills per demonstration (recipe: 0; apr.train.drills)")
     ap.add_argument("--goal-drills", type=float, default=None,
                     help="an arm: mix in this many goal drills per APR demonstration, 0 for none (recipe: 1.5; apr.train.drills)")
+    ap.add_argument("--product-drills", type=float, default=None,
+                    help="an arm: mix in this many product drills per demonstration (recipe: 0; apr.train.drills)")
+    ap.add_argument("--preset", choices=["cpu-mini", "cpu-wide"], default=None,
+                    help="an arm: train this preset; a cpu-mini start is grown into cpu-wide (apr.train.grow; "
+                    "recipe: cpu-mini)")
     ap.add_argument("--no-sos-budget-prefix", action="store_true",
                     help="an arm: SoS+ demonstrations without the `Token Budget: N` prefix (recipe since session 5: with it)")
     ap.add_argument("--sos-budget-prefix", action="store_true", help=argparse.SUPPRESS)  # session 5's arm flag: now the recipe
@@ -386,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--node-drills must be in (0, 10]")
     if args.goal_drills is not None and not 0 <= args.goal_drills <= 10:
         ap.error("--goal-drills must be in [0, 10]")
+    if args.product_drills is not None and not 0 <= args.product_drills <= 10:
+        ap.error("--product-drills must be in [0, 10]")
     if args.facts_min_result < 0:
         ap.error("--facts-min-result must be 0 or more")
     if args.facts_min_result != 100 and args.arithmetic_facts is None:

@@ -28,6 +28,7 @@ from apr.io import atomic_write
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
     "cpu-mini": (3, 128, 352, 4, 2048),  # ~0.6M: the `cpu` recipe's model, a few k tokens/s on 2 cores
     "cpu-deep": (6, 128, 352, 4, 2048),  # ~1.2M: cpu-mini twice as deep (more steps for arithmetic)
+    "cpu-wide": (3, 128, 1024, 4, 2048),  # ~1.4M: cpu-mini with 3x the MLP (room for facts); grown from it
     "tiny": (4, 192, 512, 6, 4096),  # ~1.8M non-embedding params: fast on one CPU
     "gpu-10m": (6, 384, 1024, 6, 4096),  # ~10.6M, ~21 MB in bf16: the `gpu` recipe's model
     "small": (8, 512, 1376, 8, 4096),  # ~25M

@@ -65,6 +65,12 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, False, 0.0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "order": "shuffled"}))
     assert (arm.recipe.apr_order, arm.recipe.sos_order) == ("shuffled", "shuffled")
+    # a wider arm starts from the narrow line's model (grown, apr.train.grow); a narrower never would
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "product_drills": 1.0, "preset": "cpu-wide"}))
+    assert (arm.recipe.product_drills, arm.recipe.preset) == (1.0, "cpu-wide")
+    assert arm.init_of(s.JOBS[0]) == models / "default" and s.Recipe().product_drills == 0.0
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "preset": "cpu-deep"}))
+    assert arm.init_of(s.JOBS[0]) is None
 
 
 def test_better_needs_accuracy_or_fewer_errors():
@@ -81,7 +87,8 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
     s = load_script()
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
                  ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
-                 ["--goal-drills", "11"], ["--goal-drills", "-2"]):
+                 ["--goal-drills", "11"], ["--goal-drills", "-2"], ["--product-drills", "11"],
+                 ["--product-drills", "-1"], ["--preset", "cpu-deep"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2

@@ -142,7 +142,7 @@ def test_node_drills_name_another_node_and_train_only_its_state(sos_records):
     assert trained_text(made[0], tok) == made[0].strings[0].text[made[0].strings[0].new_from:]
 
 
-@pytest.mark.parametrize("key", ["node_drills", "goal_drills"])
+@pytest.mark.parametrize("key", ["node_drills", "goal_drills", "product_drills"])
 def test_config_checks_drill_rates(key):
     from apr.errors import UserError
 
@@ -191,3 +191,20 @@ def test_goal_drills_pair_true_operations_with_near_or_equal_targets_and_train_o
     # only the verdicts (and their newlines) carry loss, and no EOS
     learned = trained_text(made[0], tok)
     assert learned.replace("unequal: No Solution", "").replace("equal: Goal Reached", "") == "\n" * drills.GOAL_LINES_PER_DOC
+
+
+def test_product_drills_are_true_large_products_and_train_only_results(sos_records):
+    tok = build_tokenizer()
+    demos = packing.demonstrations(sos_records, tok, budget_prefix=False)
+    made = drills_made(drills.product_drills, demos, seed=3, at=2)
+    line = re.compile(r"Exploring Operation: (\d+)\*(\d+)=(\d+)\n")
+    written = {m.group(0) for d in demos for ts in d.strings for m in re.finditer(r"\d+\*\d+=\d+", ts.text)}
+    for d in made:
+        text = d.strings[0].text
+        lines = line.findall(text)
+        assert len(lines) == drills.PRODUCT_LINES_PER_DOC and "".join(m.group(0) for m in line.finditer(text)) == text
+        for a, b, c in lines:
+            assert int(a) * int(b) == int(c) >= drills.FACT_MIN_RESULT and f"{a}*{b}={c}" in written
+    # only the results' digits carry loss: neither operands nor newlines, and no EOS
+    assert trained_text(made[0], tok) == "".join(c for _, _, c in line.findall(made[0].strings[0].text))
+    assert drills.product_drills(demos, 0.5, seed=3, min_result=10**9) == []

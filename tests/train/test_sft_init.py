@@ -49,3 +49,14 @@ def test_init_of_another_preset_is_refused(demos, tmp_path):
     first = run(demos, tmp_path / "a", "max_steps=1")
     with pytest.raises(UserError, match="preset"):
         run(demos, tmp_path / "b", "max_steps=1", "model=tiny", f"init={first}")
+
+
+def test_init_grows_into_a_wider_preset_computing_the_same_function(demos, tmp_path):
+    first = run(demos, tmp_path / "a", "max_steps=6")
+    same = run(demos, tmp_path / "b", "max_steps=1", f"init={first}")
+    wide = run(demos, tmp_path / "c", "max_steps=1", "model=cpu-wide", f"init={first}")
+    # the first step's loss is the started model's on the same batch: the grown MLPs add nothing yet
+    assert first_loss(tmp_path / "c") == pytest.approx(first_loss(tmp_path / "b"), abs=1e-5)
+    assert load_model_info(wide).preset == "cpu-wide" and load_model_info(same).preset == "cpu-mini"
+    with pytest.raises(UserError, match="preset"):  # never shrunk
+        run(demos, tmp_path / "d", "max_steps=1", "model=cpu-mini", f"init={wide}")

@@ -93,6 +93,10 @@ class SFTConfig:
     # (apr.train.drills). For models whose children claim `equal: Goal Reached` for a result
     # beside the target (the CPU line's APR models, issue 17).
     goal_drills: float = 0.0
+    # > 0: add this many product drills per demonstration: `Exploring Operation: a*b=c` lines
+    # for the 3+ digit products the demonstrations write, only c's digits trained
+    # (apr.train.drills). Products are most of the CPU line's arithmetic errors (issue 17).
+    product_drills: float = 0.0
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -140,6 +144,8 @@ class SFTConfig:
             raise UserError("config: `node_drills` must be in [0, 10]")
         if not 0 <= self.goal_drills <= 10:
             raise UserError("config: `goal_drills` must be in [0, 10]")
+        if not 0 <= self.product_drills <= 10:
+            raise UserError("config: `product_drills` must be in [0, 10]")
         if not is_device_name(self.device):
             raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 

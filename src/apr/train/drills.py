@@ -18,6 +18,12 @@ skill a small model fails to learn from whole traces (issue 17).
   and the first such false claim wins the join. In demonstrations near misses are rare (about
   one comparison in twenty), so a small model learns "the leading digits match" for "equal".
   Only the verdict (`equal: Goal Reached` / `unequal: No Solution`) and its newline carry loss.
+- **Product drills**: `Exploring Operation: 87*72=6264` lines for the products of 3+ digits the
+  demonstrations write, only the result's digits trained. Products are where the CPU line's
+  arithmetic errors are (about 42% of product lines wrong, 73-82% of those with 4-digit results,
+  every other operation at 1-3%; `docs/reports/cpu_runs.md`, session 7), and a trace writes a
+  few products in hundreds of tokens. Unlike arithmetic facts, the operands carry no loss: in a
+  trace they are read from the state, and a drill must not teach that they are drawn at random.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from apr.train.packing import Demonstration
 FACT_LINES_PER_DOC = 16
 FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
 _OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
+PRODUCT_LINES_PER_DOC = 16
+_PRODUCT = re.compile(r"Exploring Operation: (\d+\*\d+=)(\d+)")
 GOAL_LINES_PER_DOC = 16
 GOAL_EQUAL_SHARE = 0.4  # of a drill's lines, those whose target is the result
 _TERMINAL = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+)), Resulting Numbers: \[\d+\]\n")
@@ -134,5 +142,32 @@ def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
             context.append((len(text), len(text) + len(head)))
             text += head + protocol.goal_line(x, t)[len(f"{x},{t} "):]
         out.append(Demonstration("<goal drills>", k + 1, demos[0].method,
+                                 [protocol.TrainingString(text, 0, context, 0)], stops=False))
+    return out
+
+
+def product_drills(demos: list[Demonstration], per_demo: float, seed: int,
+                   min_result: int = FACT_MIN_RESULT) -> list[Demonstration]:
+    """`per_demo` product drills per demonstration, each `PRODUCT_LINES_PER_DOC` lines
+    `Exploring Operation: a*b=c` drawn (with replacement: frequent products stay frequent) from
+    the products of at least `min_result` the demonstrations write. Everything but c is context;
+    the digits of c are trained; no EOS. Seeded: same demonstrations, same drills."""
+    if per_demo <= 0 or not demos:
+        return []
+    pool = [(m.group(1), m.group(2)) for d in demos for ts in d.strings
+            for m in _PRODUCT.finditer(ts.text, ts.new_from) if int(m.group(2)) >= min_result]
+    if not pool:
+        return []
+    rng, out = random.Random(seed), []
+    for k in range(round(per_demo * len(demos))):
+        text, context = "", []
+        for _ in range(PRODUCT_LINES_PER_DOC):
+            head, result = rng.choice(pool)
+            head = "Exploring Operation: " + head
+            context.append((len(text), len(text) + len(head)))
+            text += head + result
+            context.append((len(text), len(text) + 1))  # the newline: in a trace, a comma follows
+            text += "\n"
+        out.append(Demonstration("<product drills>", k + 1, demos[0].method,
                                  [protocol.TrainingString(text, 0, context, 0)], stops=False))
     return out

@@ -146,7 +146,8 @@ class SFTTrainer:
         # every kind of drill is drawn from the demonstrations alone, not from each other
         train += (drills.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
                   + drills.node_drills(train, cfg.node_drills, cfg.seed)
-                  + drills.goal_drills(train, cfg.goal_drills, cfg.seed))
+                  + drills.goal_drills(train, cfg.goal_drills, cfg.seed)
+                  + drills.product_drills(train, cfg.product_drills, cfg.seed))
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
@@ -342,13 +343,16 @@ class SFTTrainer:
 
     def _load_init(self, folder: str) -> None:
         """Start from a model folder's weights (a previous run's model) instead of a random
-        initialisation; it must be the same preset, tokenizer and method."""
+        initialisation; it must be the same tokenizer and method, and the same preset or one
+        it grows into (`apr.train.grow`: a wider MLP, computing what the folder's model does)."""
         from apr.model_folder import load_model_info
+        from apr.train import grow
         from safetensors.torch import load_file
 
         info = load_model_info(folder)
+        grown = info.preset != self.cfg.model and grow.grows_into(info.preset, self.cfg.model)
         for key, want in (("preset", self.cfg.model), ("tokenizer", self.info.tokenizer), ("method", self.info.method)):
-            if getattr(info, key) != want:
+            if getattr(info, key) != want and not (key == "preset" and grown):
                 raise UserError(f"config: init model has {key} {getattr(info, key)!r}, this run {want!r}", folder)
         files = sorted(Path(folder).glob("model*.safetensors"))
         if not files:
@@ -357,8 +361,11 @@ class SFTTrainer:
         for f in files:
             state.update(load_file(str(f)))
         try:
+            if grown:
+                state = grow.widen_mlps(state, self.raw_model.state_dict())
+                log.info(f"init: {info.preset} grown into {self.cfg.model} (wider MLPs, same function)")
             self.raw_model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as e:
+        except (RuntimeError, KeyError, ValueError) as e:
             raise UserError(f"config: init weights do not fit the model: {str(e).splitlines()[0]}", folder) from None
 
     def _resume(self) -> None:
