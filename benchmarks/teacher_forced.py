@@ -1,0 +1,74 @@
+"""Teacher-forced arithmetic of model folders on held-out demonstrations, side by side:
+
+    python benchmarks/teacher_forced.py --traces FILE MODEL [MODEL ...] [--limit N]
+
+FILE: demonstrations (`apr data traces`) of problems none of the models trained on, of each
+model's method. Each model reads them as it was trained (its own budget prefix, every
+thread's whole text; join text a parent was handed is read, not only its own) and `apr.train.teacher_forced.measure` counts an operation's
+result right only when every token of it is the model's greedy choice given the true text
+before. Printed per model: loss per character, the share of results wrong, by the result's
+digits, for products, and first-time vs copied (docs/reports/cpu_runs.md, session 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from apr.errors import UserError
+
+COLUMNS = ("all", "digits:1", "digits:2", "digits:3", "digits:4+", "op:*", "first", "copied")
+
+
+def pct(rates: dict, key: str) -> str:
+    r = rates.get(key)
+    return f"{100 * r['error']:.1f} ({r['n']})" if r else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", type=Path, nargs="+", help="model folders")
+    ap.add_argument("--traces", type=Path, required=True, help="held-out demonstrations (JSONL)")
+    ap.add_argument("--limit", type=int, default=200, help="first N demonstrations (default: 200)")
+    args = ap.parse_args(argv)
+    if args.limit < 1:
+        ap.error("--limit must be 1 or more")
+    for m in args.models:
+        if not (m / "apr.json").is_file():
+            ap.error(f"{m}: not a model folder (no apr.json)")
+    import torch
+
+    from apr.model_folder import load_model, load_model_info
+    from apr.train import packing
+    from apr.train.teacher_forced import measure
+
+    torch.set_num_threads(1)
+    try:
+        records = packing.read_demonstrations(args.traces)[: args.limit]
+    except UserError as e:
+        ap.error(str(e))
+    print(f"{len(records)} demonstrations of {args.traces}; {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, one thread")
+    print("| model | loss/char | results wrong % (n) | 1 digit | 2 | 3 | 4+ | products | first-time | copied | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m in args.models:
+        info = load_model_info(m)
+        model, tok, _ = load_model(m)
+        t0 = time.perf_counter()
+        demos = packing.demonstrations(records, tok, budget_prefix=info.budget_prefix)
+        if any(d.method != info.method for d in demos):
+            ap.error(f"{args.traces}: demonstrations of another method than {m}'s ({info.method})")
+        # a thread trained in segments has a string per segment, each holding the ones before
+        texts = [t for d in demos for t in (ts.text for ts in d.strings)
+                 if not any(o.text != t and o.text.startswith(t) for o in d.strings)]
+        r = measure(model, tok, texts)
+        cells = " | ".join(pct(r["results"], k) for k in COLUMNS)
+        print(f"| {m} ({info.preset}) | {r['loss_per_char']:.4f} | {cells} | {time.perf_counter() - t0:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
