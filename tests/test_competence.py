@@ -53,6 +53,18 @@ def test_operation_errors_of_one_thread():
     assert C.operation_errors(two) == (1, 0)
 
 
+def test_a_line_the_window_cut_is_unfinished_not_wrong():
+    state = "Current State: 24:[4, 9, 3], Operations: []\nExploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n"
+    for cut in ("Exploring Operation: 9*3", "Exploring Operation: 9*3=2", "Exploring Operation: 9*3=27, Resulting"):
+        assert C.operation_errors(state + cut) == (1, 0) and C.finished_lines(state + cut)[1]
+        assert C.operation_errors(state + cut + "\n")[0] == 2  # written out: judged
+    c = C.measure([record(threads=None, text=state + "Exploring Operation: 9*3=2", correct=False,
+                          reason="context window reached")])
+    assert (c["operations"], c["arithmetic_errors"], c["unfinished_operations"]) == (1, 0, 1)
+    assert "arithmetic errors 0.0% of 1 operations, 1 cut unfinished;" in C.describe(c)
+    assert C.measure([record(threads=None, text=state + "9,24 unequal")])["unfinished_operations"] == 0
+
+
 def test_join_text_is_not_counted_for_the_parent():
     t = P.Thread.from_json(tree(True))
     assert t.text() == tree(True)["text"]
@@ -81,7 +93,7 @@ def test_measure_over_records():
     assert (c["operations"], c["arithmetic_errors"]) == (9 + 8 + 2, 4 + 2 + 1)
     assert c["arithmetic_error_rate"] == pytest.approx(7 / 19)
     assert (c["joins"], c["false_claim_joins"], c["false_claims"]) == (2, 1, 1)
-    assert c["false_claim_join_rate"] == 0.5 and c["rejected_claims"] == 3
+    assert c["false_claim_join_rate"] == 0.5 and c["rejected_claims"] == 3 and c["unfinished_operations"] == 0
     assert c["failure_reasons"] == {
         "runtime": {"context window reached": 1, "too many children": 1},
         "checker": {"no solution found": 1, "operand not among the numbers": 1, "wrong arithmetic": 1},

@@ -7,6 +7,10 @@ how often a parent is handed a false success claim by a child, and why samples f
   latest `Current State` line before it in that thread), whose result is wrong, or that do
   not parse. Only what a thread wrote itself counts: the join text the runtime inserted
   into a parent (its children's paths) is skipped, the children are counted as threads.
+  A thread's last line with no newline after it is unfinished (the window cut the thread
+  there): an operation line there is counted as `unfinished_operations`, not judged; it
+  holds no result, or part of one. (Before session 7 such lines counted as errors: 45 of
+  the SoS+ model's 239 at a 512-token window, all of them the last line of a cut search.)
 - Where the arithmetic errors are (`arithmetic_breakdown`): the same lines and errors by
   operation (+ - * /), operand size (digits of the larger operand: 1, 2, 3, 4+), result size
   (digits of the true result a op b; of the written result when a op b is none, e.g. a
@@ -91,12 +95,19 @@ def _digits(s: str) -> int:
     return len(s.lstrip("0")) or 1
 
 
+def finished_lines(text: str) -> tuple[list[str], bool]:
+    """The lines of a thread's text the thread finished (each followed by a newline), and
+    whether an unfinished operation line follows them (cut before its end)."""
+    lines = text.split("\n")
+    return lines[:-1], _OP_PREFIX in lines[-1]
+
+
 def operation_lines(text: str) -> list[OpLine]:
-    """The `Exploring Operation` lines of one thread's own text, each judged against the
-    numbers of the latest `Current State` line before it."""
+    """The finished `Exploring Operation` lines of one thread's own text, each judged against
+    the numbers of the latest `Current State` line before it."""
     out = []
     current: Counter | None = None
-    for line in text.split("\n"):
+    for line in finished_lines(text)[0]:
         s = _STATE_RE.search(line)
         if s:
             current = _numbers(s.group(1))
@@ -237,7 +248,7 @@ def failure_class(reason: str) -> tuple[str, str]:
 
 def measure(records: Iterable[Record]) -> dict:
     """The competence measures of some records (every sample counts)."""
-    ops = wrong = joins = bad_joins = bad_claims = rejected = moves = bad_moves = 0
+    ops = wrong = unfinished = joins = bad_joins = bad_claims = rejected = moves = bad_moves = 0
     where = Breakdown()
     verdicts: Counter = Counter()
     reasons: dict[str, Counter] = {"runtime": Counter(), "checker": Counter()}
@@ -247,6 +258,7 @@ def measure(records: Iterable[Record]) -> dict:
             for line in operation_lines(own):
                 ops, wrong = ops + 1, wrong + line.wrong
                 where.add(line, kind, line.written in path, rec.target)
+            unfinished += finished_lines(own)[1]
             verdicts.update(verdict_errors(own))
             n, bad = state_copy_errors(own)
             moves, bad_moves = moves + n, bad_moves + bad
@@ -265,6 +277,7 @@ def measure(records: Iterable[Record]) -> dict:
         "operations": ops,
         "arithmetic_errors": wrong,
         "arithmetic_breakdown": where.to_json(),
+        "unfinished_operations": unfinished,
         "state_copy_error_rate": bad_moves / moves if moves else 0.0,
         "moves": moves,
         "state_copy_errors": bad_moves,
@@ -296,7 +309,8 @@ def describe(c: dict) -> str:
     claims at 3/20 joins (15.0%)` (the 3+ digit rate when there are such results)."""
     large = result_rate(c)
     line = (f"arithmetic errors {100 * c['arithmetic_error_rate']:.1f}% of {c['operations']} operations"
-            + (f" (3+ digit results {100 * large[1]:.1f}%)" if large else "") + "; "
+            + (f" (3+ digit results {100 * large[1]:.1f}%)" if large else "")
+            + (f", {c['unfinished_operations']} cut unfinished" if c.get("unfinished_operations") else "") + "; "
             f"false claims at {c['false_claim_joins']}/{c['joins']} joins ({100 * c['false_claim_join_rate']:.1f}%)")
     if c.get("rejected_claims"):
         line += f", {c['rejected_claims']} rejected"
