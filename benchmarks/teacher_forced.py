@@ -4,9 +4,10 @@
 
 FILE: demonstrations (`apr data traces`) of problems none of the models trained on, of each
 model's method. Each model reads them as it was trained (its own budget prefix, every
-thread's whole text; join text a parent was handed is read, not only its own) and `apr.train.teacher_forced.measure` counts an operation's
-result right only when every token of it is the model's greedy choice given the true text
-before. Printed per model: loss per character, the share of results wrong, by the result's
+thread's training strings); each text is scored once (a later segment's string repeats the
+earlier segment's text: read, not scored again) and never on the join text the runtime
+inserted (not trained). `apr.train.teacher_forced.measure` counts a result right only when
+every token of it is the model's greedy choice given the true text before. Printed per model: loss per character, the share of results wrong, by the result's
 digits, for products, and first-time vs copied (docs/reports/cpu_runs.md, session 7).
 """
 
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         demos = packing.demonstrations(records, tok, budget_prefix=info.budget_prefix)
         if any(d.method != info.method for d in demos):
             ap.error(f"{args.traces}: demonstrations of another method than {m}'s ({info.method})")
-        # a thread trained in segments has a string per segment, each holding the ones before
-        texts = [t for d in demos for t in (ts.text for ts in d.strings)
-                 if not any(o.text != t and o.text.startswith(t) for o in d.strings)]
-        r = measure(model, tok, texts)
+        strings = [ts for d in demos for ts in d.strings]
+        # each text scored once (not again in a later segment's string), never join text
+        r = measure(model, tok, [ts.text for ts in strings], [[(0, ts.new_from), *ts.inserted] for ts in strings])
         cells = " | ".join(pct(r["results"], k) for k in COLUMNS)
         print(f"| {m} ({info.preset}) | {r['loss_per_char']:.4f} | {cells} | {time.perf_counter() - t0:.0f} |")
     return 0

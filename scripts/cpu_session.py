@@ -81,6 +81,10 @@ class Recipe:
     problems: int = 30_000  # training problems drawn per session (more than 40 CPU-minutes use)
 
 
+class RecipeMismatch(ValueError):
+    """The CPU line's model is of another recipe than the session's."""
+
+
 @dataclass
 class Job:
     name: str  # the model folder under --models
@@ -161,8 +165,17 @@ class Session:
 
     def init_of(self, job: Job) -> Path | None:
         """Where this job starts: the CPU line's latest model (`--models DIR/<job>`), else the
-        committed supervised model (`--start DIR/<job>`), when it is of this recipe."""
-        for folder in (self.models / job.name, self.start / job.name):
+        committed supervised model (`--start DIR/<job>`), when it is of this recipe. A CPU line
+        model of another recipe (e.g. a kept cpu-wide model, asked for cpu-mini) is refused,
+        never passed over: the session would start from the committed model, be judged
+        against it, and could replace a better model."""
+        line = self.models / job.name
+        if (line / "apr.json").is_file() and not model_matches(line, self.recipe, job.method):
+            d = json.loads((line / "apr.json").read_text())
+            raise RecipeMismatch(f"{line} is a {d.get('preset')} model with tokenizer {d.get('tokenizer_name') or '?'}, "
+                                 f"which this session's recipe ({self.recipe.preset}, {self.recipe.tokenizer}) does "
+                                 "not continue: pass --preset to match it, or --models for a new line")
+        for folder in (line, self.start / job.name):
             if model_matches(folder, self.recipe, job.method):
                 return folder
         return None
@@ -416,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         return 0
     s = Session(args)
+    try:
+        for job in s.jobs:  # before any work
+            s.init_of(job)
+    except RecipeMismatch as e:
+        print(f"cpu_session: error: {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
     s.make_data()
     codes = s.train()

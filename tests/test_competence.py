@@ -53,16 +53,26 @@ def test_operation_errors_of_one_thread():
     assert C.operation_errors(two) == (1, 0)
 
 
-def test_a_line_the_window_cut_is_unfinished_not_wrong():
+def test_a_line_cut_before_its_result_is_unfinished_not_wrong():
     state = "Current State: 24:[4, 9, 3], Operations: []\nExploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n"
-    for cut in ("Exploring Operation: 9*3", "Exploring Operation: 9*3=2", "Exploring Operation: 9*3=27, Resulting"):
-        assert C.operation_errors(state + cut) == (1, 0) and C.finished_lines(state + cut)[1]
-        assert C.operation_errors(state + cut + "\n")[0] == 2  # written out: judged
+    for cut in ("Exploring Operation: 9*3", "Exploring Operation: 9*3=2", "Exploring Op"):
+        assert C.operation_errors(state + cut) == (1, 0)
+        assert C.operation_errors(state + cut + "\n")[0] == 1 + ("Operation:" in cut)  # finished: judged (unreadable)
+    # a result written out (the comma after it) is judged, in a cut line too
+    assert C.operation_errors(state + "Exploring Operation: 9*3=26, Resulting") == (2, 1)
+    assert C.operation_errors(state + "Exploring Operation: 9*3=27, Res") == (2, 0)
     c = C.measure([record(threads=None, text=state + "Exploring Operation: 9*3=2", correct=False,
                           reason="context window reached")])
     assert (c["operations"], c["arithmetic_errors"], c["unfinished_operations"]) == (1, 0, 1)
     assert "arithmetic errors 0.0% of 1 operations, 1 cut unfinished;" in C.describe(c)
     assert C.measure([record(threads=None, text=state + "9,24 unequal")])["unfinished_operations"] == 0
+    # a move whose state line was cut is not judged either
+    moved = ("Current State: 24:[4, 9, 3], Operations: []\nExploring Operation: 9-3=6, Resulting Numbers: [4, 6]\n"
+             "Generated Node #0,0: 24:[4, 6] Operation: 9-3=6\nMoving to Node #0,0\n")
+    whole = moved + "Current State: 24:[4, 6], Operations: ['9-3=6']\n"
+    assert C.state_copy_errors(whole) == (1, 0)
+    assert C.state_copy_errors(moved + "Current State: 24:[4, 6") == (0, 0)
+    assert C.state_copy_errors(moved) == (0, 0) and C.state_copy_errors(moved + "Current State: 24:[9]\n") == (1, 1)
 
 
 def test_join_text_is_not_counted_for_the_parent():

@@ -7,10 +7,13 @@ how often a parent is handed a false success claim by a child, and why samples f
   latest `Current State` line before it in that thread), whose result is wrong, or that do
   not parse. Only what a thread wrote itself counts: the join text the runtime inserted
   into a parent (its children's paths) is skipped, the children are counted as threads.
-  A thread's last line with no newline after it is unfinished (the window cut the thread
-  there): an operation line there is counted as `unfinished_operations`, not judged; it
-  holds no result, or part of one. (Before session 7 such lines counted as errors: 45 of
-  the SoS+ model's 239 at a 512-token window, all of them the last line of a cut search.)
+  A thread's last line with no newline after it is unfinished (the thread was stopped
+  there: its window, a cancellation, a runtime stop). An operation line there is judged
+  once its result is written out (`Exploring Operation: 9*3=27,`); cut before that, it
+  holds no result or part of one, and is counted as `unfinished_operations`, not judged.
+  (Before session 7 every such line counted as an error: 45 of the SoS+ model's 239 at a
+  512-token window, all of them the last line of a stopped search.) Likewise a move whose
+  `Current State` line was cut is not judged for the state copy rate.
 - Where the arithmetic errors are (`arithmetic_breakdown`): the same lines and errors by
   operation (+ - * /), operand size (digits of the larger operand: 1, 2, 3, 4+), result size
   (digits of the true result a op b; of the written result when a op b is none, e.g. a
@@ -58,6 +61,8 @@ from apr.runtime import RUNTIME_FAILURES
 
 _STATE_RE = re.compile(r"Current State: \d+:\[([^\]]*)\]")
 _OP_PREFIX = "Exploring Operation:"
+# An operation whose result is written out (the comma after it), in a line cut after that
+_CLOSED_RE = re.compile(r"Exploring Operation: (\d+)([+\-*/])(\d+)=(\d+),")
 _MAX_DIGITS = 40  # longer numbers are never among the current ones (`_numbers`); nothing is computed with them
 UNREADABLE = "unreadable"
 # The breakdowns of `arithmetic_breakdown` and their keys, in table order (`unreadable` is
@@ -95,40 +100,51 @@ def _digits(s: str) -> int:
     return len(s.lstrip("0")) or 1
 
 
-def finished_lines(text: str) -> tuple[list[str], bool]:
-    """The lines of a thread's text the thread finished (each followed by a newline), and
-    whether an unfinished operation line follows them (cut before its end)."""
-    lines = text.split("\n")
-    return lines[:-1], _OP_PREFIX in lines[-1]
+def unfinished_tail(text: str) -> str:
+    """The last line of a thread's text when the thread did not finish it (no newline after
+    it: the window, a cancellation or a runtime stop cut the thread there), else ""."""
+    return text[text.rfind("\n") + 1:]
+
+
+def _cut_operation(text: str) -> bool:
+    """Whether `text` ends in an operation line cut before its result was written out (before
+    the comma after it): such a line holds no result, or part of one, and is not judged."""
+    tail = unfinished_tail(text)
+    return _OP_PREFIX in tail and not _CLOSED_RE.search(tail)
+
+
+def _judge(m: re.Match, current: Counter | None) -> OpLine:
+    sa, op, sb, sc = m.group(1, 2, 3, 4)
+    written = f"{sa}{op}{sb}={sc}" if len(m.group(0)) < 200 else None
+    size = max(_digits(sa), _digits(sb))
+    if max(len(sa), len(sb), len(sc)) > _MAX_DIGITS:
+        return OpLine(written, op, size, _digits(sc), None, True, False)
+    a, b, c = int(sa), int(sb), int(sc)
+    value = apply_op(a, op, b)
+    result_wrong = value != c
+    off_state = current is None or any(current[k] < v for k, v in Counter([a, b]).items())
+    digits = _digits(str(value)) if value is not None else _digits(sc)
+    return OpLine(written, op, size, digits, c, off_state or result_wrong, result_wrong)
 
 
 def operation_lines(text: str) -> list[OpLine]:
-    """The finished `Exploring Operation` lines of one thread's own text, each judged against
-    the numbers of the latest `Current State` line before it."""
+    """The `Exploring Operation` lines of one thread's own text, each judged against the
+    numbers of the latest `Current State` line before it. A last line the thread did not
+    finish is judged once its result is written out (`..=27,`), and skipped before."""
     out = []
     current: Counter | None = None
-    for line in finished_lines(text)[0]:
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
         s = _STATE_RE.search(line)
         if s:
             current = _numbers(s.group(1))
         if _OP_PREFIX not in line:
             continue
-        m = OP_RE.search(line)
-        if not m:
+        m = OP_RE.search(line) if i < len(lines) - 1 else _CLOSED_RE.search(line)
+        if m:
+            out.append(_judge(m, current))
+        elif i < len(lines) - 1:
             out.append(OpLine(None, None, None, None, None, True, False))
-            continue
-        sa, op, sb, sc = m.group(1), m.group(2), m.group(3), m.group(4)
-        written = f"{sa}{op}{sb}={sc}" if len(m.group(0)) < 200 else None
-        size = max(_digits(sa), _digits(sb))
-        if max(len(sa), len(sb), len(sc)) > _MAX_DIGITS:
-            out.append(OpLine(written, op, size, _digits(sc), None, True, False))
-            continue
-        a, b, c = int(sa), int(sb), int(sc)
-        value = apply_op(a, op, b)
-        result_wrong = value != c
-        off_state = current is None or any(current[k] < v for k, v in Counter([a, b]).items())
-        digits = _digits(str(value)) if value is not None else _digits(sc)
-        out.append(OpLine(written, op, size, digits, c, off_state or result_wrong, result_wrong))
     return out
 
 
@@ -167,7 +183,12 @@ def verdict_errors(text: str) -> Counter:
 def state_copy_errors(text: str) -> tuple[int, int]:
     """(moves to a generated node, moves whose `Current State` line is not that node's) of
     one thread's own text."""
-    moves = node_moves(text)
+    # a move whose state line the thread did not finish (cut after the move) is not judged
+    def state_finished(m) -> bool:
+        end = text.find("\n", m.at)
+        return end >= 0 and text.find("\n", end + 1) >= 0
+
+    moves = [m for m in node_moves(text) if state_finished(m)]
     wrong = sum(1 for m in moves if m.written is None or (m.written.nums, m.written.ops) != (m.named.nums, m.named.ops))
     return len(moves), wrong
 
@@ -258,7 +279,7 @@ def measure(records: Iterable[Record]) -> dict:
             for line in operation_lines(own):
                 ops, wrong = ops + 1, wrong + line.wrong
                 where.add(line, kind, line.written in path, rec.target)
-            unfinished += finished_lines(own)[1]
+            unfinished += _cut_operation(own)
             verdicts.update(verdict_errors(own))
             n, bad = state_copy_errors(own)
             moves, bad_moves = moves + n, bad_moves + bad
@@ -324,7 +345,7 @@ def describe(c: dict) -> str:
 
 # ---------------------------------------------------------------------------- exact arithmetic
 
-_RESULT_RE = re.compile(re.escape(_OP_PREFIX) + r" \d+[+\-*/]\d+=(\d+)")
+_RESULT_RE = re.compile(re.escape(_OP_PREFIX) + r" \d+[+\-*/]\d+=(\d+),")  # written out, as judged
 
 
 def forced_results(records: Iterable[Record]) -> int:

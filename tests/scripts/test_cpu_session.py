@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,12 +67,19 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, False, 0.0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "order": "shuffled"}))
     assert (arm.recipe.apr_order, arm.recipe.sos_order) == ("shuffled", "shuffled")
-    # a wider arm starts from the narrow line's model (grown, apr.train.grow); a narrower never would
+    # a wider arm starts from the narrow line's model (grown, apr.train.grow); a deeper one cannot
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "product_drills": 1.0, "preset": "cpu-wide"}))
     assert (arm.recipe.product_drills, arm.recipe.preset) == (1.0, "cpu-wide")
     assert arm.init_of(s.JOBS[0]) == models / "default" and s.Recipe().product_drills == 0.0
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "preset": "cpu-deep"}))
-    assert arm.init_of(s.JOBS[0]) is None
+    with pytest.raises(s.RecipeMismatch, match="cpu-mini model"):  # never silently restarted from --start
+        arm.init_of(s.JOBS[0])
+    wide = tmp_path / "wide"
+    (wide / "default").mkdir(parents=True)
+    info = json.loads((models / "default/apr.json").read_text())
+    (wide / "default/apr.json").write_text(json.dumps({**info, "preset": "cpu-wide"}))
+    code = s.main(["--toy", "--out", str(tmp_path / "s3"), "--models", str(wide), "--jobs", "apr"])
+    assert code == 2 and not (tmp_path / "s3").exists()  # refused before any work
 
 
 def test_better_needs_accuracy_or_fewer_errors():

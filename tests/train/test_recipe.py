@@ -84,6 +84,34 @@ def test_teacher_forced_counts_every_result_and_classes(sos_records):
     assert sum(res[k]["n"] for k in res if k.startswith("digits:")) == n
     assert res["first"]["n"] + res.get("copied", {"n": 0})["n"] == n
     assert out["result_error"] > 0.9 and out["loss_per_char"] > 0.5
+    # skipped spans are read but neither scored nor counted: the second half of each text
+    half = measure(model, tok, texts, [[(len(t) // 2, len(t))] for t in texts])
+    counted = sum(len(re.findall("Exploring Operation:", t[: len(t) // 2 - 12])) for t in texts)
+    assert counted <= half["results"]["all"]["n"] < n
+    assert half["loss_per_token"] != pytest.approx(out["loss_per_token"], rel=1e-6)
+
+
+def test_teacher_forced_benchmark_scores_apr_threads_once(tmp_path, apr_records):
+    """benchmarks/teacher_forced.py on APR demonstrations: every result a thread wrote is
+    counted once (not again in a later segment's string, never in join text)."""
+    from apr.model_folder import make_model, save_model, ModelInfo
+    tok = build_tokenizer()
+    save_model(make_model("cpu-mini", tok), tok, ModelInfo(method="apr", preset="cpu-mini", budget_prefix=True,
+                                                           task=TASK3.as_dict()), tmp_path / "m")
+    traces = tmp_path / "t.jsonl"
+    traces.write_text("".join(json.dumps(r) + "\n" for _, _, r in apr_records[:6]))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/teacher_forced.py"), "--traces", str(traces),
+                        str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from apr.protocol import thread_from_record
+
+    own = sum(len(re.findall("Exploring Operation:", t.own_text()))
+              for _, _, rec in apr_records[:6] for t in thread_from_record(rec).walk())
+    row = r.stdout.strip().splitlines()[-1]
+    assert f"({own})" in row.split("|")[3]
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/teacher_forced.py"), "--traces", str(traces),
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a model folder" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_probe_recipe_at_toy_size(tmp_path):
@@ -208,3 +236,19 @@ def test_product_drills_are_true_large_products_and_train_only_results(sos_recor
     # only the results' digits carry loss: neither operands nor newlines, and no EOS
     assert trained_text(made[0], tok) == "".join(c for _, _, c in line.findall(made[0].strings[0].text))
     assert drills.product_drills(demos, 0.5, seed=3, min_result=10**9) == []
+
+
+def test_product_drills_of_apr_threads_come_from_what_each_string_adds(apr_records):
+    tok = build_tokenizer()
+    demos = packing.demonstrations(apr_records, tok, budget_prefix=True)
+    made = drills.product_drills(demos, 1.0, seed=1)
+    written = {m.group(0) for d in demos for ts in d.strings for m in re.finditer(r"\d+\*\d+=\d+", ts.text[ts.new_from:])}
+    drawn = set(re.findall(r"\d+\*\d+=\d+", "".join(d.strings[0].text for d in made)))
+    assert drawn and drawn <= written
+
+
+def test_drills_refuse_training_their_context():
+    from apr.errors import UserError
+
+    with pytest.raises(UserError, match="train_on_inserted"):
+        load_config(None, ["data=x.jsonl", "product_drills=1", "train_on_inserted=true"])

@@ -146,6 +146,10 @@ class SFTConfig:
             raise UserError("config: `goal_drills` must be in [0, 10]")
         if not 0 <= self.product_drills <= 10:
             raise UserError("config: `product_drills` must be in [0, 10]")
+        drilled = [k for k in ("node_drills", "goal_drills", "product_drills") if getattr(self, k)]
+        if drilled and self.train_on_inserted:
+            # a drill's context is marked as inserted text; trained, the drill would teach its context
+            raise UserError(f"config: `{drilled[0]}` needs `train_on_inserted: false` (a drill trains only its answer)")
         if not is_device_name(self.device):
             raise UserError(f"config: `device` must be {DEVICE_NAMES}, got {self.device!r}")
 

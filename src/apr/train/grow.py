@@ -30,10 +30,14 @@ def widen_mlps(state: dict, fresh: dict) -> dict:
     weights, same names): every tensor of `state` fills its leading rows (MLP inputs) or
     columns (MLP outputs) of `fresh`'s; the rest of an MLP input keeps `fresh`'s values, the rest
     of an MLP output is zero. Returns a new state dict."""
+    if set(state) != set(fresh):
+        raise ValueError(f"weights differ in names: {sorted(set(state) ^ set(fresh))[:3]}")
     out = {}
     for name, new in fresh.items():
         old = state[name].to(new.dtype)
-        if old.dim() != new.dim() or any(a > b for a, b in zip(old.shape, new.shape)):
+        grows = 0 if name.endswith(_INPUT) else 1 if name.endswith(_OUTPUT) else None  # the widened dimension
+        if old.dim() != new.dim() or any(a != b and (d != grows or a > b)
+                                         for d, (a, b) in enumerate(zip(old.shape, new.shape))):
             raise ValueError(f"{name}: {tuple(old.shape)} does not grow into {tuple(new.shape)}")
         if name.endswith(_INPUT):
             grown = new.detach().clone()
@@ -43,7 +47,5 @@ def widen_mlps(state: dict, fresh: dict) -> dict:
             grown[:, : old.shape[1]] = old
         else:
             grown = old
-        if grown.shape != new.shape:
-            raise ValueError(f"{name}: {tuple(old.shape)} does not grow into {tuple(new.shape)}")
         out[name] = grown
     return out

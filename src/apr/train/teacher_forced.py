@@ -40,26 +40,36 @@ class _Tally:
 
 
 @torch.no_grad()
-def measure(model, tokenizer, texts: list[str]) -> dict:
+def measure(model, tokenizer, texts: list[str], skip: list[list[tuple[int, int]]] | None = None) -> dict:
     """Loss per character and result error rates of `model` over `texts` (each a whole
-    training string: a thread's text as trained, BOS before and EOS after)."""
+    training string: a thread's text as trained, BOS before and EOS after). `skip[i]`: char
+    spans of texts[i] read as context but neither scored nor counted (for a training string:
+    the text an earlier segment's string already scored, and the join text the runtime
+    inserted, which training does not train)."""
     model.eval()
     device = next(model.parameters()).device
     backend = tokenizer.backend_tokenizer
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     tally, loss_sum, chars, tokens = _Tally(), 0.0, 0, 0
-    for text in texts:
+    for i, text in enumerate(texts):
+        spans = skip[i] if skip else []
+        hidden = lambda a, b: any(x < b and a < y for x, y in spans)  # noqa: E731
         enc = backend.encode(text, add_special_tokens=False)
         ids = torch.tensor([[bos, *enc.ids, eos]], device=device)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
         target = ids[0, 1:]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        chars, tokens = chars + len(text) + 1, tokens + len(target)  # +1: EOS stands for the end
-        right = (logits.argmax(-1) == target).tolist()  # right[j]: token j of the text (j = ids index - 1)
         starts = [a for a, _ in enc.offsets]
         ends = [b for _, b in enc.offsets]
+        scored = torch.tensor([not hidden(a, b) for a, b in enc.offsets] + [True], device=device)  # + EOS
+        loss_sum += F.cross_entropy(logits, target, reduction="none")[scored].sum().item()
+        # +1: EOS stands for the end
+        chars += len(text) + 1 - sum(min(y, len(text)) - max(x, 0) for x, y in spans if y > x)
+        tokens += int(scored.sum())
+        right = (logits.argmax(-1) == target).tolist()  # right[j]: token j of the text (j = ids index - 1)
         for m in _RESULT.finditer(text):
             s, e = m.span(4)
+            if hidden(s, e):
+                continue
             toks = [j for j in range(len(starts)) if starts[j] < e and ends[j] > s]
             wrong = not all(right[j] for j in toks)
             first = text.find(m.group(0)[len("Exploring Operation: "):]) >= m.start(1)
