@@ -101,14 +101,17 @@ def test_teacher_forced_benchmark_scores_apr_threads_once(tmp_path, apr_records)
     traces = tmp_path / "t.jsonl"
     traces.write_text("".join(json.dumps(r) + "\n" for _, _, r in apr_records[:6]))
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/teacher_forced.py"), "--traces", str(traces),
-                        str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+                        str(tmp_path / "m"), "--table", "30"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     from apr.protocol import thread_from_record
 
     own = sum(len(re.findall("Exploring Operation:", t.own_text()))
               for _, _, rec in apr_records[:6] for t in thread_from_record(rec).walk())
     row = r.stdout.strip().splitlines()[-1]
-    assert f"({own})" in row.split("|")[3]
+    cells = row.split("|")
+    assert f"({own})" in cells[3]
+    # the table's 30 products: 3 or 4 digits, every one counted
+    assert sum(int(re.search(r"\((\d+)\)", c).group(1)) for c in cells[-4:-2] if "(" in c) == 30
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/teacher_forced.py"), "--traces", str(traces),
                           str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a model folder" in bad.stderr.strip().splitlines()[-1]
