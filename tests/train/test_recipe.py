@@ -255,3 +255,25 @@ def test_drills_refuse_training_their_context():
 
     with pytest.raises(UserError, match="train_on_inserted"):
         load_config(None, ["data=x.jsonl", "product_drills=1", "train_on_inserted=true"])
+
+
+def test_product_drills_in_state_read_like_the_trace(sos_records):
+    tok = build_tokenizer()
+    demos = packing.demonstrations(sos_records, tok, budget_prefix=False)
+    made = drills.product_drills(demos, 0.5, seed=4, in_state=True)
+    pair = re.compile(r"(Current State: \d+:\[([\d, ]*)\], Operations: \[[^\]]*\]\n)"
+                      r"Exploring Operation: (\d+)\*(\d+)=(\d+), Resulting Numbers: \[[\d, ]*\]\n")
+    states = {m.group(0) for d in demos for ts in d.strings for m in re.finditer(r"Current State: [^\n]*\n", ts.text)}
+    for d in made[:5]:
+        text = d.strings[0].text
+        pairs = pair.findall(text)
+        assert len(pairs) == drills.PRODUCT_LINES_PER_DOC and "".join(m.group(0) for m in pair.finditer(text)) == text
+        for state, nums, a, b, c in pairs:
+            assert state in states and int(a) * int(b) == int(c) >= drills.FACT_MIN_RESULT
+            assert {a, b} <= set(nums.split(", "))  # the operands are the state's numbers
+        assert trained_text(d, tok) == "".join(c for *_, c in pairs)
+    assert load_config(None, ["data=x.jsonl", "product_drills=1", "product_drills_in_state=true"]).product_drills_in_state
+    from apr.errors import UserError
+
+    with pytest.raises(UserError, match="applies to product drills"):
+        load_config(None, ["data=x.jsonl", "product_drills_in_state=true"])

@@ -97,6 +97,9 @@ class SFTConfig:
     # for the 3+ digit products the demonstrations write, only c's digits trained
     # (apr.train.drills). Products are most of the CPU line's arithmetic errors (issue 17).
     product_drills: float = 0.0
+    # Product drill lines as the trace has them: after the `Current State` line they were
+    # explored from, with their `Resulting Numbers` (context, untrained); false: bare lines.
+    product_drills_in_state: bool = False
     eval_problems: str = ""  # problems training must not overlap; "" = the shared validation set
     val_fraction: float = 0.01  # share of records held out for validation loss
     eval_every: int = 200  # steps between validation losses; 0 = only at the end
@@ -146,6 +149,8 @@ class SFTConfig:
             raise UserError("config: `goal_drills` must be in [0, 10]")
         if not 0 <= self.product_drills <= 10:
             raise UserError("config: `product_drills` must be in [0, 10]")
+        if self.product_drills_in_state and not self.product_drills:
+            raise UserError("config: `product_drills_in_state` applies to product drills; `product_drills` is 0 (none)")
         drilled = [k for k in ("node_drills", "goal_drills", "product_drills") if getattr(self, k)]
         if drilled and self.train_on_inserted:
             # a drill's context is marked as inserted text; trained, the drill would teach its context

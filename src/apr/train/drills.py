@@ -39,7 +39,7 @@ FACT_LINES_PER_DOC = 16
 FACT_MIN_RESULT = 100  # 3+ digit results: where small models' arithmetic fails (issue 17)
 _OP_LINE = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+))")
 PRODUCT_LINES_PER_DOC = 16
-_PRODUCT = re.compile(r"Exploring Operation: (\d+\*\d+=)(\d+)")
+_PRODUCT_LINE = re.compile(r"Exploring Operation: (\d+\*\d+=)(\d+)(, Resulting Numbers: \[[^\]\n]*\])")
 GOAL_LINES_PER_DOC = 16
 GOAL_EQUAL_SHARE = 0.4  # of a drill's lines, those whose target is the result
 _TERMINAL = re.compile(r"Exploring Operation: (\d+[-+*/]\d+=(\d+)), Resulting Numbers: \[\d+\]\n")
@@ -147,27 +147,41 @@ def goal_drills(demos: list[Demonstration], per_demo: float, seed: int) -> list[
 
 
 def product_drills(demos: list[Demonstration], per_demo: float, seed: int,
-                   min_result: int = FACT_MIN_RESULT) -> list[Demonstration]:
+                   min_result: int = FACT_MIN_RESULT, in_state: bool = False) -> list[Demonstration]:
     """`per_demo` product drills per demonstration, each `PRODUCT_LINES_PER_DOC` lines
     `Exploring Operation: a*b=c` drawn (with replacement: frequent products stay frequent) from
     the products of at least `min_result` the demonstrations write. Everything but c is context;
-    the digits of c are trained; no EOS. Seeded: same demonstrations, same drills."""
+    the digits of c are trained; no EOS. `in_state`: each line as the trace has it, after the
+    `Current State` line it was explored from and with its `Resulting Numbers` (both context),
+    so a drill reads like the trace it is meant to help. Seeded: same demonstrations, same drills."""
     if per_demo <= 0 or not demos:
         return []
-    pool = [(m.group(1), m.group(2)) for d in demos for ts in d.strings
-            for m in _PRODUCT.finditer(ts.text, ts.new_from) if int(m.group(2)) >= min_result]
+    pool = []  # (context before c, c, context after c)
+    for d in demos:
+        for ts in d.strings:
+            for m in _PRODUCT_LINE.finditer(ts.text, ts.new_from):
+                if int(m.group(2)) < min_result:
+                    continue
+                head, tail = "Exploring Operation: " + m.group(1), "\n"
+                if in_state:
+                    state = ts.text.rfind("Current State: ", 0, m.start())
+                    if state < 0:
+                        continue
+                    head = ts.text[state:ts.text.index("\n", state) + 1] + head
+                    tail = m.group(3) + "\n"
+                pool.append((head, m.group(2), tail))
     if not pool:
         return []
     rng, out = random.Random(seed), []
     for k in range(round(per_demo * len(demos))):
         text, context = "", []
         for _ in range(PRODUCT_LINES_PER_DOC):
-            head, result = rng.choice(pool)
-            head = "Exploring Operation: " + head
+            head, result, tail = rng.choice(pool)
             context.append((len(text), len(text) + len(head)))
             text += head + result
-            context.append((len(text), len(text) + 1))  # the newline: in a trace, a comma follows
-            text += "\n"
+            # what follows the result is context (in a trace, a comma: not this drill's to teach)
+            context.append((len(text), len(text) + len(tail)))
+            text += tail
         out.append(Demonstration("<product drills>", k + 1, demos[0].method,
                                  [protocol.TrainingString(text, 0, context, 0)], stops=False))
     return out

@@ -147,7 +147,8 @@ class SFTTrainer:
         train += (drills.arithmetic_facts(train, cfg.arithmetic_facts, cfg.seed, cfg.arithmetic_facts_min_result)
                   + drills.node_drills(train, cfg.node_drills, cfg.seed)
                   + drills.goal_drills(train, cfg.goal_drills, cfg.seed)
-                  + drills.product_drills(train, cfg.product_drills, cfg.seed))
+                  + drills.product_drills(train, cfg.product_drills, cfg.seed,
+                                         in_state=cfg.product_drills_in_state))
         methods = {d.method for d in train + val}
         if len(methods) > 1:
             raise UserError("mixes APR and SoS+ demonstrations; train one method per model", cfg.data)
