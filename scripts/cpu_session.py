@@ -367,7 +367,8 @@ problems drawn fresh for that session (seed 30000 + session, never trained on), 
 95% interval, at the window and child budget the model's apr.json names; solver: the symbolic
 solver of the same method on the same problems, window and budget. Tokens: trained tokens
 (documents, not padding). Arithmetic error: share of `Exploring Operation` lines wrong, all
-threads. Held-out loss: per token, on 1% of the session's demonstrations.
+threads (from session 7, of the lines written out: a last line cut before its result is not
+judged, `apr.competence`). Held-out loss: per token, on 1% of the session's demonstrations.
 
 | date | model | CPU min | tokens | cumulative | held-out loss | accuracy % [95% CI] | solver % | arithmetic error % | tokens/problem |
 |---|---|---|---|---|---|---|---|---|---|
