@@ -428,6 +428,12 @@ OPTIONS = [
     ("train sft --config {w}/sft.yaml --set node_drills=-0.5", "`node_drills` must be in [0, 10]"),
     ("train sft --config {w}/sft.yaml --set node_drills=many", "`node_drills` must be float"),
     ("train sft --config {w}/sft.yaml --set goal_drills=11", "`goal_drills` must be in [0, 10]"),
+    ("train sft --config {w}/sft.yaml --set product_drills=11", "`product_drills` must be in [0, 10]"),
+    ("train sft --config {w}/sft.yaml --set product_drills_in_state=true",
+     "`product_drills_in_state` applies to product drills"),
+    ("train sft --config {w}/sft.yaml --set product_drills=1 --set train_on_inserted=true",
+     "`product_drills` needs `train_on_inserted: false`"),
+    ("train sft --config {w}/sft.yaml --set model=cpu-huge", "`model` must be a preset"),
 ]
 
 
