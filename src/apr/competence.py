@@ -100,16 +100,11 @@ def _digits(s: str) -> int:
     return len(s.lstrip("0")) or 1
 
 
-def unfinished_tail(text: str) -> str:
-    """The last line of a thread's text when the thread did not finish it (no newline after
-    it: the window, a cancellation or a runtime stop cut the thread there), else ""."""
-    return text[text.rfind("\n") + 1:]
-
-
 def _cut_operation(text: str) -> bool:
-    """Whether `text` ends in an operation line cut before its result was written out (before
-    the comma after it): such a line holds no result, or part of one, and is not judged."""
-    tail = unfinished_tail(text)
+    """Whether `text` ends in an operation line (no newline after it: the thread was stopped
+    there) cut before its result was written out (the comma after it): such a line holds no
+    result, or part of one, and is not judged."""
+    tail = text[text.rfind("\n") + 1:]
     return _OP_PREFIX in tail and not _CLOSED_RE.search(tail)
 
 

@@ -224,7 +224,7 @@ def child_budget(demos: list[Demonstration]) -> int | None:
     return counts[len(counts) // 2] if counts else None
 
 
-def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+def trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """Per token: True unless its character span overlaps one of `spans`."""
     if not spans or len(offsets) == 0:
         return np.ones(len(offsets), dtype=bool)
@@ -268,7 +268,7 @@ def encode_many(
         trained = np.ones(n + 2, dtype=bool)
         trained[0] = False
         if spans:
-            trained[1:-1] = _trained_mask(np.asarray(offsets, dtype=np.int64).reshape(n, 2), spans)
+            trained[1:-1] = trained_mask(np.asarray(offsets, dtype=np.int64).reshape(n, 2), spans)
         out.append((tok, trained))
     return out
 

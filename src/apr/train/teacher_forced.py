@@ -15,8 +15,11 @@ import math
 import re
 from collections import defaultdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from apr.train.packing import trained_mask
 
 _RESULT = re.compile(r"Exploring Operation: (\d+)([-+*/])(\d+)=(\d+)")
 
@@ -53,22 +56,24 @@ def measure(model, tokenizer, texts: list[str], skip: list[list[tuple[int, int]]
     tally, loss_sum, chars, tokens = _Tally(), 0.0, 0, 0
     for i, text in enumerate(texts):
         spans = skip[i] if skip else []
-        hidden = lambda a, b: any(x < b and a < y for x, y in spans)  # noqa: E731
+        skipped = np.zeros(len(text), dtype=bool)
+        for a, b in spans:  # spans may overlap (join text inside an earlier segment's text)
+            skipped[a:b] = True
         enc = backend.encode(text, add_special_tokens=False)
         ids = torch.tensor([[bos, *enc.ids, eos]], device=device)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
         target = ids[0, 1:]
         starts = [a for a, _ in enc.offsets]
         ends = [b for _, b in enc.offsets]
-        scored = torch.tensor([not hidden(a, b) for a, b in enc.offsets] + [True], device=device)  # + EOS
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        scored = torch.from_numpy(np.append(trained_mask(offsets, spans), True)).to(device)  # + EOS
         loss_sum += F.cross_entropy(logits, target, reduction="none")[scored].sum().item()
-        # +1: EOS stands for the end
-        chars += len(text) + 1 - sum(min(y, len(text)) - max(x, 0) for x, y in spans if y > x)
+        chars += len(text) + 1 - int(skipped.sum())  # +1: EOS stands for the end
         tokens += int(scored.sum())
         right = (logits.argmax(-1) == target).tolist()  # right[j]: token j of the text (j = ids index - 1)
         for m in _RESULT.finditer(text):
             s, e = m.span(4)
-            if hidden(s, e):
+            if skipped[s:e].any():
                 continue
             toks = [j for j in range(len(starts)) if starts[j] < e and ends[j] > s]
             wrong = not all(right[j] for j in toks)
