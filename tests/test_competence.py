@@ -288,3 +288,19 @@ def test_goal_verdicts_are_checked_and_near_misses_counted_apart():
     m = C.measure([record(nums=[4, 69, 6], target=79, text=text, correct=False, reason="no solution found")])
     assert (m["verdicts"], m["near_miss_verdict_errors"], m["near_miss_verdict_error_rate"]) == (4, 1, 0.5)
     assert "near misses called equal at 1/2 goal lines (50.0%)" in C.describe(m)
+
+
+def test_the_checked_reward_takes_a_tenth_off_for_each_wrong_line_in_any_thread():
+    from apr.countdown import Problem
+    from apr.train.rewards import resolve_reward
+
+    checked, problem = resolve_reward("checked"), Problem(nums=[4, 9, 3], target=24)
+    assert checked({"threads": tree(True), "correct": False}, problem) == pytest.approx(-0.4)  # root 2 wrong, children 2
+    assert checked({"threads": tree(False), "correct": True}, problem) == pytest.approx(0.8)  # root 2 wrong
+    state = "Current State: 24:[4, 9, 3], Operations: []\n"
+    one_wrong = state + "Exploring Operation: 9*3=28, Resulting Numbers: [4, 28]\n"
+    assert checked({"threads": None, "text": one_wrong, "correct": True}, problem) == pytest.approx(0.9)  # SoS+: one text
+    assert checked({"threads": None, "text": state, "correct": True}, problem) == 1.0
+    many = state + "Exploring Operation: 9*3=28, Resulting Numbers: [4, 28]\n" * 8
+    assert checked({"threads": None, "text": many, "correct": True}, problem) == pytest.approx(0.5)  # at most 0.5 off
+    assert checked({"threads": None, "text": many, "correct": False}, problem) == pytest.approx(-0.5)

@@ -165,7 +165,7 @@ class SFTConfig:
 # Rewards built into the GRPO trainer (apr.train.rewards.REWARD_FNS); any other `reward` names
 # code, `path/to/file.py:function` or `module:function`, which runs only when the config says
 # `trust_reward_code: true` (and, for a module, APR_REWARD_MODULES lists it): docs/serving.md.
-REWARDS = ("binary", "format", "partial")
+REWARDS = ("binary", "format", "partial", "checked")
 REWARD_MODULES_ENV = "APR_REWARD_MODULES"
 
 
@@ -232,7 +232,7 @@ class RLConfig:
     served_model: str = ""
     max_slots: int = 64  # local engine: sequences decoded together
     rollout_dtype: str = "auto"  # local engine weights: auto (bf16 on GPU) | float32 | bfloat16
-    reward: str = "binary"  # binary | format | partial | path/to/file.py:function | module:function
+    reward: str = "binary"  # binary | format | partial | checked | path/to/file.py:function | module:function
     trust_reward_code: bool = False  # let `reward` name code (the config then runs code: docs/serving.md)
     eval_every: int = 10  # steps between validation accuracies (greedy); 0 = only at the end
     eval_at_start: bool = True

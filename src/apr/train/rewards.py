@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from apr import protocol as P
+from apr.competence import operation_errors
 from apr.countdown import Problem
 from apr.errors import UserError
 from apr.train.config import reward_source
@@ -52,8 +53,23 @@ def reward_partial(record: dict, problem: Problem) -> float:
     return 0.5 * max(0.0, 1.0 - best / max(1, problem.target))
 
 
+LINE_PENALTY, MAX_PENALTY = 0.1, 0.5
+
+
+def reward_checked(record: dict, problem: Problem) -> float:
+    """The published reward less 0.1 for each wrong `Exploring Operation` line in any thread
+    (at most 0.5 in all), as `apr.competence` judges them. The published reward is blind to
+    the arithmetic of dead branches: a search that writes wrong lines and stumbles on the
+    target scores as well as a careful one, and an RL'd model keeps writing them."""
+    tree = record.get("threads")
+    texts = [t.own_text() for t in P.Thread.from_json(tree).walk()] if isinstance(tree, dict) else [record.get("text", "")]
+    wrong = sum(operation_errors(text)[1] for text in texts)
+    return reward_binary(record, problem) - min(MAX_PENALTY, LINE_PENALTY * wrong)
+
+
 # The names are apr.train.config.REWARDS (checked there, before torch loads).
-REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial}
+REWARD_FNS: dict[str, RewardFn] = {"binary": reward_binary, "format": reward_format, "partial": reward_partial,
+                                   "checked": reward_checked}
 
 
 def resolve_reward(name: str, trusted: bool = True) -> RewardFn:
