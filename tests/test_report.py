@@ -153,6 +153,32 @@ def test_paired_change_counts_discordant_problems(tmp_path):
     assert paired_change(before, long, window=512)["after"] == 0.5 and paired_change(before, long, window=600)["after"] == 1.0
 
 
+def test_paired_table_shows_arithmetic_errors_and_tokens_before_and_after(tmp_path):
+    from apr.report_rl import paired_lines
+
+    def run(name, solved, summary):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"samples": 1, "method": "sos"}))
+        rec = lambda i, c: Record(index=i, sample=0, correct=c, nums=[1, 2], target=3, text="", reason="", answer=[],
+                                  total_tokens=1, sequential_tokens=1, longest_thread=1, children=0, latency_s=0.0,
+                                  method="sos")
+        (d / "records.jsonl").write_text("".join(json.dumps(rec(i, c).to_json()) + "\n" for i, c in enumerate(solved)))
+        if summary is not None:
+            (d / "summary.json").write_text(json.dumps(summary))
+        return str(d)
+
+    before = run("before", [True, False, False, False], {"competence": {"arithmetic_error_rate": 0.06},
+                                                         "metrics": {"total_tokens": {"mean": 441.3}}})
+    after = run("after", [True, True, True, False], {"competence": {"arithmetic_error_rate": 0.121},
+                                                     "metrics": {"total_tokens": {"mean": 1333.0}}})
+    old = run("old", [False] * 4, None)  # no summary.json (an older or unfinished run): dashes, not an error
+    header, _, row, row_old = paired_lines([(before, after), (old, after)])
+    assert header.endswith("| arithmetic errors % | tokens per problem |")
+    assert row.endswith("| 25.0 | 75.0 | +50.0 [+0.0, +100.0] | 2 | 0 | 6.0 → 12.1 | 441 → 1,333 |"), row
+    assert row_old.endswith("| 0.0 | 75.0 | +75.0 [+25.0, +100.0] | 3 | 0 | – | – |"), row_old
+
+
 def test_committed_reports_name_no_machine_folders():
     import re
     from pathlib import Path

@@ -166,13 +166,36 @@ def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int 
     return paired_bootstrap([a[i] for i in common], [b[i] for i in common], resamples, seed)
 
 
+def _eval_costs(d: Path) -> tuple[float | None, float | None]:
+    """(arithmetic error rate, mean total tokens per problem) of an `apr eval` folder's
+    summary.json; None where the summary lacks them (an older run)."""
+    folder = RunFolder(d)
+    if not folder.summary_json.exists():
+        return None, None
+    s = folder.summary()
+    rate = (s.get("competence") or {}).get("arithmetic_error_rate")
+    tokens = ((s.get("metrics") or {}).get("total_tokens") or {}).get("mean")
+    return rate, tokens
+
+
+def _before_after(b: float | None, a: float | None, fmt: str) -> str:
+    return "–" if b is None or a is None else f"{fmt.format(b)} → {fmt.format(a)}"
+
+
 def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:
-    lines = ["| before | after | problems | before % | after % | change (points) [paired 95% CI] | newly solved | newly failed |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The before/after table. RL is judged on the problems solved, but what it does to the
+    lines a model writes (arithmetic errors anywhere in the search) and to its length is
+    part of the result: the published reward sees neither."""
+    lines = ["| before | after | problems | before % | after % | change (points) [paired 95% CI] | newly solved | newly failed "
+             "| arithmetic errors % | tokens per problem |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for b, a in pairs:
         c = paired_change(Path(b), Path(a))
+        (rate_b, tok_b), (rate_a, tok_a) = _eval_costs(Path(b)), _eval_costs(Path(a))
+        errors = _before_after(None if rate_b is None else 100 * rate_b, None if rate_a is None else 100 * rate_a, "{:.1f}")
         lines.append(f"| `{shown(b)}` | `{shown(a)}` | {c['problems']} | {100 * c['before']:.1f} | {100 * c['after']:.1f} | "
-                     f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['gained']} | {c['lost']} |")
+                     f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['gained']} | {c['lost']} "
+                     f"| {errors} | {_before_after(tok_b, tok_a, '{:,.0f}')} |")
     return lines
 
 
@@ -185,8 +208,10 @@ def write_rl_report(dirs: list[str], out: Path, pairs: list[tuple[str, str]] = (
              "tokens: means per rollout (temperature 1.0) over the first and last steps. Published figures: Pan et al. "
              "2025, Countdown-4 (docs/FORMATS.md).", ""]
     if pairs:
-        lines += ["## Before and after on the same problems (`apr eval` runs)", "", *paired_lines(list(pairs)), "",
-                  "Paired bootstrap: 10,000 resamples of the common problems, both runs' outcomes kept together.", ""]
+        lines += ["## Before and after on the same problems (`apr eval` runs)", "", *paired, "",
+                  "Paired bootstrap: 10,000 resamples of the common problems, both runs' outcomes kept together. "
+                  "Arithmetic errors: the share of `Exploring Operation` lines written wrong, in every thread "
+                  "(`apr.competence`); tokens: mean over problems, all threads.", ""]
     with atomic_write(out / "rl.md") as f:
         f.write("\n".join(lines))
     return out / "rl.md"
