@@ -392,7 +392,7 @@ def test_a_config_runs_code_only_when_it_says_so(tmp_path, monkeypatch):
     f.write_text("def r(record, problem):\n    return 0.25\n")
     monkeypatch.delenv("APR_REWARD_MODULES", raising=False)
     assert rl_config("reward=partial").reward == "partial"
-    with pytest.raises(UserError, match="must be one of binary, format, partial"):
+    with pytest.raises(UserError, match="must be one of binary, format, partial, checked,"):
         rl_config("reward=nope")
     with pytest.raises(UserError, match="names code to run; set `trust_reward_code: true`"):
         rl_config(f"reward={f}:r")
