@@ -295,12 +295,14 @@ def test_the_checked_reward_takes_a_tenth_off_for_each_wrong_line_in_any_thread(
     from apr.train.rewards import resolve_reward
 
     checked, problem = resolve_reward("checked"), Problem(nums=[4, 9, 3], target=24)
-    assert checked({"threads": tree(True), "correct": False}, problem) == pytest.approx(-0.4)  # root 2 wrong, children 2
-    assert checked({"threads": tree(False), "correct": True}, problem) == pytest.approx(0.8)  # root 2 wrong
+    joined = tree(True)["text"]  # the root's text with the join text in it: not what is judged
+    assert checked({"threads": tree(True), "text": joined, "correct": False}, problem) == pytest.approx(-0.4)  # root 2, children 2
+    assert checked({"threads": tree(False), "text": tree(False)["text"], "correct": True}, problem) == pytest.approx(0.8)  # root 2
     state = "Current State: 24:[4, 9, 3], Operations: []\n"
     one_wrong = state + "Exploring Operation: 9*3=28, Resulting Numbers: [4, 28]\n"
     assert checked({"threads": None, "text": one_wrong, "correct": True}, problem) == pytest.approx(0.9)  # SoS+: one text
     assert checked({"threads": None, "text": state, "correct": True}, problem) == 1.0
+    assert checked({"threads": {}, "text": one_wrong, "correct": True}, problem) == pytest.approx(0.9)  # empty tree: the text
     many = state + "Exploring Operation: 9*3=28, Resulting Numbers: [4, 28]\n" * 8
     assert checked({"threads": None, "text": many, "correct": True}, problem) == pytest.approx(0.5)  # at most 0.5 off
     assert checked({"threads": None, "text": many, "correct": False}, problem) == pytest.approx(-0.5)

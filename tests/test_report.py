@@ -173,7 +173,9 @@ def test_paired_table_shows_arithmetic_errors_and_tokens_before_and_after(tmp_pa
     after = run("after", [True, True, True, False], {"competence": {"arithmetic_error_rate": 0.121},
                                                      "metrics": {"total_tokens": {"mean": 1333.0}}})
     old = run("old", [False] * 4, None)  # no summary.json (an older or unfinished run): dashes, not an error
-    header, _, row, row_old = paired_lines([(before, after), (old, after)])
+    odd = run("odd", [False] * 4, {"competence": [], "metrics": {"total_tokens": 5}})  # keys of other shapes: dashes
+    header, _, row, row_old, row_odd = paired_lines([(before, after), (old, after), (odd, after)])
+    assert row_odd == row_old.replace("`old`", "`odd`")
     assert header.endswith("| arithmetic errors % | tokens per problem |")
     assert row.endswith("| 25.0 | 75.0 | +50.0 [+0.0, +100.0] | 2 | 0 | 6.0 → 12.1 | 441 → 1,333 |"), row
     assert row_old.endswith("| 0.0 | 75.0 | +75.0 [+25.0, +100.0] | 3 | 0 | – | – |"), row_old

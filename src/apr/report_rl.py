@@ -173,9 +173,10 @@ def _eval_costs(d: Path) -> tuple[float | None, float | None]:
     if not folder.summary_json.exists():
         return None, None
     s = folder.summary()
-    rate = (s.get("competence") or {}).get("arithmetic_error_rate")
-    tokens = ((s.get("metrics") or {}).get("total_tokens") or {}).get("mean")
-    return rate, tokens
+    get = lambda d, key: d.get(key) if isinstance(d, dict) else None
+    rate, tokens = get(get(s, "competence"), "arithmetic_error_rate"), get(get(get(s, "metrics"), "total_tokens"), "mean")
+    number = lambda x: x if isinstance(x, (int, float)) else None
+    return number(rate), number(tokens)
 
 
 def _before_after(b: float | None, a: float | None, fmt: str) -> str:
@@ -211,7 +212,8 @@ def write_rl_report(dirs: list[str], out: Path, pairs: list[tuple[str, str]] = (
         lines += ["## Before and after on the same problems (`apr eval` runs)", "", *paired, "",
                   "Paired bootstrap: 10,000 resamples of the common problems, both runs' outcomes kept together. "
                   "Arithmetic errors: the share of `Exploring Operation` lines written wrong, in every thread "
-                  "(`apr.competence`); tokens: mean over problems, all threads.", ""]
+                  "(`apr.competence`); tokens: mean over problems, all threads; both of each whole run (its summary.json), "
+                  "not only of the problems in common.", ""]
     with atomic_write(out / "rl.md") as f:
         f.write("\n".join(lines))
     return out / "rl.md"

@@ -60,10 +60,11 @@ def reward_checked(record: dict, problem: Problem) -> float:
     """The published reward less 0.1 for each wrong `Exploring Operation` line in any thread
     (at most 0.5 in all), as `apr.competence` judges them. The published reward is blind to
     the arithmetic of dead branches: a search that writes wrong lines and stumbles on the
-    target scores as well as a careful one, and under it RL doubled the wrong lines of the
+    target scores as well as a careful one, and under it RL about doubled the wrong lines of the
     CPU line's models while this one took them under 2% (docs/rl.md)."""
     tree = record.get("threads")
-    texts = [t.own_text() for t in P.Thread.from_json(tree).walk()] if isinstance(tree, dict) else [record.get("text", "")]
+    # as apr.competence reads a record: a thread tree when there is one, else the one text
+    texts = [t.own_text() for t in P.Thread.from_json(tree).walk()] if tree else [record.get("text", "")]
     wrong = sum(operation_errors(text)[1] for text in texts)
     return reward_binary(record, problem) - min(MAX_PENALTY, LINE_PENALTY * wrong)
 
