@@ -188,6 +188,12 @@ def state_copy_errors(text: str) -> tuple[int, int]:
     return len(moves), wrong
 
 
+def own_texts(threads: dict | None, text: str) -> list[str]:
+    """What each thread of a record wrote itself (join text left out), from the record's JSON
+    thread tree; a record without one is one thread, its `text` (as `record_threads` reads it)."""
+    return [t.own_text() for t in Thread.from_json(threads).walk()] if threads else [text]
+
+
 def record_threads(rec: Record) -> Iterator[tuple[Thread | None, str, frozenset[str]]]:
     """(thread, `parent` | `child`, operations of the path it passed on) for every thread of a
     record, depth first; a record without a thread tree is one thread, None, its text."""

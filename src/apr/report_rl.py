@@ -167,8 +167,8 @@ def paired_change(before: Path, after: Path, resamples: int = 10_000, seed: int 
 
 
 def _eval_costs(d: Path) -> tuple[float | None, float | None]:
-    """(arithmetic error rate, mean total tokens per problem) of an `apr eval` folder's
-    summary.json; None where the summary lacks them (an older run)."""
+    """(arithmetic errors in % of operation lines, mean total tokens per problem) of an `apr eval`
+    folder's summary.json; None where the summary lacks them (an older run)."""
     folder = RunFolder(d)
     if not folder.summary_json.exists():
         return None, None
@@ -176,7 +176,7 @@ def _eval_costs(d: Path) -> tuple[float | None, float | None]:
     get = lambda d, key: d.get(key) if isinstance(d, dict) else None
     rate, tokens = get(get(s, "competence"), "arithmetic_error_rate"), get(get(get(s, "metrics"), "total_tokens"), "mean")
     number = lambda x: x if isinstance(x, (int, float)) else None
-    return number(rate), number(tokens)
+    return (None if number(rate) is None else 100 * rate), number(tokens)
 
 
 def _before_after(b: float | None, a: float | None, fmt: str) -> str:
@@ -193,10 +193,9 @@ def paired_lines(pairs: list[tuple[str, str]]) -> list[str]:
     for b, a in pairs:
         c = paired_change(Path(b), Path(a))
         (rate_b, tok_b), (rate_a, tok_a) = _eval_costs(Path(b)), _eval_costs(Path(a))
-        errors = _before_after(None if rate_b is None else 100 * rate_b, None if rate_a is None else 100 * rate_a, "{:.1f}")
         lines.append(f"| `{shown(b)}` | `{shown(a)}` | {c['problems']} | {100 * c['before']:.1f} | {100 * c['after']:.1f} | "
                      f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['gained']} | {c['lost']} "
-                     f"| {errors} | {_before_after(tok_b, tok_a, '{:,.0f}')} |")
+                     f"| {_before_after(rate_b, rate_a, '{:.1f}')} | {_before_after(tok_b, tok_a, '{:,.0f}')} |")
     return lines
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from apr import protocol as P
-from apr.competence import operation_errors
+from apr.competence import operation_errors, own_texts
 from apr.countdown import Problem
 from apr.errors import UserError
 from apr.train.config import reward_source
@@ -62,10 +62,7 @@ def reward_checked(record: dict, problem: Problem) -> float:
     the arithmetic of dead branches: a search that writes wrong lines and stumbles on the
     target scores as well as a careful one, and under it RL about doubled the wrong lines of the
     CPU line's models while this one took them under 2% (docs/rl.md)."""
-    tree = record.get("threads")
-    # as apr.competence reads a record: a thread tree when there is one, else the one text
-    texts = [t.own_text() for t in P.Thread.from_json(tree).walk()] if tree else [record.get("text", "")]
-    wrong = sum(operation_errors(text)[1] for text in texts)
+    wrong = sum(operation_errors(own)[1] for own in own_texts(record.get("threads"), record.get("text", "")))
     return reward_binary(record, problem) - min(MAX_PENALTY, LINE_PENALTY * wrong)
 
 
