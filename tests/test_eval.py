@@ -203,3 +203,22 @@ def test_join_rule_is_part_of_a_run_and_its_summary(tok, tmp_path):
     from apr.eval_summary import describe
 
     assert "(verified joins)" in describe(v) and "false claims at 0/" in describe(v)
+
+
+def test_a_solver_row_at_a_result_cap(tmp_path, capsys):
+    from apr.checker import OP_RE
+
+    out = tmp_path / "capped"
+    assert main(["eval", "--method", "solver-sos", "--max-result", "100", "--out", str(out), "--limit", "20",
+                 "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    recs = [json.loads(l) for l in open(out / "records.jsonl")]
+    assert s["label"] == "solver SoS+, results <= 100" and s["correct"] > 0
+    assert max(int(m.group(4)) for r in recs for m in OP_RE.finditer(r["text"])) <= 100
+    # the same folder without the cap is another run, refused; a model run cannot take it
+    capsys.readouterr()
+    assert main(["eval", "--method", "solver-sos", "--out", str(out), "--limit", "20", "--quiet"]) == 2
+    assert "another max_result" in capsys.readouterr().err
+    assert main(["eval", "--method", "sos", "--max-result", "100", "--out", str(tmp_path / "m"), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "solver-apr and solver-sos only" in err[0] and not (tmp_path / "m").exists()

@@ -40,7 +40,7 @@ METHOD_RE = re.compile(r"^(apr|sos|solver-apr|solver-sos|(cons|pass)@([1-9]\d*))
 # Settings that must match for records to be appended to an existing run folder.
 IDENTITY = ("model", "method", "runtime_method", "samples", "temperature", "top_k", "top_p", "seed",
             "context", "child_budget", "token_budget", "max_children", "max_depth", "max_total_tokens", "join_rule",
-            "problems_sha", "arithmetic", "exact_goal_tests")
+            "problems_sha", "arithmetic", "exact_goal_tests", "max_result")
 # run.json keys of earlier versions: old -> new (a folder they wrote is resumed as before).
 OLD_META_KEYS = {"sub_call_budget": "child_budget"}
 # The settings a solver row applies; any other one changed is refused (no model runs).
@@ -63,6 +63,10 @@ class EvalSpec:
     limit: int | None = None  # first N problems only
     label: str | None = None  # name in reports; None: family, method and budget
     progress: bool = True
+    # Solver rows only: leave out operations whose result is above this (None: none), as the
+    # demonstrations of a model trained on `apr data traces --max-result` did, so that the
+    # model is compared with the solver it learned from.
+    max_result: int | None = None
 
 
 def parse_method(method: str) -> tuple[str, int]:
@@ -93,15 +97,19 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
                             fields=(unused[0],))
         path = Path(spec.problems) if spec.problems else packaged_validation_set()
         problems = load_problems(path, spec.limit)
-        budget = spec.runtime.child_budget
+        budget, cap = spec.runtime.child_budget, spec.max_result
         name = "solver APR" if method == "solver-apr" else "solver SoS+"
-        meta = {"model": method, "label": spec.label or name + (f", budget {budget}" if budget else ""),
+        label = name + (f", budget {budget}" if budget else "") + (f", results <= {cap}" if cap else "")
+        meta = {"model": method, "label": spec.label or label,
                 "family": "solver", "method": method, "runtime_method": method, "samples": 1, "temperature": 0.0,
                 "seed": spec.runtime.seed, "context": None, "child_budget": budget, "problems_file": str(path),
-                "problems_sha": file_sha(path)}
+                "problems_sha": file_sha(path), **({"max_result": cap} if cap else {})}
         records = run_solver(method, problems, folder, meta, spec.progress)
         return write_summary(folder, records, meta)
 
+    if spec.max_result is not None:
+        raise UserError("`max_result` applies to solver-apr and solver-sos only: a model writes what it learned",
+                        fields=("max_result",))
     model = spec.engine.model
     if model and not spec.engine.server and not (Path(model) / "config.json").is_file():
         raise UserError("not a model folder (no config.json)" if Path(model).is_dir() else "model folder not found", model)
@@ -167,17 +175,19 @@ def run_model(engine, cfg, problems: list[tuple[int, Problem]], folder: RunFolde
     return list(done.values())
 
 
-def solver_record(kind: str, index: int, p: Problem, seed: int, tok, child_budget: int | None = None) -> Record:
+def solver_record(kind: str, index: int, p: Problem, seed: int, tok, child_budget: int | None = None,
+                  max_result: int | None = None) -> Record:
     """A solver's trace as a runtime-style record, costed with the same definitions; the APR
-    solver starts at most `child_budget` child threads (None: as many as it likes)."""
+    solver starts at most `child_budget` child threads (None: as many as it likes), and both
+    leave out operations whose result is above `max_result` (None: none)."""
     from apr.search import AprConfig, SosConfig, solve_apr, solve_sos
 
     rng = random.Random(derive_seed(seed, index))
     t0 = time.perf_counter()
     if kind == "solver-apr":
-        thread, _ = solve_apr(p.nums, p.target, AprConfig(child_budget=child_budget), rng)
+        thread, _ = solve_apr(p.nums, p.target, AprConfig(child_budget=child_budget, max_result=max_result), rng)
     else:
-        thread = solve_sos(p.nums, p.target, SosConfig(), rng)
+        thread = solve_sos(p.nums, p.target, SosConfig(max_result=max_result), rng)
     latency = time.perf_counter() - t0
     n = lambda s: len(tok.encode(s, add_special_tokens=False))
     threads = list(thread.walk())
@@ -198,7 +208,8 @@ def run_solver(kind: str, problems: list[tuple[int, Problem]], folder: RunFolder
     tok = build_tokenizer()
     done = folder.open(meta, IDENTITY, OLD_META_KEYS)
     todo = [(i, p) for i, p in problems if (i, 0) not in done]
-    records = (dataclasses.replace(solver_record(kind, i, p, meta["seed"], tok, meta.get("child_budget")),
+    records = (dataclasses.replace(solver_record(kind, i, p, meta["seed"], tok, meta.get("child_budget"),
+                                                 meta.get("max_result")),
                                    model=meta["model"]) for i, p in todo)
     for rec in append_records(folder.records_file, records, len(problems), len(problems) - len(todo), kind, progress):
         done[(rec.index, 0)] = rec

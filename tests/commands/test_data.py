@@ -164,3 +164,39 @@ def test_hybrid_order_ranks_generated_nodes_and_shuffles_last_operations():
         ranked = expand_node(pair, 30, 4, random.Random(seed), mult_heuristic, order="ranked")
         assert ranked.text.startswith("Exploring Operation: 6*5=30") and ex.goal_op == "6*5=30"
     assert len(firsts) > 1 and "Exploring Operation: 6*5=30, Resulting Numbers: [30]" in firsts
+
+
+def test_max_result_leaves_out_larger_results_and_only_them(tmp_path, capsys):
+    import random
+
+    from apr.checker import OP_RE
+    from apr.countdown import expand
+    from apr.search.beam import Node, expand_node
+    from apr.search.heuristics import mult_heuristic
+
+    # one expansion: every legal operation with a result <= 100 is still there, none above it
+    node = Node("0", [38, 29, 7], [])
+    wide = expand_node(node, 30, 99, random.Random(1), mult_heuristic, order="ranked", max_result=100)
+    written = ["{}{}{}={}".format(*m.group(1, 2, 3, 4)) for m in OP_RE.finditer(wide.text)]
+    assert sorted(written) == sorted(op for op, nums in expand(node.nums) if nums[-1] <= 100)
+    assert "38*29=1102" not in wide.text and "38+29=67" in wide.text
+    # the command: no trace of either solver writes a result above the cap, the cap is recorded,
+    # and a file written without it reads as before (no `max_result` key)
+    probs = tmp_path / "p.jsonl"
+    run("data", "problems", "--n", 40, "--seed", 5, "--num-count", 3, "--out", probs, "--quiet")
+    for solver in ("apr", "sos"):
+        capped, plain = tmp_path / f"{solver}-cap.jsonl", tmp_path / f"{solver}.jsonl"
+        assert run("data", "traces", "--solver", solver, "--max-result", 100, "--problems", probs, "--out", capped,
+                   "--quiet") == 0
+        assert run("data", "traces", "--solver", solver, "--problems", probs, "--out", plain, "--quiet") == 0
+        recs = [json.loads(l) for l in open(capped)]
+        results = [int(m.group(4)) for r in recs for m in OP_RE.finditer(json.dumps(r))]
+        assert results and max(results) <= 100 and all(r["solver"]["max_result"] == 100 for r in recs)
+        assert sum(r["solved"] for r in recs) > 30  # few problems need a larger result
+        plain_recs = [json.loads(l) for l in open(plain)]
+        assert all("max_result" not in r["solver"] for r in plain_recs)
+        assert max(int(m.group(4)) for r in plain_recs for m in OP_RE.finditer(json.dumps(r))) > 100
+    capsys.readouterr()
+    assert run("data", "traces", "--solver", "sos", "--max-result", 0, "--problems", probs, "--out",
+               tmp_path / "x.jsonl") == 2
+    assert "--max-result" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

@@ -23,16 +23,16 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     s = load_script()
     out, models, ledger = tmp_path / "s1", tmp_path / "models", tmp_path / "ledger.md"
     argv = ["--toy", "--out", str(out), "--models", str(models), "--start", str(tmp_path / "none"), "--minutes", "0.05",
-            "--eval-problems", "3"]
+            "--eval-problems", "3", "--max-result", "100"]  # an arm: demonstrations without results above 100
     assert s.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     for name in ("default", "default-sos"):
         row = res["jobs"][name]
         assert row["init"] == "" and row["tokens"] > 0 and row["new"]["problems"] == 3
-        assert row["solver"]["accuracy_at_window"] >= 0
+        assert row["solver"]["accuracy_at_window"] >= 0 and row["solver"]["label"].endswith("results <= 100")
     for method, order in (("apr", "hybrid"), ("sos", "ranked")):  # the recipe's demonstrations
         first = json.loads((out / f"data/{method}.jsonl").read_text().splitlines()[0])
-        assert first["solver"]["order"] == order
+        assert first["solver"]["order"] == order and first["solver"]["max_result"] == 100
     info = json.loads((out / "train/default/final/apr.json").read_text())
     assert info["tokenizer_name"] == s.TOY.tokenizer and info["budget_prefix"] is True
     sos = json.loads((out / "train/default-sos/final/apr.json").read_text())
@@ -43,6 +43,7 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     assert len(lines) == 2 and ledger.read_text().count("\n| 20") == 2
     assert "ranked nodes" in lines[1] and "hybrid" not in lines[1] and "goal drills" not in lines[1]  # SoS+ row
     assert "hybrid nodes" in lines[0] and "goal drills 1.5" in lines[0] and "token budget prefix" in lines[1]  # APR row
+    assert all("results <= 100" in line for line in lines)
     history = json.loads((models / "default/training_history.json").read_text())
     assert history[-1]["session"] == 1 and (models / "default-sos/model.safetensors").exists()
     # The losing arm of an A/B: its rows are written, no model is kept.
@@ -97,7 +98,7 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
                  ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
                  ["--goal-drills", "11"], ["--goal-drills", "-2"], ["--product-drills", "11"],
-                 ["--product-drills", "-1"], ["--preset", "cpu-deep"]):
+                 ["--product-drills", "-1"], ["--preset", "cpu-deep"], ["--max-result", "0"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2

@@ -69,7 +69,7 @@ def _solver_config(args) -> AprConfig | SosConfig:
             raise UserError(f"--{name.replace('_', '-')} applies to the {other} solver only; this is --solver {args.solver}")
     given = {name: getattr(args, name) for name in SOLVER_OPTIONS[args.solver] if getattr(args, name) is not None}
     cls = AprConfig if args.solver == "apr" else SosConfig
-    return cls(beam_min=lo, beam_max=hi, heuristic=args.heuristic, order=args.order, **given)
+    return cls(beam_min=lo, beam_max=hi, heuristic=args.heuristic, order=args.order, max_result=args.max_result, **given)
 
 
 def cmd_traces(args) -> int:
@@ -151,6 +151,9 @@ def register(sub) -> None:
                    help="how an expansion prints its kept nodes: shuffled (the published solvers), ranked, best "
                    "first (the same search, easier for a small model to imitate), or hybrid: generated nodes "
                    "ranked, a node's last operations (single-number results) shuffled")
+    t.add_argument("--max-result", type=positive_int, metavar="N",
+                   help="leave out every operation whose result is above N, as if it were not legal (default: none; "
+                   "e.g. the largest target, 100: a search a small model can compute, see docs/reports/cpu_runs.md)")
     t.add_argument("--budget-prefix", action="store_true",
                    help="apr: prefix each root prompt with its child count, `Sub Call Budget: N `")
     add_deprecated_alias(t, "--sub-call-budget", "--budget-prefix")

@@ -32,7 +32,8 @@ def method(text: str) -> str:
 
 def eval_spec(args: argparse.Namespace) -> EvalSpec:
     return EvalSpec(method=args.method, out=Path(args.out), engine=engine_spec(args), runtime=runtime_config(args, method=False),
-                    problems=args.problems, limit=args.limit, label=args.label, progress=not args.quiet)
+                    problems=args.problems, limit=args.limit, label=args.label, progress=not args.quiet,
+                    max_result=args.max_result)
 
 
 def cmd_eval(args) -> int:
@@ -51,6 +52,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problems", metavar="FILE", help="problem file (default: the model's validation set)")
     p.add_argument("--limit", type=positive_int, help="first N problems only (default: all)")
     p.add_argument("--label", metavar="TEXT", help="name in reports (default: family, method and budget)")
+    p.add_argument("--max-result", type=positive_int, metavar="N",
+                   help="solver-apr, solver-sos: leave out operations whose result is above N, as `apr data traces "
+                   "--max-result N` did for the model compared with (default: none)")
     add_quiet(p, "progress bar")
     add_engine_options(p)
     add_runtime_options(p, method=False)

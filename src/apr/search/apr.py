@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from apr import protocol as P
-from apr.search.beam import Branch, Goal, Node, beam_search, path_to, root_node
+from apr.search.beam import Branch, Goal, Node, beam_search, config_fields, path_to, root_node
 from apr.search.heuristics import HEURISTICS
 
 
@@ -19,6 +19,7 @@ class AprConfig:
     max_depth: int = 1  # levels of spawning: 1 = only the root spawns (the published data)
     heuristic: str = "mult"
     order: str = "shuffled"  # kept nodes printed shuffled (published), "ranked" best first, or "hybrid" (beam.expand_node)
+    max_result: int | None = None  # leave out operations whose result is larger (None: none; beam.expand_node)
     budget_prefix: bool = False  # prefix the root prompt with its child count, `Sub Call Budget: N `
     # At most this many child threads in a trace (None: no limit), as a model asked for
     # `Sub Call Budget: N` should: an expansion spawns only when all its kept nodes fit in
@@ -26,7 +27,7 @@ class AprConfig:
     child_budget: int | None = None
 
     def params(self) -> dict:
-        return {"solver": "apr", **asdict(self)}
+        return {"solver": "apr", **config_fields(self)}
 
 
 @dataclass
@@ -86,7 +87,7 @@ def run_thread(
         return goals[winner]
 
     h = HEURISTICS[cfg.heuristic]
-    goal = beam_search(start, target, beam_min, beam_max, h, rng, parts, Branch(wanted, spawn), cfg.order)
+    goal = beam_search(start, target, beam_min, beam_max, h, rng, parts, Branch(wanted, spawn), cfg.order, cfg.max_result)
     if goal is None:
         parts.append(P.NO_SOLUTION)
     thread.segments.append("".join(parts))

@@ -3,6 +3,7 @@ search loop itself, with a `Branch` for what each solver does besides queueing n
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -30,12 +31,26 @@ class Expansion:
     goal_op: str | None  # the operation that reached the target, if one did
 
 
+def config_fields(cfg) -> dict:
+    """A solver config's fields as a demonstration records them; `max_result` only when set,
+    so that files written without one read as before, byte for byte."""
+    d = dataclasses.asdict(cfg)
+    if d.get("max_result") is None:
+        d.pop("max_result", None)
+    return d
+
+
 ORDERS = ("shuffled", "ranked", "hybrid")  # how an expansion prints the nodes it kept (see `expand_node`)
 
 
 def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristic: Heuristic,
-                order: str = "shuffled") -> Expansion:
+                order: str = "shuffled", max_result: int | None = None) -> Expansion:
     """Make every successor, keep the best `beam`, print them; stop at a goal.
+
+    `max_result` (None: no limit) leaves out every operation whose result is larger: such
+    operations are never written, kept or searched, as if they were not legal (issue 17: a
+    small model gets most 4-digit products wrong, and a search that never writes them gives
+    it nothing to get wrong; the problems whose every solution passes through one are lost).
 
     `order` "shuffled" prints the kept nodes in random order, as the published solvers do;
     "ranked" prints them best first. For the same beam the nodes kept, and the order a
@@ -48,7 +63,7 @@ def expand_node(node: Node, target: int, beam: int, rng: random.Random, heuristi
     and shuffles one whose successors are single numbers (the goal tests of a node's last
     operations): ranked, a goal is always tested first, and a small model that misses it at
     once gives up instead of trying the other operations (session 4, `docs/reports/cpu_runs.md`)."""
-    succ = list(expand(node.nums))
+    succ = [s for s in expand(node.nums) if max_result is None or s[1][-1] <= max_result]  # result last
     succ.sort(key=lambda s: heuristic(s[1], target))  # stable: ties keep generation order
     kept = succ[:beam]
     if order == "shuffled" or (order == "hybrid" and len(node.nums) <= 2):
@@ -152,12 +167,14 @@ def beam_search(
     parts: list[str],
     branch: Branch,
     order: str = "shuffled",
+    max_result: int | None = None,
 ) -> Goal | None:
     """Best-first beam search from `start`, appending its trace text to `parts`.
 
     The caller has written `start`'s `Moving to Node`/`Current State` lines (as a prompt or
     inline); every later node popped gets them here. Each node is expanded with a beam drawn
-    uniformly from beam_min..beam_max and printed in `order` (`expand_node`). A goal ends the search with the clean path from
+    uniformly from beam_min..beam_max and printed in `order`, leaving out results above
+    `max_result` (`expand_node`). A goal ends the search with the clean path from
     `start`; otherwise `branch` (see `Branch`) or else the frontier takes the kept nodes. Returns
     the goal reached, or None when the frontier runs out (the caller writes any failure line).
     """
@@ -170,7 +187,7 @@ def beam_search(
             parts.append(P.moving_line(node.id) + P.state_line(target, node.nums, node.ops))
         first = False
         beam = rng.randint(beam_min, beam_max)
-        ex = expand_node(node, target, beam, rng, heuristic, order)
+        ex = expand_node(node, target, beam, rng, heuristic, order, max_result)
         parts.append(ex.text)
         if ex.goal_op is not None:
             parts.append(clean_path(start, node, ex.goal_op, target))

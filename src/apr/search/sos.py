@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from apr import protocol as P
-from apr.search.beam import Branch, Goal, Node, beam_search, clean_path, root_node
+from apr.search.beam import Branch, Goal, Node, beam_search, clean_path, config_fields, root_node
 from apr.search.heuristics import HEURISTICS
 
 
@@ -18,9 +18,10 @@ class SosConfig:
     max_sub_depth: int = 100  # nesting limit for sub searches (numbers run out first)
     heuristic: str = "mult"
     order: str = "shuffled"  # kept nodes printed shuffled (published), "ranked" best first, or "hybrid" (beam.expand_node)
+    max_result: int | None = None  # leave out operations whose result is larger (None: none; beam.expand_node)
 
     def params(self) -> dict:
-        return {"solver": "sos", **asdict(self)}
+        return {"solver": "sos", **config_fields(self)}
 
 
 def serial_search(
@@ -53,7 +54,8 @@ def serial_search(
         return None
 
     h = HEURISTICS[cfg.heuristic]
-    return beam_search(start, target, cfg.beam_min, cfg.beam_max, h, rng, parts, Branch(wanted, sub_searches), cfg.order)
+    return beam_search(start, target, cfg.beam_min, cfg.beam_max, h, rng, parts, Branch(wanted, sub_searches), cfg.order,
+                       cfg.max_result)
 
 
 def solve_sos(nums: list[int], target: int, cfg: SosConfig, rng: random.Random) -> P.Thread:
