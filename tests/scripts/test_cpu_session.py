@@ -23,7 +23,7 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     s = load_script()
     out, models, ledger = tmp_path / "s1", tmp_path / "models", tmp_path / "ledger.md"
     argv = ["--toy", "--out", str(out), "--models", str(models), "--start", str(tmp_path / "none"), "--minutes", "0.05",
-            "--eval-problems", "3", "--max-result", "100"]  # an arm: demonstrations without results above 100
+            "--eval-problems", "3"]
     assert s.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     for name in ("default", "default-sos"):
@@ -64,6 +64,9 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "node_drills": 0.5}))
     assert (arm.recipe.node_drills, arm.recipe.arithmetic_facts) == (0.5, 0.0)
     assert (s.Recipe().goal_drills, s.Recipe().sos_budget_prefix, s.Recipe().apr_order) == (1.5, True, "hybrid")
+    assert s.Recipe().max_result == 100  # the recipe since session 9; an arm may lift the cap
+    arm = s.Session(s.argparse.Namespace(**{**vars(args), "max_result": 0}))
+    assert arm.recipe.max_result is None
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "goal_drills": 0.5, "no_sos_budget_prefix": True}))
     assert (arm.recipe.goal_drills, arm.recipe.sos_budget_prefix, arm.recipe.node_drills) == (0.5, False, 0.0)
     arm = s.Session(s.argparse.Namespace(**{**vars(args), "order": "shuffled"}))
@@ -98,7 +101,7 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
                  ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
                  ["--goal-drills", "11"], ["--goal-drills", "-2"], ["--product-drills", "11"],
-                 ["--product-drills", "-1"], ["--preset", "cpu-deep"], ["--max-result", "0"]):
+                 ["--product-drills", "-1"], ["--preset", "cpu-deep"], ["--max-result", "-1"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2
