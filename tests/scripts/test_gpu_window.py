@@ -32,8 +32,9 @@ def test_a_toy_window_trains_exports_evaluates_and_packs(tmp_path):
     results = json.loads((out / "results.json").read_text())["jobs"]
     assert sorted(results) == ["cd3-apr", "cd3-sos", "cd4-apr", "cd4-sos"]
     for method, order in (("apr", "hybrid"), ("sos", "ranked")):  # the CPU line's demonstrations
-        first = json.loads((tmp_path / "work" / "cd3" / f"{method}.jsonl").read_text().splitlines()[0])
-        assert first["solver"]["order"] == order
+        for task, cap in (("cd3", 100), ("cd4", 200)):  # each task's cap on results
+            first = json.loads((tmp_path / "work" / task / f"{method}.jsonl").read_text().splitlines()[0])
+            assert first["solver"]["order"] == order and first["solver"]["max_result"] == cap
     for name in results:  # the CPU line's recipe: budget prefixes for both, goal drills for APR
         config = (tmp_path / "work" / "train" / name / "config.yaml").read_text()
         assert "budget_prefix: true" in config and ("goal_drills: 1.5" in config) == name.endswith("apr"), name
