@@ -88,6 +88,15 @@ class Recipe:
     problems: int = 30_000  # training problems drawn per session (more than 40 CPU-minutes use)
 
 
+def cap_args(recipe: Recipe) -> list[str]:
+    """The `--max-result` option of the data and solver commands, as the recipe asks."""
+    return ["--max-result", str(recipe.max_result)] if recipe.max_result is not None else []
+
+
+# What a session's data folder was written with: a rerun into the same --out must ask for the same.
+DATA_FIELDS = ("max_result", "apr_order", "sos_order")
+
+
 class RecipeMismatch(ValueError):
     """The CPU line's model is of another recipe than the session's."""
 
@@ -191,11 +200,17 @@ class Session:
 
     def make_data(self) -> None:
         if (self.data / "done.json").exists():
+            done = json.loads((self.data / "done.json").read_text())
+            wrote = {k: done[k] for k in DATA_FIELDS if k in done}  # folders of sessions 1-9 say none
+            asked = {k: getattr(self.recipe, k) for k in wrote}
+            if wrote != asked:
+                raise RecipeMismatch(f"{self.data} holds demonstrations written with {wrote}, not {asked}: "
+                                     "use another --out")
             return
         self.data.mkdir(parents=True, exist_ok=True)
         a, s, n = self.args, self.args.session, self.recipe.problems
         task = ["--num-count", "3"]
-        cap = ["--max-result", str(self.recipe.max_result)] if self.recipe.max_result else []
+        cap = cap_args(self.recipe)
         exclude = [x for f in a.exclude for x in ("--exclude", f)]  # e.g. problems trained on elsewhere
         steps = [
             ["data", "problems", "--n", str(a.eval_problems), "--seed", str(30000 + s), *task, *exclude, "--out",
@@ -209,7 +224,8 @@ class Session:
         ]
         for argv in steps:
             subprocess.run(apr_cmd("--log-level", "warning", *argv), check=True, env=self.env)
-        (self.data / "done.json").write_text(json.dumps({"session": s, "problems": n, "task": TASK}))
+        (self.data / "done.json").write_text(json.dumps({"session": s, "problems": n, "task": TASK,
+                                                         **{k: getattr(self.recipe, k) for k in DATA_FIELDS}}))
 
     def train(self) -> dict[str, int]:
         r, procs = self.recipe, {}
@@ -266,8 +282,7 @@ class Session:
                            "--out", str(ev), "--quiet")
             if job.method == "apr" and budget:
                 argv += ["--child-budget", str(budget)]
-            if self.recipe.max_result:
-                argv += ["--max-result", str(self.recipe.max_result)]
+            argv += cap_args(self.recipe)
             subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
         s = json.loads((ev / "summary.json").read_text())
         within = s.get("accuracy_within_context", {})
@@ -378,7 +393,8 @@ LEDGER_HEAD = """# CPU training ledger (Countdown-3)
 One row per model per CPU session (`scripts/cpu_session.py`; issue 17). Accuracy: greedy, on
 problems drawn fresh for that session (seed 30000 + session, never trained on), with a Wilson
 95% interval, at the window and child budget the model's apr.json names; solver: the symbolic
-solver of the same method on the same problems, window and budget. Tokens: trained tokens
+solver of the same method on the same problems, window and budget (and, from session 9, the
+same cap on results as the demonstrations, `--max-result`). Tokens: trained tokens
 (documents, not padding). Arithmetic error: share of `Exploring Operation` lines wrong, all
 threads (from session 7, of the lines written out: a last line cut before its result is not
 judged, `apr.competence`). Held-out loss: per token, on 1% of the session's demonstrations.
@@ -437,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--product-drills must be in [0, 10]")
     if args.max_result is not None and args.max_result < 0:
         ap.error("--max-result must be 0 (none) or more")
+    if (args.product_drills or args.arithmetic_facts) and args.max_result != 0:
+        # both drill results of 100 and more, which the recipe's demonstrations leave out
+        ap.error("--product-drills and --arithmetic-facts drill results the recipe leaves out (above 100): "
+                 "give --max-result 0 with them")
     if args.facts_min_result < 0:
         ap.error("--facts-min-result must be 0 or more")
     if args.facts_min_result != 100 and args.arithmetic_facts is None:
@@ -448,14 +468,14 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         return 0
     s = Session(args)
+    t0 = time.time()
     try:
         for job in s.jobs:  # before any work
             s.init_of(job)
+        s.make_data()
     except RecipeMismatch as e:
         print(f"cpu_session: error: {e}", file=sys.stderr)
         return 2
-    t0 = time.time()
-    s.make_data()
     codes = s.train()
     res = s.results(codes)
     print(json.dumps({k: {"accuracy": v.get("new", {}).get("accuracy"), "exit": v["exit"]} for k, v in res["jobs"].items()}),

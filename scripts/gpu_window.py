@@ -60,20 +60,20 @@ class Job:
     # of the same tokenizer (`init_of`), so the committed digit-token Countdown-4 models
     # (44M tokens, 0% solved) are left behind and the next window starts these afresh.
     tokenizer: str = "apr-num99"
-    # Demonstrations leave out operations whose result is above this (`apr data traces
-    # --max-result`; both methods of a task share it). Countdown-3: 100, the CPU line's recipe
-    # since session 9 (its models went under 2% of lines wrong with it). Countdown-4: 200, the
-    # largest cap that cost the solvers nothing on 300 shared validation problems (APR 74.3%,
-    # SoS+ 52.3%, as uncapped; APR's tokens 7,869 -> 5,243 a problem), where 100 cost APR 3
-    # points (17% of problems need a result above 100): docs/gpu.md.
-    max_result: int | None = None
 
+
+# Demonstrations leave out operations whose result is above the task's cap (`apr data traces
+# --max-result`; one per task, both methods). Countdown-3: 100, the CPU line's recipe since
+# session 9 (its models went under 2% of lines wrong with it). Countdown-4: 200, the largest
+# cap that cost the solvers nothing on 300 shared validation problems, where 100 cost APR
+# 3 points (docs/gpu.md has the figures and the commands).
+TASK_MAX_RESULT = {3: 100, 4: 200}
 
 GPU_JOBS = [
-    Job("cd4-apr", "apr", 4, "gpu-10m", 4096, 32, 1e-3, 20_000, max_result=200),
-    Job("cd4-sos", "sos", 4, "gpu-10m", 4096, 32, 1e-3, 20_000, max_result=200),
-    Job("cd3-apr", "apr", 3, "tiny", 1024, 64, 2e-3, 40_000, max_result=100),
-    Job("cd3-sos", "sos", 3, "tiny", 1024, 64, 2e-3, 40_000, max_result=100),
+    Job("cd4-apr", "apr", 4, "gpu-10m", 4096, 32, 1e-3, 20_000),
+    Job("cd4-sos", "sos", 4, "gpu-10m", 4096, 32, 1e-3, 20_000),
+    Job("cd3-apr", "apr", 3, "tiny", 1024, 64, 2e-3, 40_000),
+    Job("cd3-sos", "sos", 3, "tiny", 1024, 64, 2e-3, 40_000),
 ]
 # Untrained toy models write until the window is full: a short evaluation window keeps the
 # dry run's evaluation to seconds.
@@ -169,7 +169,7 @@ class Window:
             # The CPU line's demonstrations (scripts/cpu_session.py `Recipe`): SoS+ prints kept
             # nodes best first, which its models learned 8 points better from; APR ranks generated
             # nodes and shuffles a node's last operations (`hybrid`); no result above the task's cap.
-            cap = job.max_result
+            cap = TASK_MAX_RESULT.get(n)
             for method, cfg in (("apr", AprConfig(budget_prefix=True, order="hybrid", max_result=cap)),
                                 ("sos", SosConfig(order="ranked", max_result=cap))):
                 if not (d / f"{method}.jsonl").is_file():

@@ -222,3 +222,8 @@ def test_a_solver_row_at_a_result_cap(tmp_path, capsys):
     assert main(["eval", "--method", "sos", "--max-result", "100", "--out", str(tmp_path / "m"), "--limit", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "solver-apr and solver-sos only" in err[0] and not (tmp_path / "m").exists()
+    # a cap below a target of the problems asked for: refused before anything is written
+    assert main(["eval", "--method", "solver-apr", "--max-result", "12", "--out", str(tmp_path / "low"), "--limit", "20",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "above --max-result 12" in err[0] and not (tmp_path / "low").exists()

@@ -16,6 +16,7 @@ import sys
 from importlib import resources
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Iterable
 from typing import Iterator
 
 from apr.checker import check
@@ -53,6 +54,18 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int,
             raise UserError(f"`limit` must be >= 1, got {limit}", fields=("limit",))
         problems = problems[:limit]
     return problems
+
+
+def check_targets_reachable(problems: Iterable[tuple[int, Problem]], max_result: int | None, path: str | Path) -> None:
+    """Refuse a cap on results (`max_result`, None: none) below a problem's target: a solver
+    that leaves out every larger result could never reach it, and would write a failed search
+    for every such problem. `problems`: (line, problem) pairs of the file at `path`."""
+    if max_result is None:
+        return
+    for line, p in problems:
+        if p.target > max_result:
+            raise UserError(f"target {p.target} is above `max_result` {max_result}: no search that leaves out "
+                            "larger results can reach it", str(path), line, fields=("max_result",))
 
 
 def demonstration(problem: Problem, index: int, seed: int, cfg: AprConfig | SosConfig) -> dict:
@@ -152,6 +165,7 @@ def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: in
     from tqdm import tqdm
 
     count = sum(1 for _ in iter_problems(problems))  # every line checked; an empty file refused
+    check_targets_reachable(iter_problems(problems), cfg.max_result, problems)
     check_free_disk(out, count * TRACE_BYTES, f"{count:,} demonstrations")
     solved = 0
     with atomic_write(out) as f:

@@ -25,7 +25,7 @@ from pathlib import Path
 from apr import arithmetic_labels as exact
 from apr.checker import check
 from apr.countdown import Problem
-from apr.datasets import default_problems, load_problems, packaged_validation_set
+from apr.datasets import check_targets_reachable, default_problems, load_problems, packaged_validation_set
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
 from apr.eval_summary import summarize
@@ -98,12 +98,13 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
         path = Path(spec.problems) if spec.problems else packaged_validation_set()
         problems = load_problems(path, spec.limit)
         budget, cap = spec.runtime.child_budget, spec.max_result
+        check_targets_reachable(((i + 1, p) for i, p in problems), cap, path)
         name = "solver APR" if method == "solver-apr" else "solver SoS+"
-        label = name + (f", budget {budget}" if budget else "") + (f", results <= {cap}" if cap else "")
+        label = name + (f", budget {budget}" if budget else "") + (f", results <= {cap}" if cap is not None else "")
         meta = {"model": method, "label": spec.label or label,
                 "family": "solver", "method": method, "runtime_method": method, "samples": 1, "temperature": 0.0,
                 "seed": spec.runtime.seed, "context": None, "child_budget": budget, "problems_file": str(path),
-                "problems_sha": file_sha(path), **({"max_result": cap} if cap else {})}
+                "problems_sha": file_sha(path), **({"max_result": cap} if cap is not None else {})}
         records = run_solver(method, problems, folder, meta, spec.progress)
         return write_summary(folder, records, meta)
 

@@ -200,3 +200,19 @@ def test_max_result_leaves_out_larger_results_and_only_them(tmp_path, capsys):
     assert run("data", "traces", "--solver", "sos", "--max-result", 0, "--problems", probs, "--out",
                tmp_path / "x.jsonl") == 2
     assert "--max-result" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+    # a cap below a problem's target: that problem could never be solved; refused, naming the line
+    targets = [json.loads(l)["target"] for l in open(probs)]
+    line = max(range(len(targets)), key=lambda k: targets[k]) + 1
+    cap = max(targets) - 1
+    assert run("data", "traces", "--solver", "apr", "--max-result", cap, "--problems", probs, "--out",
+               tmp_path / "x.jsonl") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"p.jsonl:{line}:" in err[0] and f"above --max-result {cap}" in err[0]
+    assert not (tmp_path / "x.jsonl").exists()
+    # the library refuses a cap that would leave out everything
+    from apr.errors import UserError
+    from apr.search import AprConfig, SosConfig
+
+    for bad in (0, -3, True, 1.5):
+        with pytest.raises(UserError, match="`max_result` must be an integer >= 1"):
+            (AprConfig if bad != 0 else SosConfig)(max_result=bad)

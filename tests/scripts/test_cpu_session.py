@@ -84,6 +84,11 @@ def test_cpu_session_end_to_end_at_toy_size(tmp_path):
     (wide / "default/apr.json").write_text(json.dumps({**info, "preset": "cpu-wide"}))
     code = s.main(["--toy", "--out", str(tmp_path / "s3"), "--models", str(wide), "--jobs", "apr"])
     assert code == 2 and not (tmp_path / "s3").exists()  # refused before any work
+    # a rerun into the same --out asking for other demonstrations: refused, the data kept as it is
+    done = (out / "data/done.json").read_text()
+    assert json.loads(done)["max_result"] == 100
+    code = s.main(["--toy", "--out", str(out), "--models", str(models), "--jobs", "apr", "--max-result", "0"])
+    assert code == 2 and (out / "data/done.json").read_text() == done
 
 
 def test_better_needs_accuracy_or_fewer_errors():
@@ -101,7 +106,8 @@ def test_bad_arm_options_are_refused_before_any_work(tmp_path, capsys):
     for argv in (["--arithmetic-facts", "-1"], ["--arithmetic-facts", "0.2", "--facts-min-result", "-5"],
                  ["--facts-min-result", "0"], ["--record-only"], ["--arithmetic-facts", "x"], ["--node-drills", "0"], ["--node-drills", "11"],
                  ["--goal-drills", "11"], ["--goal-drills", "-2"], ["--product-drills", "11"],
-                 ["--product-drills", "-1"], ["--preset", "cpu-deep"], ["--max-result", "-1"]):
+                 ["--product-drills", "-1"], ["--preset", "cpu-deep"], ["--max-result", "-1"],
+                 ["--product-drills", "1"], ["--arithmetic-facts", "0.2", "--max-result", "100"]):
         with pytest.raises(SystemExit) as e:
             s.main(["--toy", "--out", str(tmp_path / "s"), *argv])
         assert e.value.code == 2

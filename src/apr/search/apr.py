@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from apr import protocol as P
-from apr.search.beam import Branch, Goal, Node, beam_search, config_fields, path_to, root_node
+from apr.search.beam import Branch, Goal, Node, beam_search, check_max_result, config_fields, path_to, root_node
 from apr.search.heuristics import HEURISTICS
 
 
@@ -25,6 +25,9 @@ class AprConfig:
     # `Sub Call Budget: N` should: an expansion spawns only when all its kept nodes fit in
     # what is left, else they are queued as in a serial search.
     child_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        check_max_result(self.max_result)
 
     def params(self) -> dict:
         return {"solver": "apr", **config_fields(self)}

@@ -12,6 +12,7 @@ from typing import Callable
 
 from apr import protocol as P
 from apr.countdown import expand
+from apr.errors import UserError
 from apr.search.heuristics import Heuristic
 
 
@@ -31,13 +32,21 @@ class Expansion:
     goal_op: str | None  # the operation that reached the target, if one did
 
 
+# Solver config fields added after demonstration files were first written: left out of a
+# record at their default (None), so that a file written without them reads as before, byte
+# for byte (tests/golden).
+LATER_FIELDS = ("max_result",)
+
+
 def config_fields(cfg) -> dict:
-    """A solver config's fields as a demonstration records them; `max_result` only when set,
-    so that files written without one read as before, byte for byte."""
-    d = dataclasses.asdict(cfg)
-    if d.get("max_result") is None:
-        d.pop("max_result", None)
-    return d
+    """A solver config's fields as a demonstration records them (LATER_FIELDS only when set)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if not (k in LATER_FIELDS and v is None)}
+
+
+def check_max_result(max_result: int | None) -> None:
+    """A cap on results is None (none) or a positive integer: 0 would leave out everything."""
+    if max_result is not None and (isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1):
+        raise UserError(f"`max_result` must be an integer >= 1 (or none), got {max_result!r}", fields=("max_result",))
 
 
 ORDERS = ("shuffled", "ranked", "hybrid")  # how an expansion prints the nodes it kept (see `expand_node`)

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from apr import protocol as P
-from apr.search.beam import Branch, Goal, Node, beam_search, clean_path, config_fields, root_node
+from apr.search.beam import Branch, Goal, Node, beam_search, check_max_result, clean_path, config_fields, root_node
 from apr.search.heuristics import HEURISTICS
 
 
@@ -19,6 +19,9 @@ class SosConfig:
     heuristic: str = "mult"
     order: str = "shuffled"  # kept nodes printed shuffled (published), "ranked" best first, or "hybrid" (beam.expand_node)
     max_result: int | None = None  # leave out operations whose result is larger (None: none; beam.expand_node)
+
+    def __post_init__(self) -> None:
+        check_max_result(self.max_result)
 
     def params(self) -> dict:
         return {"solver": "sos", **config_fields(self)}
