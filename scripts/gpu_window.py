@@ -64,9 +64,9 @@ class Job:
 
 # Demonstrations leave out operations whose result is above the task's cap (`apr data traces
 # --max-result`; one per task, both methods). Countdown-3: 100, the CPU line's recipe since
-# session 9 (its models went under 2% of lines wrong with it). Countdown-4: 200, the largest
-# cap that cost the solvers nothing on 300 shared validation problems, where 100 cost APR
-# 3 points (docs/gpu.md has the figures and the commands).
+# session 9 (its models went under 2% of lines wrong with it). Countdown-4: 200, which cost
+# the APR solver nothing on 300 shared validation problems and a third of its tokens, where
+# 100 cost it 3 points (docs/gpu.md has the figures and the commands).
 TASK_MAX_RESULT = {3: 100, 4: 200}
 
 GPU_JOBS = [
