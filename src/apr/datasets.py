@@ -16,7 +16,6 @@ import sys
 from importlib import resources
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Iterable
 from typing import Iterator
 
 from apr.checker import check
@@ -56,16 +55,13 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[tuple[int,
     return problems
 
 
-def check_targets_reachable(problems: Iterable[tuple[int, Problem]], max_result: int | None, path: str | Path) -> None:
+def check_target_reachable(p: Problem, max_result: int | None, path: str | Path, line: int | None) -> None:
     """Refuse a cap on results (`max_result`, None: none) below a problem's target: a solver
     that leaves out every larger result could never reach it, and would write a failed search
-    for every such problem. `problems`: (line, problem) pairs of the file at `path`."""
-    if max_result is None:
-        return
-    for line, p in problems:
-        if p.target > max_result:
-            raise UserError(f"target {p.target} is above `max_result` {max_result}: no search that leaves out "
-                            "larger results can reach it", str(path), line, fields=("max_result",))
+    for it. `line`: where the problem is in the file at `path`."""
+    if max_result is not None and p.target > max_result:
+        raise UserError(f"target {p.target} is above `max_result` {max_result}: no search that leaves out "
+                        "larger results can reach it", str(path), line, fields=("max_result",))
 
 
 def demonstration(problem: Problem, index: int, seed: int, cfg: AprConfig | SosConfig) -> dict:
@@ -164,8 +160,10 @@ def write_traces(problems: Path, out: Path, cfg: AprConfig | SosConfig, seed: in
     bar when `progress` and stderr is a terminal."""
     from tqdm import tqdm
 
-    count = sum(1 for _ in iter_problems(problems))  # every line checked; an empty file refused
-    check_targets_reachable(iter_problems(problems), cfg.max_result, problems)
+    count = 0
+    for line, p in iter_problems(problems):  # every line checked (an empty file refused), before any is solved
+        check_target_reachable(p, cfg.max_result, problems, line)
+        count += 1
     check_free_disk(out, count * TRACE_BYTES, f"{count:,} demonstrations")
     solved = 0
     with atomic_write(out) as f:

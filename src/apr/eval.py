@@ -25,7 +25,7 @@ from pathlib import Path
 from apr import arithmetic_labels as exact
 from apr.checker import check
 from apr.countdown import Problem
-from apr.datasets import check_targets_reachable, default_problems, load_problems, packaged_validation_set
+from apr.datasets import check_target_reachable, default_problems, load_problems, packaged_validation_set
 from apr.engine.spec import EngineSpec, make_engine
 from apr.errors import UserError
 from apr.eval_summary import summarize
@@ -98,7 +98,8 @@ def evaluate(spec: EvalSpec, engine=None) -> dict:
         path = Path(spec.problems) if spec.problems else packaged_validation_set()
         problems = load_problems(path, spec.limit)
         budget, cap = spec.runtime.child_budget, spec.max_result
-        check_targets_reachable(((i + 1, p) for i, p in problems), cap, path)
+        for i, p in problems:
+            check_target_reachable(p, cap, path, i + 1)
         name = "solver APR" if method == "solver-apr" else "solver SoS+"
         label = name + (f", budget {budget}" if budget else "") + (f", results <= {cap}" if cap is not None else "")
         meta = {"model": method, "label": spec.label or label,
